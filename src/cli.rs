@@ -1,0 +1,1 @@
+//! The command line: clap definitions for every flag and environment variable.

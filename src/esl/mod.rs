@@ -1,0 +1,1 @@
+//! The Event Socket Layer protocol, pure and I/O-free.

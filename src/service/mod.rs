@@ -1,0 +1,1 @@
+//! Redswitch itself: the Redis-driven agent.

@@ -1,0 +1,1 @@
+//! Live FreeSWITCH connections (all I/O lives here).
