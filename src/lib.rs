@@ -13,9 +13,11 @@
 //!   flow, control routing, published events and Redis state).
 //! - [`sim`]: a protocol-faithful FreeSWITCH simulator for tests, demos and
 //!   load tests. It depends only on [`esl`].
-//! - [`cli`]: the command line (flags and environment variables).
+//! - [`cli`]: the command line (flags and environment variables), and
+//!   [`commands`]: what each subcommand does.
 
 pub mod cli;
+pub mod commands;
 pub mod esl;
 pub mod service;
 pub mod sim;

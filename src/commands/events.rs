@@ -1,0 +1,1 @@
+//! `redswitch events`: print FreeSWITCH events as JSON lines.

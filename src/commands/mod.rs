@@ -1,0 +1,5 @@
+//! The subcommands of the `redswitch` binary, one module each. `main.rs`
+//! parses the command line ([`crate::cli`]) and calls into these.
+
+pub mod events;
+pub mod sim;

@@ -1,0 +1,1 @@
+//! `redswitch sim`: run the FreeSWITCH simulator.
