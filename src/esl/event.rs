@@ -80,10 +80,8 @@ fn percent_decode_into(raw: &[u8], out: &mut Vec<u8>) {
     let mut rest = raw;
     while let Some(i) = memchr::memchr(b'%', rest) {
         out.extend_from_slice(&rest[..i]);
-        match (
-            rest.get(i + 1).and_then(|&b| hex_val(b)),
-            rest.get(i + 2).and_then(|&b| hex_val(b)),
-        ) {
+        let hex = |k: usize| rest.get(i + k).and_then(|&c| hex_val(c));
+        match (hex(1), hex(2)) {
             (Some(h), Some(l)) => {
                 out.push(h << 4 | l);
                 rest = &rest[i + 3..];
@@ -95,6 +93,10 @@ fn percent_decode_into(raw: &[u8], out: &mut Vec<u8>) {
         }
     }
     out.extend_from_slice(rest);
+}
+
+fn bad_line(line: &[u8]) -> EventError {
+    EventError::BadLine(String::from_utf8_lossy(&line[..line.len().min(80)]).into_owned())
 }
 
 /// Percent-encodes a value as FreeSWITCH writes it in plain events.
@@ -109,8 +111,7 @@ pub fn percent_encode_into(value: &str, out: &mut Vec<u8>) {
     }
 }
 
-/// Builds the text buffer; bytes that are not UTF-8 become U+FFFD, header
-/// by header, so one bad value does not cost the event.
+/// The decoded text of an event and the position of each header in it.
 struct TextBuilder {
     bytes: Vec<u8>,
     headers: Vec<Span>,
@@ -124,29 +125,25 @@ impl TextBuilder {
         }
     }
 
-    fn push_checked(&mut self, start: usize) {
-        if std::str::from_utf8(&self.bytes[start..]).is_err() {
-            let fixed = String::from_utf8_lossy(&self.bytes[start..]).into_owned();
-            self.bytes.truncate(start);
-            self.bytes.extend_from_slice(fixed.as_bytes());
-        }
-    }
-
-    fn push_raw(&mut self, name: &[u8], value: &[u8], decode: bool) {
+    fn push(&mut self, name: &[u8], value: &[u8]) {
         let n0 = self.bytes.len();
         self.bytes.extend_from_slice(name);
-        self.push_checked(n0);
         let v0 = self.bytes.len();
-        if decode {
-            percent_decode_into(value, &mut self.bytes);
-        } else {
-            self.bytes.extend_from_slice(value);
-        }
-        self.push_checked(v0);
+        self.bytes.extend_from_slice(value);
         self.headers.push(Span {
             name: n0 as u32..v0 as u32,
             value: v0 as u32..self.bytes.len() as u32,
         });
+    }
+
+    /// The value of the last header if it is `Content-Length`.
+    fn last_content_length(&self) -> Option<usize> {
+        let span = self.headers.last()?;
+        let name = &self.bytes[span.name.start as usize..span.name.end as usize];
+        let value = &self.bytes[span.value.start as usize..span.value.end as usize];
+        (name == b"Content-Length")
+            .then(|| std::str::from_utf8(value).ok()?.parse().ok())
+            .flatten()
     }
 
     fn pop_header(&mut self) {
@@ -155,10 +152,28 @@ impl TextBuilder {
         }
     }
 
+    /// The same headers with bytes that are not UTF-8 replaced by U+FFFD,
+    /// header by header, so one bad value does not cost the whole event.
+    fn repaired(self) -> Self {
+        let mut fixed = Self::with_capacity(self.bytes.len() + 64, self.headers.len());
+        for span in &self.headers {
+            let name = String::from_utf8_lossy(
+                &self.bytes[span.name.start as usize..span.name.end as usize],
+            );
+            let value = String::from_utf8_lossy(
+                &self.bytes[span.value.start as usize..span.value.end as usize],
+            );
+            fixed.push(name.as_bytes(), value.as_bytes());
+        }
+        fixed
+    }
+
     fn finish(self, body: Option<String>) -> Result<Event, EventError> {
-        // Every slice was checked (or replaced) as it was pushed.
-        let text = String::from_utf8(self.bytes)
-            .unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned());
+        let text = match String::from_utf8(self.bytes) {
+            Ok(text) => text,
+            // Only reachable if a caller skipped `repaired`; stay safe.
+            Err(e) => String::from_utf8_lossy(e.as_bytes()).into_owned(),
+        };
         let event = Event {
             text,
             headers: self.headers,
@@ -195,43 +210,75 @@ impl Event {
     /// lines, a blank line, then the event's own body when it has a
     /// `Content-Length`.
     pub fn parse_plain(data: &[u8]) -> Result<Self, EventError> {
-        let mut b = TextBuilder::with_capacity(data.len(), data.len() / 28 + 4);
-        let mut pos = 0;
-        let mut body_len: Option<usize> = None;
-        while pos < data.len() {
-            let end = memchr::memchr(b'\n', &data[pos..]).map_or(data.len(), |i| pos + i);
-            let line = &data[pos..end];
-            pos = end + 1;
-            if line.is_empty() {
-                break;
+        let mut b = TextBuilder::with_capacity(data.len(), data.len() / 32 + 4);
+        // One SIMD scan finds every structural byte: `:` ends a name, `%`
+        // starts an escape, `\n` ends a line. FreeSWITCH escapes `:` and
+        // line breaks inside values, so each line is `name:` + value.
+        let mut pos = 0; // next byte not yet copied
+        let mut name: Option<(u32, u32)> = None; // header in progress
+        let mut body_start = None;
+        for at in memchr::memchr3_iter(b'\n', b':', b'%', data) {
+            if at < pos {
+                continue; // inside an escape already consumed
             }
-            let Some(colon) = memchr::memchr(b':', line) else {
-                let shown = &line[..line.len().min(80)];
-                return Err(EventError::BadLine(
-                    String::from_utf8_lossy(shown).into_owned(),
-                ));
-            };
-            let name = &line[..colon];
-            let value = line[colon + 1..]
-                .strip_prefix(b" ")
-                .unwrap_or(&line[colon + 1..]);
-            body_len = if name == b"Content-Length" {
-                std::str::from_utf8(value).ok().and_then(|v| v.parse().ok())
-            } else {
-                None
-            };
-            b.push_raw(name, value, true);
+            match (data[at], name) {
+                (b':', None) => {
+                    let n0 = b.bytes.len() as u32;
+                    b.bytes.extend_from_slice(&data[pos..at]);
+                    name = Some((n0, b.bytes.len() as u32));
+                    pos = at + 1;
+                    if data.get(pos) == Some(&b' ') {
+                        pos += 1;
+                    }
+                }
+                (b'%', Some(_)) => {
+                    b.bytes.extend_from_slice(&data[pos..at]);
+                    let hex = |k: usize| data.get(at + k).and_then(|&c| hex_val(c));
+                    match (hex(1), hex(2)) {
+                        (Some(h), Some(l)) => {
+                            b.bytes.push(h << 4 | l);
+                            pos = at + 3;
+                        }
+                        // Not an escape: kept as is, like switch_url_decode.
+                        _ => {
+                            b.bytes.push(b'%');
+                            pos = at + 1;
+                        }
+                    }
+                }
+                (b'\n', Some((n0, v0))) => {
+                    b.bytes.extend_from_slice(&data[pos..at]);
+                    b.headers.push(Span {
+                        name: n0..v0,
+                        value: v0..b.bytes.len() as u32,
+                    });
+                    name = None;
+                    pos = at + 1;
+                }
+                (b'\n', None) if at == pos => {
+                    body_start = Some(at + 1);
+                    break;
+                }
+                (b'\n' | b'%', None) => return Err(bad_line(&data[pos..at])),
+                _ => {} // a raw `:` inside a value
+            }
         }
-        let body = match body_len {
-            Some(len) if pos < data.len() => {
+        if body_start.is_none() && pos < data.len() {
+            return Err(bad_line(&data[pos..]));
+        }
+        let body = match (body_start, b.last_content_length()) {
+            (Some(start), Some(len)) if start < data.len() => {
                 // The serialiser writes `Content-Length` as the last line
                 // before a body; it describes the framing, not the event.
                 b.pop_header();
-                let raw = &data[pos..data.len().min(pos + len)];
+                let raw = &data[start..data.len().min(start + len)];
                 Some(String::from_utf8_lossy(raw).into_owned())
             }
             _ => None,
         };
+        if std::str::from_utf8(&b.bytes).is_err() {
+            b = b.repaired();
+        }
         b.finish(body)
     }
 
@@ -457,10 +504,10 @@ impl<'de> Visitor<'de> for JsonEventVisitor {
             }
             last_was_length = key == "Content-Length";
             match value {
-                JsonValue::One(v) => b.push_raw(key.as_bytes(), v.as_bytes(), false),
+                JsonValue::One(v) => b.push(key.as_bytes(), v.as_bytes()),
                 JsonValue::Many(vs) => {
                     for v in vs {
-                        b.push_raw(key.as_bytes(), v.as_bytes(), false);
+                        b.push(key.as_bytes(), v.as_bytes());
                     }
                 }
             }
