@@ -74,27 +74,6 @@ fn hex_val(b: u8) -> Option<u8> {
     }
 }
 
-/// Percent-decodes `raw` onto `out`. A `%` not followed by two hex digits is
-/// kept as it is, as FreeSWITCH's own `switch_url_decode` does.
-fn percent_decode_into(raw: &[u8], out: &mut Vec<u8>) {
-    let mut rest = raw;
-    while let Some(i) = memchr::memchr(b'%', rest) {
-        out.extend_from_slice(&rest[..i]);
-        let hex = |k: usize| rest.get(i + k).and_then(|&c| hex_val(c));
-        match (hex(1), hex(2)) {
-            (Some(h), Some(l)) => {
-                out.push(h << 4 | l);
-                rest = &rest[i + 3..];
-            }
-            _ => {
-                out.push(b'%');
-                rest = &rest[i + 1..];
-            }
-        }
-    }
-    out.extend_from_slice(rest);
-}
-
 fn bad_line(line: &[u8]) -> EventError {
     EventError::BadLine(String::from_utf8_lossy(&line[..line.len().min(80)]).into_owned())
 }
