@@ -2,4 +2,5 @@
 //! parses the command line ([`crate::cli`]) and calls into these.
 
 pub mod events;
+pub mod redis_tools;
 pub mod sim;
