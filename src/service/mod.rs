@@ -15,4 +15,5 @@
 //! This is the only part of Redswitch that talks to Redis.
 
 pub mod job;
+pub mod store;
 pub mod validate;
