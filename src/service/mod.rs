@@ -14,6 +14,7 @@
 //!
 //! This is the only part of Redswitch that talks to Redis.
 
+pub mod events;
 pub mod job;
 pub mod store;
 pub mod validate;
