@@ -16,5 +16,6 @@
 
 pub mod events;
 pub mod job;
+pub mod queue;
 pub mod store;
 pub mod validate;
