@@ -14,6 +14,7 @@
 //!
 //! This is the only part of Redswitch that talks to Redis.
 
+pub mod control;
 pub mod events;
 pub mod job;
 pub mod queue;
