@@ -51,6 +51,8 @@ use redis::aio::ConnectionLike;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
+use super::events::{Event, publish_only};
+use super::job::BadJob;
 use super::store::{RedisClient, RedisConn, StoreError};
 use super::validate::{Id, ValidationError};
 
@@ -371,6 +373,26 @@ impl JobQueue {
             .await?;
         self.ack(job).await?;
         Ok(())
+    }
+
+    /// Refuses a bad job (SPEC §3): publishes a `failure` on its `dial_id`
+    /// when that is valid, then dead-letters it with the reason. Nothing is
+    /// written to history: a bad job's `org_id`/`user_id` cannot be trusted
+    /// to build key names.
+    pub async fn reject(&self, job: &TakenJob, bad: &BadJob) -> Result<(), QueueError> {
+        let reason = bad.reason();
+        if let Some(dial_id) = &bad.dial_id {
+            let mut conn = self.inner.conn.clone();
+            let failure = Event::Failure {
+                cause: reason.clone(),
+            };
+            // The dead letter matters more than the notice: keep going.
+            if let Err(e) = publish_only(&mut conn, dial_id, &failure).await {
+                tracing::warn!(%dial_id, error = %e, "could not publish failure for bad job");
+            }
+        }
+        tracing::warn!(reason = %reason, "bad job dead-lettered");
+        self.dead_letter(job, &reason).await
     }
 
     /// Moves every job of `instance`'s processing list back to the head of
