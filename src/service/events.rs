@@ -9,14 +9,15 @@
 //! | `redswitch_history.<org_id>.<user_id>` | list | `RPUSH` of the same JSON; deleted by [`CallEvents::start_call`] | 4 h, re-set on each write |
 //! | `redswitch.<dial_id>.<org_id>.<user_id>` | list | `ACTIVE.<side>` pushed on `answer-event`, `LREM`-ed on `hangup-event` | 24 h, re-set on each write |
 //!
-//! The state keys are written before the `PUBLISH` in the same pipeline, so
-//! a controller reacting to an event already sees the state it describes.
-//! On a standalone Redis the pipeline is a `MULTI`/`EXEC` transaction, so
-//! history order equals publish order even with several writers. On a
-//! cluster the two keys live in different slots (their names are fixed by
-//! the SPEC, so no hash tag can join them), and a transaction cannot span
-//! slots: the pipeline is sent unwrapped, and the cluster client sends each
-//! command to its node, still one round trip per node, in order per key.
+//! The state keys are written before the `PUBLISH`, so a controller
+//! reacting to an event already sees the state it describes. On a
+//! standalone Redis all of an event's writes are one `MULTI`/`EXEC`
+//! transaction: one round trip, and history order equals publish order even
+//! with several writers. On a cluster the two keys live in different slots
+//! (their names are fixed by the SPEC, so no hash tag can join them) and
+//! neither a transaction nor a redis-rs cluster pipeline may span slots:
+//! each key's commands go as their own single-key transaction, both sent at
+//! once, then the `PUBLISH` — two round trips of latency.
 
 use std::sync::Arc;
 
@@ -312,50 +313,87 @@ impl CallEvents {
         let event = Event::CallStart {
             dial_id: self.keys.dial_id.to_string(),
         };
-        let mut pipe = self.pipeline();
-        pipe.del(&self.keys.history).ignore();
-        self.append(&mut pipe, &event);
-        self.run(pipe).await
+        self.write(&event, true).await
     }
 
     /// Publishes `event`, appends it to the history and updates the
     /// active-call list for answers and hangups: one round trip.
     pub async fn publish(&self, event: &Event) -> Result<(), EventsError> {
-        let mut pipe = self.pipeline();
-        self.append(&mut pipe, event);
-        self.run(pipe).await
+        self.write(event, false).await
     }
 
-    fn pipeline(&self) -> redis::Pipeline {
-        let mut pipe = redis::pipe();
-        if !self.conn.is_cluster() {
-            pipe.atomic();
-        }
-        pipe
-    }
-
-    fn append(&self, pipe: &mut redis::Pipeline, event: &Event) {
+    /// The writes of one event, grouped by key: (active-list commands,
+    /// history commands, the publish).
+    fn commands(
+        &self,
+        event: &Event,
+        reset_history: bool,
+    ) -> (Option<redis::Pipeline>, redis::Pipeline, redis::Cmd) {
         let json = event.to_json();
         let keys = &self.keys;
-        match event {
+        let active = match event {
             Event::Answer { side } => {
+                let mut pipe = redis::pipe();
                 pipe.rpush(&keys.active, active_item(*side)).ignore();
-                pipe.expire(&keys.active, ACTIVE_TTL_SECS).ignore();
+                Some(pipe)
             }
             Event::Hangup { side, .. } => {
+                let mut pipe = redis::pipe();
                 pipe.lrem(&keys.active, 0, active_item(*side)).ignore();
-                pipe.expire(&keys.active, ACTIVE_TTL_SECS).ignore();
+                Some(pipe)
             }
-            _ => {}
+            _ => None,
         }
-        pipe.rpush(&keys.history, &json).ignore();
-        pipe.expire(&keys.history, HISTORY_TTL_SECS).ignore();
-        pipe.publish(keys.dial_id.as_str(), &json).ignore();
+        .map(|mut pipe| {
+            pipe.expire(&keys.active, ACTIVE_TTL_SECS).ignore();
+            pipe
+        });
+        let mut history = redis::pipe();
+        if reset_history {
+            history.del(&keys.history).ignore();
+        }
+        history.rpush(&keys.history, &json).ignore();
+        history.expire(&keys.history, HISTORY_TTL_SECS).ignore();
+        let mut publish = redis::cmd("PUBLISH");
+        publish.arg(keys.dial_id.as_str()).arg(json);
+        (active, history, publish)
     }
 
-    async fn run(&self, pipe: redis::Pipeline) -> Result<(), EventsError> {
+    async fn write(&self, event: &Event, reset_history: bool) -> Result<(), EventsError> {
+        let (active, history, publish) = self.commands(event, reset_history);
         let mut conn = self.conn.clone();
-        pipe.query_async::<()>(&mut conn).await?;
+        if !self.conn.is_cluster() {
+            // Standalone: everything in one MULTI/EXEC, one round trip.
+            let mut all = redis::pipe();
+            all.atomic();
+            for cmd in active.iter().chain([&history]).flat_map(|p| p.cmd_iter()) {
+                all.add_command(cmd.clone()).ignore();
+            }
+            all.add_command(publish).ignore();
+            all.query_async::<()>(&mut conn).await?;
+            return Ok(());
+        }
+        // Cluster: the two keys are in different slots, so each key's
+        // commands go as their own single-slot transaction, both at once;
+        // the publish follows once the state is written.
+        let mut history = history;
+        let history_write = async {
+            let mut conn = conn.clone();
+            history.atomic().query_async::<()>(&mut conn).await
+        };
+        let active_write = async {
+            match active {
+                Some(mut pipe) => {
+                    let mut conn = conn.clone();
+                    pipe.atomic().query_async::<()>(&mut conn).await
+                }
+                None => Ok(()),
+            }
+        };
+        let (history_done, active_done) = futures::join!(history_write, active_write);
+        history_done?;
+        active_done?;
+        publish.query_async::<()>(&mut conn).await?;
         Ok(())
     }
 }

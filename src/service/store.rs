@@ -43,10 +43,12 @@ pub enum StoreError {
 }
 
 #[derive(Clone)]
+// Both clients are boxed: they are a few hundred bytes each and of very
+// different sizes.
 enum Kind {
-    Single(redis::Client),
+    Single(Box<redis::Client>),
     Cluster {
-        client: ClusterClient,
+        client: Box<ClusterClient>,
         /// One client per seed, for the pub/sub connection: pub/sub in a
         /// cluster is broadcast, so any node serves it.
         seeds: Vec<redis::Client>,
@@ -128,12 +130,12 @@ impl RedisClient {
                 .response_timeout(DEFAULT_RESPONSE_TIMEOUT)
                 .build()?;
             Kind::Cluster {
-                client,
+                client: Box::new(client),
                 seeds: clients,
             }
         } else {
             let mut clients = clients;
-            Kind::Single(clients.swap_remove(0))
+            Kind::Single(Box::new(clients.swap_remove(0)))
         };
         Ok(Self {
             kind,
@@ -225,7 +227,7 @@ impl RedisClient {
     /// `PUBLISH` is broadcast to every node.
     pub(crate) async fn pubsub(&self) -> Result<redis::aio::PubSub, StoreError> {
         let seeds = match &self.kind {
-            Kind::Single(c) => std::slice::from_ref(c),
+            Kind::Single(c) => std::slice::from_ref(c.as_ref()),
             Kind::Cluster { seeds, .. } => seeds.as_slice(),
         };
         let mut last = None;

@@ -126,24 +126,24 @@ fn err(field: impl Into<Cow<'static, str>>, rule: Rule, violation: Violation) ->
 /// accepts. Every grammar here is ASCII, so a non-ASCII character (unicode
 /// digits included) is always a `BadChar`.
 fn charset(
-    field: &Cow<'static, str>,
+    field: Cow<'static, str>,
     rule: Rule,
     value: &str,
     max: usize,
     ok: impl Fn(u8) -> bool,
 ) -> Result<(), ValidationError> {
     if value.is_empty() {
-        return Err(err(field.clone(), rule, Violation::Empty));
+        return Err(err(field, rule, Violation::Empty));
     }
     if let Some((at, ch)) = value
         .char_indices()
         .find(|&(_, c)| !c.is_ascii() || !ok(c as u8))
     {
-        return Err(err(field.clone(), rule, Violation::BadChar { ch, at }));
+        return Err(err(field, rule, Violation::BadChar { ch, at }));
     }
     if value.len() > max {
         return Err(err(
-            field.clone(),
+            field,
             rule,
             Violation::TooLong {
                 max,
@@ -175,7 +175,7 @@ macro_rules! validated_string {
                 field: impl Into<Cow<'static, str>>,
                 value: &str,
             ) -> Result<Self, ValidationError> {
-                $check(&field.into(), value)?;
+                $check(field.into(), value)?;
                 Ok(Self(value.to_owned()))
             }
 
@@ -210,11 +210,11 @@ macro_rules! validated_string {
     };
 }
 
-fn check_id(field: &Cow<'static, str>, value: &str) -> Result<(), ValidationError> {
+fn check_id(field: Cow<'static, str>, value: &str) -> Result<(), ValidationError> {
     charset(field, Rule::Id, value, 128, is_id_byte)
 }
 
-fn check_phone(field: &Cow<'static, str>, value: &str) -> Result<(), ValidationError> {
+fn check_phone(field: Cow<'static, str>, value: &str) -> Result<(), ValidationError> {
     // The '+' is only allowed first; strip it and check the rest as digits,
     // fixing up the reported offset so it points into the original value.
     let (offset, digits) = match value.strip_prefix('+') {
@@ -229,19 +229,19 @@ fn check_phone(field: &Cow<'static, str>, value: &str) -> Result<(), ValidationE
     })
 }
 
-fn check_provider(field: &Cow<'static, str>, value: &str) -> Result<(), ValidationError> {
+fn check_provider(field: Cow<'static, str>, value: &str) -> Result<(), ValidationError> {
     charset(field, Rule::Provider, value, 64, |b| {
         is_id_byte(b) || b == b'.'
     })
 }
 
-fn check_dtmf(field: &Cow<'static, str>, value: &str) -> Result<(), ValidationError> {
+fn check_dtmf(field: Cow<'static, str>, value: &str) -> Result<(), ValidationError> {
     charset(field, Rule::Dtmf, value, 64, |b| {
         is_phone_byte(b) || (b'A'..=b'D').contains(&b)
     })
 }
 
-fn check_recording_name(field: &Cow<'static, str>, value: &str) -> Result<(), ValidationError> {
+fn check_recording_name(field: Cow<'static, str>, value: &str) -> Result<(), ValidationError> {
     charset(field, Rule::RecordingName, value, 128, is_id_byte)
 }
 
@@ -327,7 +327,7 @@ impl Media {
                 _ => Err(bad(Violation::BadStream)),
             };
         }
-        charset(&field, Rule::Media, value, MAX_MEDIA_PATH, |b| {
+        charset(field.clone(), Rule::Media, value, MAX_MEDIA_PATH, |b| {
             is_id_byte(b) || b == b'.' || b == b'/'
         })?;
         if value.starts_with('/') {
