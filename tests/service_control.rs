@@ -172,8 +172,8 @@ async fn a_dial_id_in_use_is_refused_until_released() {
     drop(first);
     // Reused at once: the pending unsubscribe must not undo the new
     // subscription.
+    // subscribe() returns after the router handled the earlier unsubscribe.
     let mut second = f.router.subscribe(&id("dup")).await.unwrap();
-    tokio::time::sleep(Duration::from_millis(100)).await;
     assert_eq!(numsub(&mut f.conn, "dup").await, 1);
     publish(&mut f.conn, "dup", r#"{"type":"stop-record"}"#).await;
     assert_eq!(recv(&mut second).await, Ok(ControlMessage::StopRecord));
@@ -189,11 +189,15 @@ async fn a_full_mailbox_turns_extra_messages_into_errors_in_order() {
     };
     let mut f = fixture(&server, config).await;
     let mut sub = f.router.subscribe(&id("slow")).await.unwrap();
+    let mut probe = f.router.subscribe(&id("probe")).await.unwrap();
     for t in ["hangup", "mute", "whisper", "threeway", "unthreeway"] {
         publish(&mut f.conn, "slow", &format!(r#"{{"type":"{t}"}}"#)).await;
     }
-    // Let the router dispatch all five before the call reads.
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    // The router handles messages in order: once the probe has its message,
+    // all five were dispatched before the call reads any.
+    publish(&mut f.conn, "probe", r#"{"type":"hangup"}"#).await;
+    assert_eq!(recv(&mut probe).await, Ok(ControlMessage::Hangup));
+    assert_eq!(sub.backlog(), 4);
     assert_eq!(recv(&mut sub).await, Ok(ControlMessage::Hangup));
     assert_eq!(recv(&mut sub).await, Ok(ControlMessage::Mute));
     for t in ["whisper", "threeway"] {

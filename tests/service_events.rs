@@ -120,6 +120,16 @@ async fn a_call_publishes_keeps_history_and_active_sides() {
 }
 
 #[tokio::test]
+async fn server_info_reports_version_and_role() {
+    let server = RedisServer::start();
+    let (client, _pubsub) = setup(&server).await;
+    let info = client.server_info().await.unwrap();
+    assert!(info.version.starts_with('7'), "{info}");
+    assert_eq!(info.role, "master");
+    assert!(!info.cluster);
+}
+
+#[tokio::test]
 async fn each_event_is_one_transaction() {
     let server = RedisServer::start();
     let (client, _pubsub) = setup(&server).await;

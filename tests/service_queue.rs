@@ -137,7 +137,7 @@ async fn a_dead_instances_job_is_requeued_at_the_head_and_redone() {
     let mut conn = client.connection().await.unwrap();
 
     // Instance a takes two jobs, then "dies": its heartbeat stops.
-    let a = JobQueue::open(&client, config("a", 600)).await.unwrap();
+    let a = JobQueue::open(&client, config("a", 1_000)).await.unwrap();
     let a_beat = CancellationToken::new();
     let a_task = a.spawn_maintenance(a_beat.clone());
     for raw in ["first", "second", "third"] {
@@ -148,7 +148,7 @@ async fn a_dead_instances_job_is_requeued_at_the_head_and_redone() {
     assert_eq!(a.take().await.unwrap().unwrap().raw(), b"first");
     assert_eq!(a.take().await.unwrap().unwrap().raw(), b"second");
     // Alive for longer than its TTL thanks to the heartbeat.
-    tokio::time::sleep(Duration::from_millis(900)).await;
+    tokio::time::sleep(Duration::from_millis(1_500)).await;
     assert!(conn.exists::<_, bool>(&a.keys().alive).await.unwrap());
     assert_eq!(a.in_flight().await.unwrap(), 2);
     a_beat.cancel();

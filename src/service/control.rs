@@ -566,6 +566,16 @@ impl Subscription {
         self.rx.recv().await
     }
 
+    /// Messages waiting: in the mailbox plus those parked as "mailbox full".
+    pub fn backlog(&self) -> usize {
+        let parked = self
+            .overflow
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .len();
+        self.rx.len() + parked
+    }
+
     /// Unsubscribes now (the same as dropping it).
     pub fn unsubscribe(self) {}
 }

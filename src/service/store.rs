@@ -148,6 +148,18 @@ impl RedisClient {
         matches!(self.kind, Kind::Cluster { .. })
     }
 
+    /// What `redswitch check` prints: the server version and role of the
+    /// node answering (any node, on a cluster).
+    pub async fn server_info(&self) -> Result<ServerInfo, StoreError> {
+        let mut conn = self.connection().await?;
+        let info: String = redis::cmd("INFO")
+            .arg("server")
+            .arg("replication")
+            .query_async(&mut conn)
+            .await?;
+        Ok(ServerInfo::from_info(&info, self.is_cluster()))
+    }
+
     /// A shared, multiplexed connection for non-blocking commands. Cheap to
     /// clone; reconnects lazily after a failure.
     pub async fn connection(&self) -> Result<RedisConn, StoreError> {
@@ -239,6 +251,43 @@ impl RedisClient {
             }
         }
         Err(last.unwrap_or(StoreError::Timeout(self.connect_timeout)))
+    }
+}
+
+/// A summary of the Redis server.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServerInfo {
+    /// `redis_version`.
+    pub version: String,
+    /// `role`: `master` or `slave`.
+    pub role: String,
+    /// Whether it is a cluster.
+    pub cluster: bool,
+}
+
+impl ServerInfo {
+    fn from_info(info: &str, cluster: bool) -> Self {
+        let field = |name: &str| {
+            info.lines()
+                .find_map(|l| l.strip_prefix(name)?.strip_prefix(':'))
+                .map_or_else(|| "unknown".to_owned(), |v| v.trim().to_owned())
+        };
+        Self {
+            version: field("redis_version"),
+            role: field("role"),
+            cluster,
+        }
+    }
+}
+
+impl std::fmt::Display for ServerInfo {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let mode = if self.cluster {
+            "cluster"
+        } else {
+            "standalone"
+        };
+        write!(f, "Redis {} ({mode}, role {})", self.version, self.role)
     }
 }
 
@@ -383,6 +432,16 @@ mod tests {
         );
         assert_eq!(redact_url("redis://host:6379"), "redis://host:6379");
         assert_eq!(redact_url("not a url"), "not a url");
+    }
+
+    #[test]
+    fn server_info_from_info_text() {
+        let info = "# Server\r\nredis_version:7.0.15\r\nredis_mode:standalone\r\n\
+                    # Replication\r\nrole:master\r\nconnected_slaves:0\r\n";
+        let s = ServerInfo::from_info(info, false);
+        assert_eq!((s.version.as_str(), s.role.as_str()), ("7.0.15", "master"));
+        assert_eq!(s.to_string(), "Redis 7.0.15 (standalone, role master)");
+        assert_eq!(ServerInfo::from_info("", true).version, "unknown");
     }
 
     #[tokio::test]
