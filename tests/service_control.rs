@@ -317,3 +317,82 @@ async fn subscribe_after_shutdown_reports_stopped() {
     // The failed attempt left nothing behind.
     assert_eq!(f.router.calls(), 0);
 }
+
+#[tokio::test]
+async fn an_ended_call_lingers_answering_errors_then_yields_its_dial_id() {
+    use futures::StreamExt;
+    use redswitch::service::events::CallEvents;
+
+    let server = RedisServer::start();
+    let mut f = fixture(&server, RouterConfig::default()).await;
+    let raw = redis::Client::open(server.url()).unwrap();
+    let mut watcher = raw.get_async_pubsub().await.unwrap();
+    watcher.subscribe("ended").await.unwrap();
+    let mut next_published = async || -> serde_json::Value {
+        let msg = tokio::time::timeout(Duration::from_secs(5), watcher.on_message().next())
+            .await
+            .unwrap()
+            .unwrap();
+        serde_json::from_slice(msg.get_payload_bytes()).unwrap()
+    };
+
+    let sub = f.router.subscribe(&id("ended")).await.unwrap();
+    let events = CallEvents::new(f.conn.clone(), &id("ended"), &id("o"), &id("u"));
+    let lingering = sub.linger(events, Duration::from_secs(30));
+
+    // A second hangup after the end gets an error, not silence.
+    publish(&mut f.conn, "ended", r#"{"type":"hangup"}"#).await;
+    assert_eq!(next_published().await["type"], "hangup");
+    let answer = next_published().await;
+    assert_eq!(
+        answer,
+        serde_json::json!({"type":"error","event":"hangup","reason":"call has ended"})
+    );
+    // Its own error is ignored by the router, so no loop.
+
+    // A new call with the same dial_id takes the channel over.
+    let mut fresh = f.router.subscribe(&id("ended")).await.unwrap();
+    tokio::time::timeout(Duration::from_secs(5), lingering)
+        .await
+        .expect("lingering task ends when taken over")
+        .unwrap();
+    // Still subscribed: the router's connection plus the watcher.
+    assert_eq!(numsub(&mut f.conn, "ended").await, 2);
+    publish(&mut f.conn, "ended", r#"{"type":"mute"}"#).await;
+    assert_eq!(recv(&mut fresh).await, Ok(ControlMessage::Mute));
+}
+
+#[tokio::test]
+async fn lingering_ends_and_unsubscribes_after_its_time() {
+    use redswitch::service::events::CallEvents;
+
+    let server = RedisServer::start();
+    let f = fixture(&server, RouterConfig::default()).await;
+    let sub = f.router.subscribe(&id("brief")).await.unwrap();
+    let events = CallEvents::new(f.conn.clone(), &id("brief"), &id("o"), &id("u"));
+    sub.linger(events, Duration::from_millis(100))
+        .await
+        .unwrap();
+    assert_eq!(f.router.calls(), 0);
+    let conn = f.conn.clone();
+    support::wait_until("unsubscribed", Duration::from_secs(5), || {
+        let mut conn = conn.clone();
+        async move { numsub(&mut conn, "brief").await == 0 }
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn keepalive_pings_do_not_disturb_the_connection() {
+    let server = RedisServer::start();
+    let config = RouterConfig {
+        ping_every: Duration::from_millis(30),
+        ..RouterConfig::default()
+    };
+    let mut f = fixture(&server, config).await;
+    let mut sub = f.router.subscribe(&id("pinged")).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(f.router.connects(), 1, "no reconnect caused by pings");
+    publish(&mut f.conn, "pinged", r#"{"type":"unthreeway"}"#).await;
+    assert_eq!(recv(&mut sub).await, Ok(ControlMessage::Unthreeway));
+}

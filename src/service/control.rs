@@ -14,6 +14,13 @@
 //! lost: Redis pub/sub is at most once, and controllers resend when no
 //! `ack`/`error` arrives (SPEC §5).
 //!
+//! One `dial_id` has at most one live call per instance: a second
+//! [`ControlRouter::subscribe`] for it fails with [`RouterError::InUse`]
+//! until the first is dropped. An ended call may [`Subscription::linger`] a
+//! few seconds answering late control messages with an `error` ("call has
+//! ended"), so a resent `hangup` is answered; a new call with the same
+//! `dial_id` takes the channel over from a lingering one at once.
+//!
 //! A call that does not read its mailbox fast enough does not block the
 //! router or other calls: when its mailbox is full, each further message is
 //! parked as a "mailbox full" [`BadControl`] on a small side list the call
@@ -412,6 +419,9 @@ struct Slot {
     id: u64,
     tx: mpsc::Sender<Delivery>,
     overflow: Overflow,
+    /// The call has ended and only answers "call has ended" errors: a new
+    /// call with this dial_id takes the slot over.
+    lingering: bool,
 }
 
 enum Cmd {
@@ -483,15 +493,18 @@ impl ControlRouter {
         let id = self.shared.next_id.fetch_add(1, Ordering::Relaxed);
         {
             let mut slots = self.shared.slots();
-            if slots.contains_key(dial_id.as_str()) {
+            if slots.get(dial_id.as_str()).is_some_and(|s| !s.lingering) {
                 return Err(RouterError::InUse(dial_id.clone()));
             }
+            // Replacing a lingering slot drops its sender: the lingering
+            // task sees its mailbox close and ends.
             slots.insert(
                 dial_id.to_string(),
                 Slot {
                     id,
                     tx,
                     overflow: overflow.clone(),
+                    lingering: false,
                 },
             );
         }
@@ -574,6 +587,40 @@ impl Subscription {
             .unwrap_or_else(|p| p.into_inner())
             .len();
         self.rx.len() + parked
+    }
+
+    /// The call has ended: for `linger`, answer every control message on its
+    /// channel with an `error` ("call has ended") through `events`, so a
+    /// controller resending (SPEC §5) gets an answer rather than silence,
+    /// then unsubscribe. A new call with the same `dial_id` may subscribe
+    /// meanwhile; it takes the channel over at once.
+    pub fn linger(mut self, events: super::events::CallEvents, linger: Duration) -> JoinHandle<()> {
+        if let Some(slot) = self.shared.slots().get_mut(self.dial_id.as_str())
+            && slot.id == self.id
+        {
+            slot.lingering = true;
+        }
+        tokio::spawn(async move {
+            let deadline = tokio::time::sleep(linger);
+            tokio::pin!(deadline);
+            loop {
+                let delivery = tokio::select! {
+                    () = &mut deadline => return,
+                    d = self.recv() => match d {
+                        Some(d) => d,
+                        // Taken over by a new call, or the router stopped.
+                        None => return,
+                    },
+                };
+                let event = match delivery {
+                    Ok(msg) => msg.error("call has ended"),
+                    Err(bad) => bad.to_event(),
+                };
+                if let Err(e) = events.publish(&event).await {
+                    tracing::warn!(dial_id = %self.dial_id, error = %e, "could not answer control after call end");
+                }
+            }
+        })
     }
 
     /// Unsubscribes now (the same as dropping it).
