@@ -13,6 +13,22 @@
 //! - [`store`]: connections to Redis, standalone or cluster.
 //!
 //! This is the only part of Redswitch that talks to Redis.
+//!
+//! # Redis keys
+//!
+//! `J` is the job list (`--jobs-key`, default `talkiq-asp.calls`) and `T`
+//! its hash tag `{J}`; details in [`queue`] and [`events`].
+//!
+//! | key | type | expiry |
+//! |---|---|---|
+//! | `J` | list of jobs, oldest first | none |
+//! | `T.processing.<instance>` | list: jobs taken, not yet decided | none (emptied by ack or reaper) |
+//! | `T.alive.<instance>` | string: liveness | 15 s, re-set every 5 s |
+//! | `T.instances` | set of instance ids | none (pruned by the reaper) |
+//! | `J.dead` | list of dead letters | none; capped at 10,000 |
+//! | `redswitch_history.<org_id>.<user_id>` | list of published JSON | 4 h, re-set on each write |
+//! | `redswitch.<dial_id>.<org_id>.<user_id>` | list of `ACTIVE.<side>` | 24 h, re-set on each write |
+//! | channel `<dial_id>` | pub/sub: events out, control in | — |
 
 pub mod control;
 pub mod events;
