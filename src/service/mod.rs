@@ -1,1 +1,38 @@
 //! Redswitch itself: the Redis-driven agent.
+//!
+//! - [`validate`]: the allow-list grammars every value from Redis must match
+//!   before it may reach FreeSWITCH or a Redis key name (SPEC §3, §10).
+//! - [`job`]: the `asp-call` job, parsed and validated.
+//! - [`queue`]: reliable, at-least-once taking of jobs from the job list,
+//!   with per-instance processing lists, liveness keys, a reaper and dead
+//!   letters.
+//! - [`events`]: the messages Redswitch publishes on a call's channel and
+//!   the history and active-call keys kept with them.
+//! - [`control`]: control messages from controllers, and the router that
+//!   delivers them from one pub/sub connection to each call's mailbox.
+//! - [`store`]: connections to Redis, standalone or cluster.
+//!
+//! This is the only part of Redswitch that talks to Redis.
+//!
+//! # Redis keys
+//!
+//! `J` is the job list (`--jobs-key`, default `talkiq-asp.calls`) and `T`
+//! its hash tag `{J}`; details in [`queue`] and [`events`].
+//!
+//! | key | type | expiry |
+//! |---|---|---|
+//! | `J` | list of jobs, oldest first | none |
+//! | `T.processing.<instance>` | list: jobs taken, not yet decided | none (emptied by ack or reaper) |
+//! | `T.alive.<instance>` | string: liveness | 15 s, re-set every 5 s |
+//! | `T.instances` | set of instance ids | none (pruned by the reaper) |
+//! | `J.dead` | list of dead letters | none; capped at 10,000 |
+//! | `redswitch_history.<org_id>.<user_id>` | list of published JSON | 4 h, re-set on each write |
+//! | `redswitch.<dial_id>.<org_id>.<user_id>` | list of `ACTIVE.<side>` | 24 h, re-set on each write |
+//! | channel `<dial_id>` | pub/sub: events out, control in | — |
+
+pub mod control;
+pub mod events;
+pub mod job;
+pub mod queue;
+pub mod store;
+pub mod validate;

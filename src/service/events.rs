@@ -1,0 +1,521 @@
+//! The messages Redswitch publishes (SPEC §4) and the Redis state kept with
+//! them (SPEC §6).
+//!
+//! For one call, [`CallEvents`] writes each event in one round trip:
+//!
+//! | key | type | what | expiry |
+//! |---|---|---|---|
+//! | channel `<dial_id>` | pub/sub | `PUBLISH` of the event JSON | — |
+//! | `redswitch_history.<org_id>.<user_id>` | list | `RPUSH` of the same JSON; deleted by [`CallEvents::start_call`] | 4 h, re-set on each write |
+//! | `redswitch.<dial_id>.<org_id>.<user_id>` | list | `ACTIVE.<side>` pushed on `answer-event`, `LREM`-ed on `hangup-event` | 24 h, re-set on each write |
+//!
+//! The state keys are written before the `PUBLISH`, so a controller
+//! reacting to an event already sees the state it describes. On a
+//! standalone Redis all of an event's writes are one `MULTI`/`EXEC`
+//! transaction: one round trip, and history order equals publish order even
+//! with several writers. On a cluster the two keys live in different slots
+//! (their names are fixed by the SPEC, so no hash tag can join them) and
+//! neither a transaction nor a redis-rs cluster pipeline may span slots:
+//! each key's commands go as their own single-key transaction, both sent at
+//! once, then the `PUBLISH` — two round trips of latency.
+
+use std::sync::Arc;
+
+use redis::aio::ConnectionLike;
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+use super::job::AspCallJob;
+use super::store::RedisConn;
+use super::validate::Id;
+
+/// History lists live this long after their last write.
+pub const HISTORY_TTL_SECS: i64 = 4 * 3600;
+/// Active-call lists live this long after their last write.
+pub const ACTIVE_TTL_SECS: i64 = 24 * 3600;
+
+/// A party of the call, published as a number.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Side {
+    /// 0: the user's own phone, rung first.
+    Caller,
+    /// 1: the party the user wants.
+    Callee,
+    /// 2: a barger listening in.
+    Barger,
+}
+
+impl Side {
+    /// The number the wire format uses.
+    pub fn number(self) -> u8 {
+        match self {
+            Side::Caller => 0,
+            Side::Callee => 1,
+            Side::Barger => 2,
+        }
+    }
+
+    /// The side for a wire number.
+    pub fn from_number(n: u64) -> Option<Self> {
+        match n {
+            0 => Some(Side::Caller),
+            1 => Some(Side::Callee),
+            2 => Some(Side::Barger),
+            _ => None,
+        }
+    }
+}
+
+impl std::fmt::Display for Side {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}", self.number())
+    }
+}
+
+impl Serialize for Side {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_u8(self.number())
+    }
+}
+
+impl<'de> Deserialize<'de> for Side {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let n = u64::deserialize(d)?;
+        Side::from_number(n)
+            .ok_or_else(|| serde::de::Error::custom(format!("side {n} is not 0, 1 or 2")))
+    }
+}
+
+/// Why a `play` ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum MediaDoneReason {
+    /// Every item was played.
+    Done,
+    /// A `stop-media` (or a new `play`) interrupted it.
+    Stopped,
+    /// FreeSWITCH could not play it (missing file …).
+    Failed,
+    /// The side hung up during playback.
+    Hangup,
+}
+
+/// Why a recording ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RecordDoneReason {
+    /// It reached its limit (length or silence).
+    Done,
+    /// A `stop-record` ended it.
+    Stopped,
+    /// FreeSWITCH could not record.
+    Failed,
+    /// The call ended.
+    Hangup,
+}
+
+/// A message Redswitch publishes on the call's channel (SPEC §4), with the
+/// exact wire names: `{"type":"answer-event","side":0}`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type")]
+pub enum Event {
+    /// FreeSWITCH has created the first leg of the job.
+    #[serde(rename = "call-start")]
+    CallStart {
+        /// The job's `dial_id`.
+        dial_id: String,
+    },
+    /// That side's phone answered.
+    #[serde(rename = "answer-event")]
+    Answer {
+        /// Who answered.
+        side: Side,
+    },
+    /// That side hung up.
+    #[serde(rename = "hangup-event")]
+    Hangup {
+        /// Who hung up.
+        side: Side,
+        /// FreeSWITCH's Hangup-Cause (`NORMAL_CLEARING`, `USER_BUSY` …).
+        cause: String,
+    },
+    /// The call will not even be attempted.
+    #[serde(rename = "failure")]
+    Failure {
+        /// Why.
+        cause: String,
+    },
+    /// A control message was carried out.
+    #[serde(rename = "ack")]
+    Ack {
+        /// The control message's `type`.
+        event: String,
+    },
+    /// A control message could not be carried out.
+    #[serde(rename = "error")]
+    Error {
+        /// The control message's `type`; absent when it had none (non-JSON).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        event: Option<String>,
+        /// Why.
+        reason: String,
+    },
+    /// DTMF received from a side.
+    #[serde(rename = "dtmf-event")]
+    Dtmf {
+        /// Who pressed the keys.
+        side: Side,
+        /// The digits.
+        digits: String,
+    },
+    /// A `play` ended.
+    #[serde(rename = "media-done-event")]
+    MediaDone {
+        /// Where it played.
+        side: Side,
+        /// How it ended.
+        reason: MediaDoneReason,
+    },
+    /// A recording ended.
+    #[serde(rename = "record-done-event")]
+    RecordDone {
+        /// The file written.
+        path: String,
+        /// How it ended.
+        reason: RecordDoneReason,
+        /// Its length.
+        duration_ms: u64,
+    },
+}
+
+/// Every `type` in [`Event`]; the control router ignores these on a call's
+/// channel because they are Redswitch's own messages.
+pub const EVENT_TYPES: [&str; 9] = [
+    "call-start",
+    "answer-event",
+    "hangup-event",
+    "failure",
+    "ack",
+    "error",
+    "dtmf-event",
+    "media-done-event",
+    "record-done-event",
+];
+
+impl Event {
+    /// The wire `type`.
+    pub fn event_type(&self) -> &'static str {
+        match self {
+            Event::CallStart { .. } => "call-start",
+            Event::Answer { .. } => "answer-event",
+            Event::Hangup { .. } => "hangup-event",
+            Event::Failure { .. } => "failure",
+            Event::Ack { .. } => "ack",
+            Event::Error { .. } => "error",
+            Event::Dtmf { .. } => "dtmf-event",
+            Event::MediaDone { .. } => "media-done-event",
+            Event::RecordDone { .. } => "record-done-event",
+        }
+    }
+
+    /// The JSON published.
+    pub fn to_json(&self) -> String {
+        // Serialising these plain structs cannot fail: every field is a
+        // string, a number or a unit enum.
+        serde_json::to_string(self).unwrap_or_else(|e| {
+            format!(r#"{{"type":"error","reason":"serialising event failed: {e}"}}"#)
+        })
+    }
+}
+
+/// Errors writing events.
+#[derive(Debug, thiserror::Error)]
+pub enum EventsError {
+    /// Redis failed; the event may not have been published.
+    #[error("publishing event: {0}")]
+    Redis(#[from] redis::RedisError),
+}
+
+/// `redswitch_history.<org_id>.<user_id>`.
+pub fn history_key(org_id: &Id, user_id: &Id) -> String {
+    format!("redswitch_history.{org_id}.{user_id}")
+}
+
+/// `redswitch.<dial_id>.<org_id>.<user_id>`.
+pub fn active_key(dial_id: &Id, org_id: &Id, user_id: &Id) -> String {
+    format!("redswitch.{dial_id}.{org_id}.{user_id}")
+}
+
+/// The active-list item for a side: `ACTIVE.<side>`.
+pub fn active_item(side: Side) -> String {
+    format!("ACTIVE.{}", side.number())
+}
+
+struct CallKeys {
+    dial_id: Id,
+    history: String,
+    active: String,
+}
+
+/// Publishes the events of one call and keeps its Redis state. Clones share
+/// the keys and the connection, so the tasks of both legs can hold one.
+#[derive(Clone)]
+pub struct CallEvents {
+    conn: RedisConn,
+    keys: Arc<CallKeys>,
+}
+
+impl std::fmt::Debug for CallEvents {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CallEvents")
+            .field("dial_id", &self.keys.dial_id)
+            .field("history", &self.keys.history)
+            .field("active", &self.keys.active)
+            .finish()
+    }
+}
+
+impl CallEvents {
+    /// Events for the call `dial_id` of `user_id` in `org_id`.
+    pub fn new(conn: RedisConn, dial_id: &Id, org_id: &Id, user_id: &Id) -> Self {
+        Self {
+            conn,
+            keys: Arc::new(CallKeys {
+                dial_id: dial_id.clone(),
+                history: history_key(org_id, user_id),
+                active: active_key(dial_id, org_id, user_id),
+            }),
+        }
+    }
+
+    /// Events for the call of `job`.
+    pub fn for_job(conn: RedisConn, job: &AspCallJob) -> Self {
+        Self::new(conn, &job.dial_id, &job.org_id, &job.user_id)
+    }
+
+    /// The call's channel (its `dial_id`).
+    pub fn dial_id(&self) -> &Id {
+        &self.keys.dial_id
+    }
+
+    /// The user's history list.
+    pub fn history_key(&self) -> &str {
+        &self.keys.history
+    }
+
+    /// The call's active-call list.
+    pub fn active_key(&self) -> &str {
+        &self.keys.active
+    }
+
+    /// The call has started: deletes the user's history, then publishes
+    /// `call-start` and makes it the history's first entry.
+    pub async fn start_call(&self) -> Result<(), EventsError> {
+        let event = Event::CallStart {
+            dial_id: self.keys.dial_id.to_string(),
+        };
+        self.write(&event, true).await
+    }
+
+    /// Publishes `event`, appends it to the history and updates the
+    /// active-call list for answers and hangups: one round trip.
+    pub async fn publish(&self, event: &Event) -> Result<(), EventsError> {
+        self.write(event, false).await
+    }
+
+    /// The writes of one event, grouped by key: (active-list commands,
+    /// history commands, the publish).
+    fn commands(
+        &self,
+        event: &Event,
+        reset_history: bool,
+    ) -> (Option<redis::Pipeline>, redis::Pipeline, redis::Cmd) {
+        let json = event.to_json();
+        let keys = &self.keys;
+        let active = match event {
+            Event::Answer { side } => {
+                let mut pipe = redis::pipe();
+                pipe.rpush(&keys.active, active_item(*side)).ignore();
+                Some(pipe)
+            }
+            Event::Hangup { side, .. } => {
+                let mut pipe = redis::pipe();
+                pipe.lrem(&keys.active, 0, active_item(*side)).ignore();
+                Some(pipe)
+            }
+            _ => None,
+        }
+        .map(|mut pipe| {
+            pipe.expire(&keys.active, ACTIVE_TTL_SECS).ignore();
+            pipe
+        });
+        let mut history = redis::pipe();
+        if reset_history {
+            history.del(&keys.history).ignore();
+        }
+        history.rpush(&keys.history, &json).ignore();
+        history.expire(&keys.history, HISTORY_TTL_SECS).ignore();
+        let mut publish = redis::cmd("PUBLISH");
+        publish.arg(keys.dial_id.as_str()).arg(json);
+        (active, history, publish)
+    }
+
+    async fn write(&self, event: &Event, reset_history: bool) -> Result<(), EventsError> {
+        let (active, history, publish) = self.commands(event, reset_history);
+        let mut conn = self.conn.clone();
+        if !self.conn.is_cluster() {
+            // Standalone: everything in one MULTI/EXEC, one round trip.
+            let mut all = redis::pipe();
+            all.atomic();
+            for cmd in active.iter().chain([&history]).flat_map(|p| p.cmd_iter()) {
+                all.add_command(cmd.clone()).ignore();
+            }
+            all.add_command(publish).ignore();
+            all.query_async::<()>(&mut conn).await?;
+            return Ok(());
+        }
+        // Cluster: the two keys are in different slots, so each key's
+        // commands go as their own single-slot transaction, both at once;
+        // the publish follows once the state is written.
+        let mut history = history;
+        let history_write = async {
+            let mut conn = conn.clone();
+            history.atomic().query_async::<()>(&mut conn).await
+        };
+        let active_write = async {
+            match active {
+                Some(mut pipe) => {
+                    let mut conn = conn.clone();
+                    pipe.atomic().query_async::<()>(&mut conn).await
+                }
+                None => Ok(()),
+            }
+        };
+        let (history_done, active_done) = futures::join!(history_write, active_write);
+        history_done?;
+        active_done?;
+        publish.query_async::<()>(&mut conn).await?;
+        Ok(())
+    }
+}
+
+/// Publishes `event` on `dial_id` only, without history: for a bad job,
+/// whose `org_id`/`user_id` cannot be trusted to build key names.
+pub async fn publish_only<C: ConnectionLike + Send>(
+    conn: &mut C,
+    dial_id: &Id,
+    event: &Event,
+) -> Result<(), EventsError> {
+    redis::cmd("PUBLISH")
+        .arg(dial_id.as_str())
+        .arg(event.to_json())
+        .query_async::<()>(conn)
+        .await?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn wire(e: &Event) -> serde_json::Value {
+        serde_json::from_str(&e.to_json()).unwrap()
+    }
+
+    #[test]
+    fn wire_format_matches_the_spec() {
+        let cases = [
+            (
+                Event::CallStart {
+                    dial_id: "d1".into(),
+                },
+                json!({"type":"call-start","dial_id":"d1"}),
+            ),
+            (
+                Event::Answer { side: Side::Caller },
+                json!({"type":"answer-event","side":0}),
+            ),
+            (
+                Event::Hangup {
+                    side: Side::Callee,
+                    cause: "USER_BUSY".into(),
+                },
+                json!({"type":"hangup-event","side":1,"cause":"USER_BUSY"}),
+            ),
+            (
+                Event::Failure {
+                    cause: "bad job".into(),
+                },
+                json!({"type":"failure","cause":"bad job"}),
+            ),
+            (
+                Event::Ack {
+                    event: "barge".into(),
+                },
+                json!({"type":"ack","event":"barge"}),
+            ),
+            (
+                Event::Error {
+                    event: Some("whisper".into()),
+                    reason: "no barger".into(),
+                },
+                json!({"type":"error","event":"whisper","reason":"no barger"}),
+            ),
+            (
+                Event::Error {
+                    event: None,
+                    reason: "not JSON".into(),
+                },
+                json!({"type":"error","reason":"not JSON"}),
+            ),
+            (
+                Event::Dtmf {
+                    side: Side::Barger,
+                    digits: "1234#".into(),
+                },
+                json!({"type":"dtmf-event","side":2,"digits":"1234#"}),
+            ),
+            (
+                Event::MediaDone {
+                    side: Side::Callee,
+                    reason: MediaDoneReason::Stopped,
+                },
+                json!({"type":"media-done-event","side":1,"reason":"stopped"}),
+            ),
+            (
+                Event::RecordDone {
+                    path: "/rec/a.wav".into(),
+                    reason: RecordDoneReason::Done,
+                    duration_ms: 1500,
+                },
+                json!({"type":"record-done-event","path":"/rec/a.wav","reason":"done","duration_ms":1500}),
+            ),
+        ];
+        for (event, expected) in cases {
+            assert_eq!(wire(&event), expected);
+            assert_eq!(expected["type"], event.event_type());
+            assert!(EVENT_TYPES.contains(&event.event_type()));
+            // And back: `push --follow` and tests read events.
+            let back: Event = serde_json::from_value(expected).unwrap();
+            assert_eq!(back, event);
+        }
+    }
+
+    #[test]
+    fn sides_are_numbers_0_to_2() {
+        for n in 0..3u64 {
+            assert_eq!(u64::from(Side::from_number(n).unwrap().number()), n);
+        }
+        assert_eq!(Side::from_number(3), None);
+        assert!(serde_json::from_str::<Side>("3").is_err());
+        assert!(serde_json::from_str::<Side>("\"0\"").is_err());
+    }
+
+    #[test]
+    fn key_names() {
+        let id = |s| Id::parse("t", s).unwrap();
+        assert_eq!(history_key(&id("o"), &id("u")), "redswitch_history.o.u");
+        assert_eq!(active_key(&id("d"), &id("o"), &id("u")), "redswitch.d.o.u");
+        assert_eq!(active_item(Side::Barger), "ACTIVE.2");
+    }
+}

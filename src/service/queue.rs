@@ -1,0 +1,574 @@
+//! Reliable, at-least-once taking of jobs from the job list (SPEC §3).
+//!
+//! Producers `RPUSH` jobs onto the job list; each Redswitch instance moves
+//! the oldest job atomically into a processing list of its own
+//! (`BLMOVE … LEFT RIGHT`), handles it, and removes it from there once the
+//! job's fate is decided ([`JobQueue::ack`], or [`JobQueue::dead_letter`] for
+//! a bad job). An instance proves it is alive by refreshing a liveness key
+//! with a short expiry. Every instance runs a reaper: an instance whose
+//! liveness key expired is dead, and its processing list is moved back to
+//! the **head** of the job list, so those jobs are redone first by a live
+//! instance. A job is therefore never silently dropped, and may run twice
+//! when an instance dies (or stalls past its liveness TTL) after starting it.
+//!
+//! # Keys
+//!
+//! With `J` the job-list key (`--jobs-key`, default `talkiq-asp.calls`) and
+//! `T` the hash tag `{J}` (or `J`'s own hash tag, when it has one):
+//!
+//! | key | type | holds | expiry |
+//! |---|---|---|---|
+//! | `J` | list | jobs waiting, oldest at the head | none (producers own it) |
+//! | `T.processing.<instance>` | list | jobs taken by `<instance>` and not yet decided | none: emptied by `ack` or by a reaper; Redis deletes it when empty |
+//! | `T.alive.<instance>` | string | `<instance>` is alive (value: last beat, unix ms) | liveness TTL (default 15 s), re-set by each heartbeat (every TTL/3) |
+//! | `T.instances` | set | instances that may own a processing list | none: an instance is removed once reaped, re-added by each heartbeat |
+//! | `J.dead` | list | dead letters `{"reason":…,"job":"<raw job>","at":<unix ms>}`, newest last | none; capped to the newest 10,000 entries |
+//!
+//! `<instance>` is a random id per process start (1–128 of `[A-Za-z0-9_-]`).
+//!
+//! # Redis Cluster
+//!
+//! `J`, the processing lists, liveness keys and the instance set share one
+//! hash slot: the tag `{J}` hashes exactly like the untagged key `J`, so
+//! `BLMOVE`/`LMOVE` between them is a single-slot command. The dead-letter
+//! list (its name is fixed by the SPEC) may sit in another slot; it is only
+//! written with single-key commands.
+//!
+//! # Races
+//!
+//! The reaper moves a dead instance's jobs one at a time with `LMOVE`, each
+//! atomic, so two reapers racing split the jobs between them and none is
+//! lost or duplicated. An instance that was only late (its key expired, then
+//! it beat again) may still finish a job that was requeued; its `ack` then
+//! finds nothing to remove and says so in the log. That is the "at least
+//! once" of SPEC §3.
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use redis::AsyncCommands;
+use redis::aio::ConnectionLike;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+use super::events::{Event, publish_only};
+use super::job::BadJob;
+use super::store::{RedisClient, RedisConn, StoreError};
+use super::validate::{Id, ValidationError};
+
+/// The default job list (SPEC §3).
+pub const DEFAULT_JOBS_KEY: &str = "talkiq-asp.calls";
+/// Default liveness TTL: long enough to ride out a GC-free but busy Redis
+/// or a short network hiccup, short enough that a dead instance's jobs wait
+/// at most this long.
+pub const DEFAULT_LIVENESS_TTL: Duration = Duration::from_secs(15);
+/// Default cap of the dead-letter list.
+pub const DEFAULT_DEAD_CAP: usize = 10_000;
+
+/// Errors of the job queue.
+#[derive(Debug, thiserror::Error)]
+pub enum QueueError {
+    /// The job-list key cannot be used (empty, too long, whitespace, or a `}`
+    /// that breaks hash tagging).
+    #[error("invalid jobs key: {0}")]
+    BadJobsKey(&'static str),
+    /// The instance id broke the id grammar.
+    #[error(transparent)]
+    BadInstance(#[from] ValidationError),
+    /// Connecting to Redis failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// A Redis command failed.
+    #[error("job queue: {0}")]
+    Redis(#[from] redis::RedisError),
+}
+
+/// How the queue behaves.
+#[derive(Debug, Clone)]
+pub struct QueueConfig {
+    /// The job list (`--jobs-key`).
+    pub jobs_key: String,
+    /// This process's id; names its processing list and liveness key.
+    pub instance: String,
+    /// How long the liveness key lives without a heartbeat.
+    pub liveness_ttl: Duration,
+    /// How often the heartbeat re-sets the liveness key.
+    pub heartbeat_every: Duration,
+    /// How often the reaper looks for dead instances.
+    pub reap_every: Duration,
+    /// How long one `take` blocks waiting for a job.
+    pub take_timeout: Duration,
+    /// How many dead letters are kept.
+    pub dead_cap: usize,
+}
+
+impl QueueConfig {
+    /// Defaults for `jobs_key`, with a fresh random instance id.
+    pub fn new(jobs_key: impl Into<String>) -> Self {
+        let ttl = DEFAULT_LIVENESS_TTL;
+        Self {
+            jobs_key: jobs_key.into(),
+            instance: uuid::Uuid::new_v4().simple().to_string(),
+            liveness_ttl: ttl,
+            heartbeat_every: ttl / 3,
+            reap_every: Duration::from_secs(5),
+            take_timeout: Duration::from_secs(1),
+            dead_cap: DEFAULT_DEAD_CAP,
+        }
+    }
+
+    /// Sets the liveness TTL, with the heartbeat at a third of it so two
+    /// beats can be missed before the instance is declared dead.
+    pub fn with_liveness_ttl(mut self, ttl: Duration) -> Self {
+        self.liveness_ttl = ttl;
+        self.heartbeat_every = ttl / 3;
+        self
+    }
+}
+
+/// The hash tag that puts a key in the same slot as `key`: `key`'s own tag
+/// if it has one (Redis hashes only the part between the first `{` and the
+/// next `}`, when not empty), else `key` itself.
+fn same_slot_tag(key: &str) -> Result<&str, QueueError> {
+    if let Some(open) = key.find('{')
+        && let Some(len) = key[open + 1..].find('}')
+        && len > 0
+    {
+        return Ok(&key[open + 1..open + 1 + len]);
+    }
+    if key.contains('}') {
+        // `{key}` would end its tag at that brace and land elsewhere.
+        return Err(QueueError::BadJobsKey("'}' outside a hash tag"));
+    }
+    Ok(key)
+}
+
+/// The key names of a queue, as seen by one instance.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct QueueKeys {
+    /// The job list.
+    pub jobs: String,
+    /// This instance's processing list.
+    pub processing: String,
+    /// This instance's liveness key.
+    pub alive: String,
+    /// The set of instances that may own a processing list.
+    pub instances: String,
+    /// The dead-letter list.
+    pub dead: String,
+    tag: String,
+}
+
+impl QueueKeys {
+    /// Key names for `jobs_key` and `instance`.
+    pub fn new(jobs_key: &str, instance: &str) -> Result<Self, QueueError> {
+        if jobs_key.is_empty() {
+            return Err(QueueError::BadJobsKey("empty"));
+        }
+        if jobs_key.len() > 512 {
+            return Err(QueueError::BadJobsKey("longer than 512 bytes"));
+        }
+        if jobs_key
+            .chars()
+            .any(|c| c.is_whitespace() || c.is_control())
+        {
+            return Err(QueueError::BadJobsKey("whitespace or control character"));
+        }
+        Id::parse("instance", instance)?;
+        let tag = format!("{{{}}}", same_slot_tag(jobs_key)?);
+        Ok(Self {
+            jobs: jobs_key.to_owned(),
+            processing: format!("{tag}.processing.{instance}"),
+            alive: format!("{tag}.alive.{instance}"),
+            instances: format!("{tag}.instances"),
+            dead: format!("{jobs_key}.dead"),
+            tag,
+        })
+    }
+
+    /// The processing list of any instance.
+    pub fn processing_of(&self, instance: &str) -> String {
+        format!("{}.processing.{instance}", self.tag)
+    }
+
+    /// The liveness key of any instance.
+    pub fn alive_of(&self, instance: &str) -> String {
+        format!("{}.alive.{instance}", self.tag)
+    }
+}
+
+/// A job taken from the list: its raw bytes, exactly as the producer pushed
+/// them (the processing list is searched by value to acknowledge it).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TakenJob {
+    raw: Vec<u8>,
+}
+
+impl TakenJob {
+    /// The raw job.
+    pub fn raw(&self) -> &[u8] {
+        &self.raw
+    }
+}
+
+/// Now, in unix milliseconds.
+fn unix_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
+/// The JSON kept on the dead-letter list. The raw job is kept as a string
+/// (invalid UTF-8 replaced by U+FFFD) so the entry is always valid JSON.
+pub fn dead_letter_entry(raw: &[u8], reason: &str, at_unix_ms: u64) -> String {
+    serde_json::json!({
+        "reason": reason,
+        "job": String::from_utf8_lossy(raw),
+        "at": at_unix_ms,
+    })
+    .to_string()
+}
+
+/// Pushes a raw job onto the job list (what producers do; used by
+/// `redswitch push` and tests).
+pub async fn push_job<C: ConnectionLike + Send + Sync>(
+    conn: &mut C,
+    jobs_key: &str,
+    raw: &[u8],
+) -> Result<(), QueueError> {
+    conn.rpush::<_, _, ()>(jobs_key, raw).await?;
+    Ok(())
+}
+
+struct Inner {
+    config: QueueConfig,
+    keys: QueueKeys,
+    /// Shared multiplexed connection for the quick commands.
+    conn: RedisConn,
+    /// A connection of its own for `BLMOVE`, which blocks the connection.
+    blocking: RedisConn,
+}
+
+/// One instance's view of the job queue. Clones share the connections.
+#[derive(Clone)]
+pub struct JobQueue {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for JobQueue {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("JobQueue")
+            .field("keys", &self.inner.keys)
+            .finish()
+    }
+}
+
+impl JobQueue {
+    /// Opens the queue for this instance and announces it alive (one
+    /// heartbeat), so no reaper takes its jobs from the first take on.
+    pub async fn open(client: &RedisClient, config: QueueConfig) -> Result<Self, QueueError> {
+        let keys = QueueKeys::new(&config.jobs_key, &config.instance)?;
+        let conn = client.connection().await?;
+        // The response must be allowed to take the whole block time.
+        let blocking = client
+            .connection_with_timeout(Some(config.take_timeout + Duration::from_secs(5)))
+            .await?;
+        let queue = Self {
+            inner: Arc::new(Inner {
+                config,
+                keys,
+                conn,
+                blocking,
+            }),
+        };
+        queue.heartbeat().await?;
+        Ok(queue)
+    }
+
+    /// The key names used.
+    pub fn keys(&self) -> &QueueKeys {
+        &self.inner.keys
+    }
+
+    /// The configuration used.
+    pub fn config(&self) -> &QueueConfig {
+        &self.inner.config
+    }
+
+    /// Re-sets this instance's liveness key and registers it. Returns
+    /// whether the key was still there: `false` means other instances may
+    /// have requeued this instance's jobs.
+    pub async fn heartbeat(&self) -> Result<bool, QueueError> {
+        let keys = &self.inner.keys;
+        let ttl_ms = u64::try_from(self.inner.config.liveness_ttl.as_millis()).unwrap_or(u64::MAX);
+        let mut conn = self.inner.conn.clone();
+        // Same slot, so a transaction works on a cluster too.
+        let (previous,): (Option<String>,) = redis::pipe()
+            .atomic()
+            .cmd("SET")
+            .arg(&keys.alive)
+            .arg(unix_ms())
+            .arg("PX")
+            .arg(ttl_ms.max(1))
+            .arg("GET")
+            .sadd(&keys.instances, &self.inner.config.instance)
+            .ignore()
+            .query_async(&mut conn)
+            .await?;
+        Ok(previous.is_some())
+    }
+
+    /// Takes the oldest job, waiting up to the configured take timeout;
+    /// `None` when none came. The job is on this instance's processing list
+    /// until [`ack`](Self::ack) or [`dead_letter`](Self::dead_letter).
+    ///
+    /// Do not cancel this future: a job Redis moves while nobody waits for
+    /// the answer stays on the processing list until [`release`](Self::release)
+    /// or this instance's death. Call it in a loop and check for shutdown
+    /// between calls; the take timeout bounds the wait.
+    pub async fn take(&self) -> Result<Option<TakenJob>, QueueError> {
+        let keys = &self.inner.keys;
+        let mut conn = self.inner.blocking.clone();
+        let raw: Option<Vec<u8>> = redis::cmd("BLMOVE")
+            .arg(&keys.jobs)
+            .arg(&keys.processing)
+            .arg("LEFT")
+            .arg("RIGHT")
+            .arg(self.inner.config.take_timeout.as_secs_f64())
+            .query_async(&mut conn)
+            .await?;
+        Ok(raw.map(|raw| TakenJob { raw }))
+    }
+
+    /// The job's fate is decided: removes it from the processing list.
+    /// Returns `false` when it was no longer there (a reaper requeued it
+    /// because this instance looked dead).
+    pub async fn ack(&self, job: &TakenJob) -> Result<bool, QueueError> {
+        let mut conn = self.inner.conn.clone();
+        let removed: i64 = conn.lrem(&self.inner.keys.processing, 1, &job.raw).await?;
+        if removed == 0 {
+            tracing::warn!(
+                processing = %self.inner.keys.processing,
+                "acknowledged job was not on the processing list; it may run twice"
+            );
+        }
+        Ok(removed > 0)
+    }
+
+    /// Keeps `job` on the dead-letter list with `reason`, then acknowledges
+    /// it. Written first, removed second: a crash in between leaves the job
+    /// both dead-lettered and requeued, never lost.
+    pub async fn dead_letter(&self, job: &TakenJob, reason: &str) -> Result<(), QueueError> {
+        let keys = &self.inner.keys;
+        let entry = dead_letter_entry(&job.raw, reason, unix_ms());
+        let cap = isize::try_from(self.inner.config.dead_cap.max(1)).unwrap_or(isize::MAX);
+        let mut conn = self.inner.conn.clone();
+        redis::pipe()
+            .atomic()
+            .rpush(&keys.dead, entry)
+            .ignore()
+            .ltrim(&keys.dead, -cap, -1)
+            .ignore()
+            .query_async::<()>(&mut conn)
+            .await?;
+        self.ack(job).await?;
+        Ok(())
+    }
+
+    /// Refuses a bad job (SPEC §3): publishes a `failure` on its `dial_id`
+    /// when that is valid, then dead-letters it with the reason. Nothing is
+    /// written to history: a bad job's `org_id`/`user_id` cannot be trusted
+    /// to build key names.
+    pub async fn reject(&self, job: &TakenJob, bad: &BadJob) -> Result<(), QueueError> {
+        let reason = bad.reason();
+        if let Some(dial_id) = &bad.dial_id {
+            let mut conn = self.inner.conn.clone();
+            let failure = Event::Failure {
+                cause: reason.clone(),
+            };
+            // The dead letter matters more than the notice: keep going.
+            if let Err(e) = publish_only(&mut conn, dial_id, &failure).await {
+                tracing::warn!(%dial_id, error = %e, "could not publish failure for bad job");
+            }
+        }
+        tracing::warn!(reason = %reason, "bad job dead-lettered");
+        self.dead_letter(job, &reason).await
+    }
+
+    /// Moves every job of `instance`'s processing list back to the head of
+    /// the job list, newest first so the oldest ends up first. Item by item:
+    /// each `LMOVE` is atomic, so racing reapers cannot lose or double a job.
+    async fn requeue(&self, instance: &str) -> Result<usize, QueueError> {
+        let from = self.inner.keys.processing_of(instance);
+        let mut conn = self.inner.conn.clone();
+        let mut moved = 0;
+        loop {
+            let job: Option<Vec<u8>> = redis::cmd("LMOVE")
+                .arg(&from)
+                .arg(&self.inner.keys.jobs)
+                .arg("RIGHT")
+                .arg("LEFT")
+                .query_async(&mut conn)
+                .await?;
+            match job {
+                Some(_) => moved += 1,
+                None => return Ok(moved),
+            }
+        }
+    }
+
+    /// One reaper pass: requeues the jobs of every other instance whose
+    /// liveness key expired, and forgets those instances. Returns how many
+    /// jobs went back.
+    pub async fn reap(&self) -> Result<usize, QueueError> {
+        let keys = &self.inner.keys;
+        let mut conn = self.inner.conn.clone();
+        let instances: Vec<String> = conn.smembers(&keys.instances).await?;
+        let mut total = 0;
+        for instance in instances {
+            if instance == self.inner.config.instance {
+                continue;
+            }
+            let alive: bool = conn.exists(keys.alive_of(&instance)).await?;
+            if alive {
+                continue;
+            }
+            let moved = self.requeue(&instance).await?;
+            // If the instance was only late it re-registers on its next beat.
+            conn.srem::<_, _, ()>(&keys.instances, &instance).await?;
+            if moved > 0 {
+                tracing::warn!(%instance, jobs = moved, "requeued the jobs of a dead instance");
+            }
+            total += moved;
+        }
+        Ok(total)
+    }
+
+    /// Graceful exit: gives this instance's undecided jobs back to the head
+    /// of the job list and withdraws its liveness. Call after in-flight jobs
+    /// were acknowledged. Returns how many jobs went back.
+    pub async fn release(&self) -> Result<usize, QueueError> {
+        let keys = &self.inner.keys;
+        let moved = self.requeue(&self.inner.config.instance).await?;
+        let mut conn = self.inner.conn.clone();
+        redis::pipe()
+            .atomic()
+            .del(&keys.alive)
+            .ignore()
+            .srem(&keys.instances, &self.inner.config.instance)
+            .ignore()
+            .query_async::<()>(&mut conn)
+            .await?;
+        Ok(moved)
+    }
+
+    /// Jobs waiting on the job list.
+    pub async fn waiting(&self) -> Result<usize, QueueError> {
+        let mut conn = self.inner.conn.clone();
+        Ok(conn.llen(&self.inner.keys.jobs).await?)
+    }
+
+    /// Jobs this instance holds undecided.
+    pub async fn in_flight(&self) -> Result<usize, QueueError> {
+        let mut conn = self.inner.conn.clone();
+        Ok(conn.llen(&self.inner.keys.processing).await?)
+    }
+
+    /// Runs the heartbeat and the reaper until `cancel` fires. Errors are
+    /// logged and retried on the next tick: a Redis outage must not end the
+    /// agent.
+    pub fn spawn_maintenance(&self, cancel: CancellationToken) -> JoinHandle<()> {
+        let queue = self.clone();
+        tokio::spawn(async move {
+            let config = &queue.inner.config;
+            let mut beat =
+                tokio::time::interval(config.heartbeat_every.max(Duration::from_millis(10)));
+            let mut reap = tokio::time::interval(config.reap_every.max(Duration::from_millis(10)));
+            beat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            reap.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tokio::select! {
+                    () = cancel.cancelled() => return,
+                    _ = beat.tick() => match queue.heartbeat().await {
+                        Ok(true) => {}
+                        Ok(false) => tracing::warn!(
+                            instance = %config.instance,
+                            "liveness key had expired; other instances may have requeued our jobs"
+                        ),
+                        Err(e) => tracing::warn!(error = %e, "heartbeat failed"),
+                    },
+                    _ = reap.tick() => if let Err(e) = queue.reap().await {
+                        tracing::warn!(error = %e, "reaper pass failed");
+                    },
+                }
+            }
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn default_key_names() {
+        let k = QueueKeys::new(DEFAULT_JOBS_KEY, "i1").unwrap();
+        assert_eq!(k.jobs, "talkiq-asp.calls");
+        assert_eq!(k.processing, "{talkiq-asp.calls}.processing.i1");
+        assert_eq!(k.alive, "{talkiq-asp.calls}.alive.i1");
+        assert_eq!(k.instances, "{talkiq-asp.calls}.instances");
+        assert_eq!(k.dead, "talkiq-asp.calls.dead");
+        assert_eq!(k.processing_of("i2"), "{talkiq-asp.calls}.processing.i2");
+        assert_eq!(k.alive_of("i2"), "{talkiq-asp.calls}.alive.i2");
+    }
+
+    #[test]
+    fn a_jobs_key_with_its_own_hash_tag_keeps_it() {
+        let k = QueueKeys::new("{calls}.jobs", "i").unwrap();
+        assert_eq!(k.processing, "{calls}.processing.i");
+        assert_eq!(k.dead, "{calls}.jobs.dead");
+        // An empty tag does not count: the whole key is hashed.
+        assert!(matches!(
+            QueueKeys::new("a{}b", "i"),
+            Err(QueueError::BadJobsKey(_))
+        ));
+        assert_eq!(
+            QueueKeys::new("a{b", "i").unwrap().processing,
+            "{a{b}.processing.i"
+        );
+    }
+
+    #[test]
+    fn bad_jobs_keys_and_instances() {
+        for bad in ["", "a b", "a\nb", "a}b"] {
+            assert!(
+                matches!(QueueKeys::new(bad, "i"), Err(QueueError::BadJobsKey(_))),
+                "{bad:?}"
+            );
+        }
+        assert!(matches!(
+            QueueKeys::new("k", "a.b"),
+            Err(QueueError::BadInstance(_))
+        ));
+    }
+
+    #[test]
+    fn dead_letters_are_json_with_the_raw_job_as_a_string() {
+        let entry = dead_letter_entry(b"{\"a\":1,}", "not JSON", 42);
+        let v: serde_json::Value = serde_json::from_str(&entry).unwrap();
+        assert_eq!(v["reason"], "not JSON");
+        assert_eq!(v["job"], "{\"a\":1,}");
+        assert_eq!(v["at"], 42);
+        let v: serde_json::Value =
+            serde_json::from_str(&dead_letter_entry(b"\xff\n", "x", 1)).unwrap();
+        assert_eq!(v["job"], "\u{fffd}\n");
+    }
+
+    #[test]
+    fn config_defaults() {
+        let c = QueueConfig::new(DEFAULT_JOBS_KEY).with_liveness_ttl(Duration::from_secs(3));
+        assert_eq!(c.heartbeat_every, Duration::from_secs(1));
+        assert!(Id::parse("instance", &c.instance).is_ok());
+        assert_ne!(c.instance, QueueConfig::new("x").instance);
+    }
+}
