@@ -1,1 +1,75 @@
-fn main() {}
+//! The `redswitch` binary: parses the command line, sets up logging and
+//! runs a subcommand. Every failure ends as one clear line on stderr and a
+//! non-zero exit, never a backtrace.
+
+use clap::Parser;
+use redswitch::cli::{Cli, Command, LogFormat};
+use redswitch::commands;
+use std::process::ExitCode;
+use tracing_subscriber::EnvFilter;
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+fn init_logging(format: LogFormat) {
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}
+
+async fn run(cli: Cli) -> Result<(), BoxError> {
+    let config = cli.config;
+    match cli.command.unwrap_or(Command::Serve) {
+        Command::Serve => commands::serve::serve(&config).await?,
+        Command::Check => commands::serve::check(&config).await?,
+        Command::Push(args) => {
+            commands::redis_tools::push(&config.redis_url, config.redis_timeout(), &config.jobs_key, &args)
+                .await?
+        }
+        Command::Control(args) => {
+            commands::redis_tools::control(&config.redis_url, config.redis_timeout(), &args).await?
+        }
+        Command::Sim(args) => commands::sim::run(args).await?,
+        Command::Events(args) => commands::events::run(&config, args).await?,
+        Command::Demo(args) => commands::demo::run(&config, args).await?,
+    }
+    Ok(())
+}
+
+/// The error and its causes on one line: `a: b: c`.
+fn one_line(error: &(dyn std::error::Error + 'static)) -> String {
+    let mut line = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        let text = cause.to_string();
+        if !line.contains(&text) {
+            line.push_str(": ");
+            line.push_str(&text);
+        }
+        source = cause.source();
+    }
+    line
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging(cli.config.log_format);
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("redswitch: error: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(cli)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("redswitch: error: {}", one_line(error.as_ref()));
+            ExitCode::FAILURE
+        }
+    }
+}

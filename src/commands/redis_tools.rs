@@ -128,10 +128,7 @@ pub async fn push(
     loop {
         // After the caller's hangup, wait briefly for the other sides' own
         // hangup-events, then stop.
-        let until = match tracker.ended_at {
-            Some(t) => (t + Duration::from_secs(2)).min(deadline),
-            None => deadline,
-        };
+        let until = tracker.grace_over().map_or(deadline, |t| t.min(deadline));
         let msg = match tokio::time::timeout_at(until, messages.next()).await {
             Ok(Some(msg)) => msg,
             Ok(None) => {
@@ -152,17 +149,25 @@ pub async fn push(
     }
 }
 
-/// Decides, from the events of one call, when `push --follow` is done.
+/// Decides, from the events of one call, when a follower (`push
+/// --follow`, the demo) is done.
 #[derive(Debug, Default)]
-struct CallTracker {
+pub struct CallTracker {
     hung_up: [bool; 3],
-    answered: [bool; 3],
-    ended_at: Option<Instant>,
+    /// Sides that answered.
+    pub answered: [bool; 3],
+    /// When the caller hung up.
+    pub ended_at: Option<Instant>,
 }
 
 impl CallTracker {
+    /// When to stop waiting for the other sides' hangup-events.
+    pub fn grace_over(&self) -> Option<Instant> {
+        self.ended_at.map(|t| t + Duration::from_secs(2))
+    }
+
     /// Returns true when nothing more will come.
-    fn observe(&mut self, payload: &str) -> bool {
+    pub fn observe(&mut self, payload: &str) -> bool {
         let Ok(v) = serde_json::from_str::<Value>(payload) else {
             return false;
         };

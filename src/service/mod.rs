@@ -30,6 +30,8 @@
 //! | `redswitch.<dial_id>.<org_id>.<user_id>` | list of `ACTIVE.<side>` | 24 h, re-set on each write |
 //! | channel `<dial_id>` | pub/sub: events out, control in | — |
 
+pub mod agent;
+pub mod asp_call;
 pub mod control;
 pub mod events;
 pub mod job;

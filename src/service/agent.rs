@@ -1,0 +1,271 @@
+//! The agent (`redswitch serve`): takes jobs while FreeSWITCH is reachable,
+//! runs each asp-call in its own task, and routes control messages.
+//!
+//! Startup fails with one clear error when Redis, FreeSWITCH or the
+//! listen address cannot be used; after startup, losing either service is
+//! survived: the inbound connection and the pub/sub router reconnect by
+//! themselves, and no job is taken while FreeSWITCH is away (jobs wait in
+//! Redis, where another instance may take them).
+//!
+//! A job's fate is decided once FreeSWITCH accepted the first originate, or
+//! the job was refused (dead-lettered, `failure` published); only then is it
+//! removed from this instance's processing list. A job whose instance dies
+//! before that goes back to the queue (see [`crate::service::queue`]); one
+//! whose call was already placed is not dialled twice.
+
+use crate::service::asp_call::{AspCall, CallSettings};
+use crate::service::control::{ControlRouter, RouterConfig};
+use crate::service::events::CallEvents;
+use crate::service::job;
+use crate::service::queue::{JobQueue, QueueConfig, QueueError, TakenJob};
+use crate::service::store::{RedisClient, StoreError};
+use crate::switch::app::{Dialer, reject_unknown};
+use crate::switch::{InboundClient, InboundConfig, OutboundConfig, OutboundListener};
+use ipnet::IpNet;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+/// Everything `serve` needs.
+#[derive(Debug, Clone)]
+pub struct AgentConfig {
+    /// FreeSWITCH's event socket, `host:port`.
+    pub esl_addr: String,
+    /// Its password.
+    pub esl_password: String,
+    /// Redis URL(s).
+    pub redis_url: String,
+    /// Time allowed to connect to Redis.
+    pub redis_timeout: Duration,
+    /// The outbound listener's address.
+    pub listen: SocketAddr,
+    /// What FreeSWITCH dials back (`&socket(<advertise> async full)`).
+    pub advertise: String,
+    /// Networks allowed to connect to the listener.
+    pub allow: Vec<IpNet>,
+    /// The job list.
+    pub jobs_key: String,
+    /// The flow's settings (dial template, folders, timeouts).
+    pub call: CallSettings,
+    /// Most calls at once; more jobs wait in Redis.
+    pub max_calls: usize,
+    /// This instance's id (processing list, liveness key, leg filter).
+    pub instance: String,
+}
+
+/// Why the agent could not start or had to stop.
+#[derive(Debug, thiserror::Error)]
+pub enum AgentError {
+    /// Redis is unreachable or refused us.
+    #[error(transparent)]
+    Redis(#[from] StoreError),
+    /// The job queue could not be opened.
+    #[error(transparent)]
+    Queue(#[from] QueueError),
+    /// FreeSWITCH is unreachable or refused us.
+    #[error(transparent)]
+    FreeSwitch(#[from] crate::switch::Error),
+    /// The listen address cannot be bound.
+    #[error("cannot listen on {addr}: {source}")]
+    Listen {
+        /// The address.
+        addr: SocketAddr,
+        /// Why.
+        source: std::io::Error,
+    },
+}
+
+/// A running agent's parts, for tests and the demo.
+pub struct Agent {
+    /// Where the outbound listener listens.
+    pub listen: SocketAddr,
+    /// This instance's id.
+    pub instance: String,
+    tasks: TaskTracker,
+    cancel: CancellationToken,
+}
+
+impl Agent {
+    /// Starts every part; returns once the agent takes jobs.
+    pub async fn start(config: AgentConfig, cancel: CancellationToken) -> Result<Self, AgentError> {
+        let redis = RedisClient::connect(&config.redis_url, config.redis_timeout).await?;
+        let listener = TcpListener::bind(config.listen)
+            .await
+            .map_err(|source| AgentError::Listen {
+                addr: config.listen,
+                source,
+            })?;
+        let listen = listener.local_addr().map_err(|source| AgentError::Listen {
+            addr: config.listen,
+            source,
+        })?;
+        let mut esl = InboundConfig::new(config.esl_addr.clone(), config.esl_password.clone());
+        // Only this instance's legs' events come here (filtered), a few per
+        // leg; room for bursts of thousands of calls.
+        esl.event_buffer = 16 * 1024;
+        let (inbound, events) = InboundClient::connect(esl).await?;
+        // The advertised address defaults to the bound one (port 0 in tests).
+        let advertise = if config.advertise.ends_with(":0") {
+            listen.to_string()
+        } else {
+            config.advertise.clone()
+        };
+        let (dialer, dispatcher) = Dialer::start(inbound.clone(), events, &advertise, &config.instance).await?;
+
+        let tasks = TaskTracker::new();
+        let outbound = OutboundListener::from_listener(
+            listener,
+            OutboundConfig {
+                allow: config.allow.clone(),
+                max_legs: config.max_calls.saturating_mul(3).max(1),
+                ..OutboundConfig::default()
+            },
+        );
+        tasks.spawn(outbound.serve(dialer.handler(reject_unknown), cancel.child_token()));
+        let (router, router_task) = ControlRouter::spawn(redis.clone(), RouterConfig::default(), cancel.child_token());
+        let mut queue_config = QueueConfig::new(config.jobs_key.clone());
+        queue_config.instance = config.instance.clone();
+        let queue = JobQueue::open(&redis, queue_config).await?;
+        let maintenance = queue.spawn_maintenance(cancel.child_token());
+        let conn = redis.connection().await?;
+
+        let worker = Worker {
+            queue: Arc::new(queue),
+            dialer,
+            router,
+            inbound,
+            conn,
+            settings: config.call.clone(),
+            calls: Arc::new(Semaphore::new(config.max_calls.max(1))),
+            tasks: tasks.clone(),
+        };
+        let stop = cancel.clone();
+        tasks.spawn(async move {
+            worker.take_jobs(stop).await;
+            dispatcher.abort();
+            let _ = router_task.await;
+            let _ = maintenance.await;
+        });
+        tracing::info!(%listen, %advertise, instance = %config.instance, "agent started");
+        Ok(Self {
+            listen,
+            instance: config.instance,
+            tasks,
+            cancel,
+        })
+    }
+
+    /// Waits until the agent stopped (after `cancel`), with every call task.
+    pub async fn stopped(self) {
+        self.cancel.cancelled().await;
+        self.tasks.close();
+        self.tasks.wait().await;
+    }
+}
+
+/// `redswitch serve`: runs until `cancel`.
+pub async fn serve(config: AgentConfig, cancel: CancellationToken) -> Result<(), AgentError> {
+    let agent = Agent::start(config, cancel).await?;
+    agent.stopped().await;
+    Ok(())
+}
+
+struct Worker {
+    queue: Arc<JobQueue>,
+    dialer: Dialer,
+    router: ControlRouter,
+    inbound: InboundClient,
+    conn: crate::service::store::RedisConn,
+    settings: CallSettings,
+    calls: Arc<Semaphore>,
+    tasks: TaskTracker,
+}
+
+impl Worker {
+    async fn take_jobs(&self, stop: CancellationToken) {
+        let mut backoff = Duration::from_millis(100);
+        while !stop.is_cancelled() {
+            if !self.inbound.is_connected() {
+                // No jobs while FreeSWITCH is away: they wait in Redis.
+                tokio::select! {
+                    () = stop.cancelled() => break,
+                    () = tokio::time::sleep(Duration::from_millis(200)) => continue,
+                }
+            }
+            let permit = tokio::select! {
+                () = stop.cancelled() => break,
+                p = self.calls.clone().acquire_owned() => match p {
+                    Ok(p) => p,
+                    Err(_) => break,
+                },
+            };
+            // `take` blocks for at most its timeout; letting it finish keeps
+            // a job from being moved while nobody waits for it.
+            let taken = match self.queue.take().await {
+                Ok(Some(job)) => {
+                    backoff = Duration::from_millis(100);
+                    job
+                }
+                Ok(None) => continue,
+                Err(error) => {
+                    tracing::warn!(%error, "taking a job failed; retrying");
+                    tokio::select! {
+                        () = stop.cancelled() => break,
+                        () = tokio::time::sleep(backoff) => {}
+                    }
+                    backoff = (backoff * 2).min(Duration::from_secs(5));
+                    continue;
+                }
+            };
+            let queue = self.queue.clone();
+            let dialer = self.dialer.clone();
+            let router = self.router.clone();
+            let conn = self.conn.clone();
+            let settings = self.settings.clone();
+            self.tasks.spawn(async move {
+                let _permit = permit;
+                handle_job(queue, dialer, router, conn, settings, taken).await;
+            });
+        }
+        match self.queue.release().await {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(jobs = n, "returned undecided jobs to the queue"),
+            Err(error) => tracing::warn!(%error, "could not return undecided jobs"),
+        }
+    }
+}
+
+async fn handle_job(
+    queue: Arc<JobQueue>,
+    dialer: Dialer,
+    router: ControlRouter,
+    conn: crate::service::store::RedisConn,
+    settings: CallSettings,
+    taken: TakenJob,
+) {
+    let job = match job::parse(taken.raw()) {
+        Ok(job) => job,
+        Err(bad) => {
+            tracing::warn!(reason = %bad.reason(), "bad job dead-lettered");
+            if let Err(error) = queue.reject(&taken, &bad).await {
+                tracing::error!(%error, "could not dead-letter a bad job");
+            }
+            return;
+        }
+    };
+    let events = CallEvents::for_job(conn, &job);
+    let dial_id = job.dial_id.clone();
+    let started = AspCall::start(dialer, &router, settings, job, events).await;
+    // Placed, or answered with `failure`: either way the job is decided.
+    if let Err(error) = queue.ack(&taken).await {
+        tracing::error!(%dial_id, %error, "could not record the job's fate");
+    }
+    if let Ok(call) = started {
+        call.run().await;
+        tracing::debug!(%dial_id, "call ended");
+    }
+}

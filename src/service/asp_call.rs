@@ -1,0 +1,619 @@
+//! The asp-call flow (SPEC §4, §5), written with the call API of
+//! [`crate::switch`]: the agent is one user of the library.
+//!
+//! 1. Ring the caller (side 0) through the dial template, showing
+//!    `caller_id_lega`. `call-start` once FreeSWITCH has created that leg.
+//! 2. When the caller answers (the leg's socket connects): `answer-event`
+//!    side 0, ringback to the caller, and ring the callee (side 1) showing
+//!    `caller_id_legb`.
+//! 3. When the callee answers: `answer-event` side 1, ringback stops and
+//!    the legs are bridged (`uuid_bridge`).
+//! 4. Any hangup: `hangup-event` with FreeSWITCH's cause for that side, and
+//!    every other side is hung up too; each side that existed gets exactly
+//!    one `hangup-event`.
+//!
+//! One task drives one call: a single `select!` over the news of its legs,
+//! its control mailbox and the reports of its media tasks, so every event
+//! of a call is published in order and no state is shared.
+//!
+//! Control (SPEC §5): every message gets exactly one `ack` or `error`.
+//! `barge` dials side 2, which eavesdrops on side 0 muted once it answers;
+//! `whisper`/`mute`/`threeway`/`unthreeway` queue eavesdrop's DTMF controls
+//! on the barger's own channel with `uuid_recv_dtmf` (`2` the caller hears
+//! the barger, `3` both hear, `0` listen only; switch_ivr_async.c). Only one
+//! barger at a time. `play`, `stop-media`, `send-dtmf`, `record` and
+//! `stop-record` act on the answered sides; one recording at a time (a
+//! second `record` is an `error` while one runs). DTMF pressed on side 0 or
+//! 1 is published as `dtmf-event`; the barger's keys are eavesdrop
+//! controls and are not published.
+
+use crate::esl::Event as FsEvent;
+use crate::service::control::{ControlMessage, ControlRouter, PlaySide, RouterError, Subscription};
+use crate::service::events::{CallEvents, Event, MediaDoneReason, RecordDoneReason, Side};
+use crate::service::job::AspCallJob;
+use crate::service::validate::{Media, PhoneNumber};
+use crate::switch::app::{Dialer, Originate, Progress, Ringing};
+use crate::switch::{Call, CallEvents as LegEvents};
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+use tokio::sync::mpsc;
+
+/// What the caller hears while the callee rings (North American ringback,
+/// until broken).
+pub const RINGBACK: &str = "tone_stream://%(2000,4000,440,480);loops=-1";
+
+/// Settings of the flow that come from the command line.
+#[derive(Debug, Clone)]
+pub struct CallSettings {
+    /// `--dial-template`, with `{provider}` and `{number}`.
+    pub dial_template: String,
+    /// `--media-dir`, made absolute: where `play` finds file names.
+    pub media_dir: PathBuf,
+    /// `--recordings-dir`, made absolute: where `record` writes.
+    pub recordings_dir: PathBuf,
+    /// How long a leg may ring (`originate_timeout`).
+    pub ring_timeout: Duration,
+    /// How long control messages are still answered (with an error) after
+    /// the call ended.
+    pub linger: Duration,
+}
+
+impl Default for CallSettings {
+    fn default() -> Self {
+        Self {
+            dial_template: "sofia/gateway/{provider}/{number}".into(),
+            media_dir: PathBuf::from("media"),
+            recordings_dir: PathBuf::from("recordings"),
+            ring_timeout: Duration::from_secs(60),
+            linger: Duration::from_secs(10),
+        }
+    }
+}
+
+/// Why a call was never attempted (published as `failure`).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{cause}")]
+pub struct NotAttempted {
+    /// The `cause` of the `failure` event.
+    pub cause: String,
+}
+
+/// The dial string for `number` through `provider`.
+pub fn endpoint(template: &str, provider: &str, number: &PhoneNumber) -> String {
+    template
+        .replace("{provider}", provider)
+        .replace("{number}", number.as_str())
+}
+
+/// One side of the call.
+enum Leg {
+    /// Never dialled.
+    Absent,
+    /// Dialled, not answered.
+    Ringing(Ringing),
+    /// Answered: its socket is ours.
+    Up(Call, Option<LegEvents>),
+    /// Hung up (its `hangup-event` is out).
+    Gone,
+}
+
+/// What a leg has to say.
+enum LegNews {
+    Created,
+    Answered(Call),
+    Dtmf(String),
+    Ended(String, bool),
+}
+
+impl Leg {
+    fn is_live(&self) -> bool {
+        matches!(self, Leg::Ringing(_) | Leg::Up(..))
+    }
+
+    fn call(&self) -> Option<&Call> {
+        match self {
+            Leg::Up(call, _) => Some(call),
+            _ => None,
+        }
+    }
+
+    fn uuid(&self) -> Option<&str> {
+        match self {
+            Leg::Ringing(r) => Some(r.uuid()),
+            Leg::Up(call, _) => Some(call.uuid()),
+            _ => None,
+        }
+    }
+
+    /// Cancel-safe: state lives in the leg, not in this future.
+    async fn news(&mut self) -> LegNews {
+        match self {
+            Leg::Ringing(r) => match r.next().await {
+                Progress::Created => LegNews::Created,
+                Progress::Answered(call) => LegNews::Answered(call),
+                Progress::Ended { cause, created } => LegNews::Ended(cause, created),
+            },
+            Leg::Up(call, events) => loop {
+                let next = match events {
+                    Some(events) => events.recv().await,
+                    None => None,
+                };
+                match next {
+                    Some(e) if e.name() == "DTMF" => {
+                        if let Some(digit) = e.header("DTMF-Digit") {
+                            return LegNews::Dtmf(digit.to_owned());
+                        }
+                    }
+                    Some(e) if e.name() == "CHANNEL_HANGUP" || e.name() == "CHANNEL_HANGUP_COMPLETE" => {
+                        return LegNews::Ended(hangup_cause(&e, call), true);
+                    }
+                    Some(_) => {}
+                    None => {
+                        let cause = match call.wait_hangup().await {
+                            Ok(cause) => cause,
+                            Err(_) => call.hangup_cause().unwrap_or_else(|| "NORMAL_CLEARING".into()),
+                        };
+                        return LegNews::Ended(cause, true);
+                    }
+                }
+            },
+            Leg::Absent | Leg::Gone => std::future::pending().await,
+        }
+    }
+
+    /// Hangs the side up: a ringing side is cancelled, an answered one hung
+    /// up. Its `hangup-event` follows through [`Leg::news`].
+    async fn hang_up(&self, dialer: &Dialer, cause: &str) {
+        let result = match self {
+            Leg::Ringing(r) => r.cancel(cause).await,
+            Leg::Up(call, _) => call.hangup(cause).await,
+            _ => return,
+        };
+        if let Err(error) = result {
+            tracing::debug!(uuid = self.uuid(), %error, "hangup failed; trying uuid_kill");
+            if let Some(uuid) = self.uuid() {
+                let _ = dialer.kill(uuid, cause).await;
+            }
+        }
+    }
+}
+
+fn hangup_cause(e: &FsEvent, call: &Call) -> String {
+    e.hangup_cause()
+        .map(str::to_owned)
+        .or_else(|| call.hangup_cause())
+        .unwrap_or_else(|| "NORMAL_CLEARING".into())
+}
+
+/// Reports of the tasks a call spawns.
+enum Report {
+    MediaDone { side: Side, reason: MediaDoneReason },
+}
+
+/// A recording in progress.
+struct Recording {
+    path: PathBuf,
+    started: Instant,
+    uuid: String,
+}
+
+/// The eavesdrop DTMF control for each barger mode (switch_ivr_async.c).
+fn eavesdrop_digit(msg: &ControlMessage) -> Option<char> {
+    match msg {
+        ControlMessage::Whisper => Some('2'),
+        ControlMessage::Threeway => Some('3'),
+        ControlMessage::Mute | ControlMessage::Unthreeway => Some('0'),
+        _ => None,
+    }
+}
+
+/// One asp-call from its first originate to its last hangup.
+pub struct AspCall {
+    dialer: Dialer,
+    settings: CallSettings,
+    job: AspCallJob,
+    events: CallEvents,
+    control: Option<Subscription>,
+    legs: [Leg; 3],
+    started: bool,
+    /// Plays that were asked to stop, per side, so their end reads `stopped`.
+    stopping: [bool; 2],
+    recording: Option<Recording>,
+    reports_tx: mpsc::Sender<Report>,
+    reports: mpsc::Receiver<Report>,
+}
+
+impl AspCall {
+    /// Subscribes to the call's channel and rings the caller. Returns once
+    /// FreeSWITCH accepted the originate (the job's fate is decided), or
+    /// publishes `failure` and returns why the call was not attempted.
+    pub async fn start(
+        dialer: Dialer,
+        router: &ControlRouter,
+        settings: CallSettings,
+        job: AspCallJob,
+        events: CallEvents,
+    ) -> Result<Self, NotAttempted> {
+        let control = match router.subscribe(&job.dial_id).await {
+            Ok(sub) => Some(sub),
+            Err(RouterError::InUse) => {
+                // Two live calls on one channel would take each other's
+                // control messages: refuse the newcomer.
+                return Err(fail(&events, "dial_id already has an active call on this instance").await);
+            }
+            Err(error) => {
+                // Without pub/sub the call still works; it just cannot be
+                // controlled. Redis is reconnecting; say so loudly.
+                tracing::warn!(dial_id = %job.dial_id, %error, "no control subscription for this call");
+                None
+            }
+        };
+        let (reports_tx, reports) = mpsc::channel(16);
+        let mut call = Self {
+            dialer,
+            settings,
+            job,
+            events,
+            control,
+            legs: [Leg::Absent, Leg::Absent, Leg::Absent],
+            started: false,
+            stopping: [false; 2],
+            recording: None,
+            reports_tx,
+            reports,
+        };
+        let req = call.originate(Side::Caller, &call.job.caller_number.clone(), &call.job.caller_id_lega.clone());
+        match call.dialer.originate(&req).await {
+            Ok(ringing) => {
+                call.legs[0] = Leg::Ringing(ringing);
+                Ok(call)
+            }
+            Err(error) => {
+                tracing::warn!(dial_id = %call.job.dial_id, %error, "originate refused");
+                Err(fail(&call.events, &format!("originate refused: {error}")).await)
+            }
+        }
+    }
+
+    fn originate(&self, side: Side, number: &PhoneNumber, caller_id: &PhoneNumber) -> Originate {
+        Originate {
+            endpoint: endpoint(&self.settings.dial_template, self.job.call_provider.as_str(), number),
+            caller_id_number: Some(caller_id.as_str().to_owned()),
+            caller_id_name: Some(caller_id.as_str().to_owned()),
+            timeout: Some(self.settings.ring_timeout),
+            variables: vec![
+                ("redswitch_dial_id".into(), self.job.dial_id.to_string()),
+                ("redswitch_side".into(), side.number().to_string()),
+            ],
+        }
+    }
+
+    async fn publish(&self, event: Event) {
+        if let Err(error) = self.events.publish(&event).await {
+            tracing::warn!(dial_id = %self.job.dial_id, %error, event = event.event_type(), "could not publish");
+        }
+    }
+
+    /// Drives the call until every side has hung up.
+    pub async fn run(mut self) {
+        while self.legs.iter().any(Leg::is_live) {
+            let [l0, l1, l2] = &mut self.legs;
+            let control = async {
+                match &mut self.control {
+                    Some(sub) => sub.recv().await,
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                news = l0.news() => self.on_news(Side::Caller, news).await,
+                news = l1.news() => self.on_news(Side::Callee, news).await,
+                news = l2.news() => self.on_news(Side::Barger, news).await,
+                Some(report) = self.reports.recv() => self.on_report(report).await,
+                delivery = control => match delivery {
+                    Some(Ok(msg)) => self.on_control(msg).await,
+                    Some(Err(bad)) => self.publish(bad.to_event()).await,
+                    None => self.control = None,
+                },
+            }
+        }
+        self.finish_recording(RecordDoneReason::Hangup).await;
+        // Plays still running report `hangup`: their legs are gone.
+        while let Ok(report) = self.reports.try_recv() {
+            self.on_report(report).await;
+        }
+        if let Some(sub) = self.control.take() {
+            sub.linger(self.events.clone(), self.settings.linger);
+        }
+    }
+
+    async fn on_news(&mut self, side: Side, news: LegNews) {
+        let i = side.number() as usize;
+        match news {
+            LegNews::Created => {
+                if side == Side::Caller && !self.started {
+                    self.started = true;
+                    if let Err(error) = self.events.start_call().await {
+                        tracing::warn!(dial_id = %self.job.dial_id, %error, "could not publish call-start");
+                    }
+                }
+            }
+            LegNews::Answered(call) => {
+                let events = call.events();
+                self.legs[i] = Leg::Up(call.clone(), events);
+                self.publish(Event::Answer { side }).await;
+                self.on_answer(side, call).await;
+            }
+            LegNews::Dtmf(digits) => {
+                if side != Side::Barger {
+                    self.publish(Event::Dtmf { side, digits }).await;
+                }
+            }
+            LegNews::Ended(cause, created) => {
+                self.legs[i] = Leg::Gone;
+                if side == Side::Caller && !created && !self.started {
+                    // No channel ever existed: the call was not attempted.
+                    self.publish(Event::Failure { cause }).await;
+                    return;
+                }
+                self.publish(Event::Hangup { side, cause }).await;
+                if side != Side::Barger {
+                    // A two-party call ends with either party; the barger
+                    // goes with it.
+                    for leg in &self.legs {
+                        leg.hang_up(&self.dialer, "NORMAL_CLEARING").await;
+                    }
+                }
+            }
+        }
+    }
+
+    async fn on_answer(&mut self, side: Side, call: Call) {
+        match side {
+            Side::Caller => {
+                // Ringback while the callee rings; broken before the bridge.
+                let ringback = call.clone();
+                tokio::spawn(async move {
+                    let _ = ringback.execute("playback", RINGBACK).await;
+                });
+                let req = self.originate(
+                    Side::Callee,
+                    &self.job.callee_number.clone(),
+                    &self.job.caller_id_legb.clone(),
+                );
+                match self.dialer.originate(&req).await {
+                    Ok(ringing) => self.legs[1] = Leg::Ringing(ringing),
+                    Err(error) => {
+                        tracing::warn!(dial_id = %self.job.dial_id, %error, "originate of the callee refused");
+                        self.publish(Event::Hangup {
+                            side: Side::Callee,
+                            cause: "NORMAL_TEMPORARY_FAILURE".into(),
+                        })
+                        .await;
+                        self.legs[0].hang_up(&self.dialer, "NORMAL_CLEARING").await;
+                    }
+                }
+            }
+            Side::Callee => {
+                let Some(caller) = self.legs[0].uuid().map(str::to_owned) else {
+                    return;
+                };
+                let inbound = self.dialer.inbound();
+                if let Err(error) = inbound.api(&format!("uuid_break {caller} all")).await {
+                    tracing::debug!(%error, "uuid_break of the ringback failed");
+                }
+                match inbound.api(&format!("uuid_bridge {caller} {}", call.uuid())).await {
+                    Ok(reply) if reply.starts_with("+OK") => {}
+                    Ok(reply) => tracing::warn!(dial_id = %self.job.dial_id, reply = reply.trim(), "uuid_bridge refused"),
+                    Err(error) => tracing::warn!(dial_id = %self.job.dial_id, %error, "uuid_bridge failed"),
+                }
+            }
+            Side::Barger => {
+                let Some(target) = self.legs[0].uuid().map(str::to_owned) else {
+                    call.hangup("NORMAL_CLEARING").await.ok();
+                    return;
+                };
+                // Eavesdrop runs until the target hangs up; it starts in
+                // listen-only mode (muted).
+                tokio::spawn(async move {
+                    let _ = call.execute("eavesdrop", &target).await;
+                });
+            }
+        }
+    }
+
+    async fn on_report(&mut self, report: Report) {
+        match report {
+            Report::MediaDone { side, mut reason } => {
+                let i = side.number() as usize;
+                if i < 2 && std::mem::take(&mut self.stopping[i]) && reason == MediaDoneReason::Done {
+                    reason = MediaDoneReason::Stopped;
+                }
+                self.publish(Event::MediaDone { side, reason }).await;
+            }
+        }
+    }
+
+    async fn on_control(&mut self, msg: ControlMessage) {
+        let answer = match self.control_result(&msg).await {
+            Ok(()) => msg.ack(),
+            Err(reason) => msg.error(reason),
+        };
+        self.publish(answer).await;
+    }
+
+    fn answered(&self, side: Side) -> Result<Call, String> {
+        self.legs[side.number() as usize]
+            .call()
+            .cloned()
+            .ok_or_else(|| format!("side {side} is not on an answered call"))
+    }
+
+    fn sides(side: PlaySide) -> Vec<Side> {
+        match side {
+            PlaySide::One(s) => vec![s],
+            PlaySide::Both => vec![Side::Caller, Side::Callee],
+        }
+    }
+
+    async fn api(&self, cmd: String) -> Result<(), String> {
+        match self.dialer.inbound().api(&cmd).await {
+            Ok(reply) if reply.starts_with("-ERR") => Err(reply.trim().to_owned()),
+            Ok(_) => Ok(()),
+            Err(error) => Err(error.to_string()),
+        }
+    }
+
+    async fn control_result(&mut self, msg: &ControlMessage) -> Result<(), String> {
+        match msg {
+            ControlMessage::Hangup => {
+                if !self.legs.iter().any(Leg::is_live) {
+                    return Err("call has ended".into());
+                }
+                for leg in &self.legs {
+                    let cause = if matches!(leg, Leg::Ringing(_)) { "ORIGINATOR_CANCEL" } else { "NORMAL_CLEARING" };
+                    leg.hang_up(&self.dialer, cause).await;
+                }
+                Ok(())
+            }
+            ControlMessage::Barge { phone_number, caller_id } => {
+                if self.legs[2].is_live() {
+                    return Err("a barger is already on the call".into());
+                }
+                self.answered(Side::Caller)?;
+                let req = self.originate(Side::Barger, phone_number, caller_id);
+                let ringing = self.dialer.originate(&req).await.map_err(|e| e.to_string())?;
+                self.legs[2] = Leg::Ringing(ringing);
+                Ok(())
+            }
+            ControlMessage::Whisper | ControlMessage::Mute | ControlMessage::Threeway | ControlMessage::Unthreeway => {
+                let barger = self.answered(Side::Barger).map_err(|_| "no answered barger on the call".to_owned())?;
+                let digit = eavesdrop_digit(msg).unwrap_or('0');
+                self.api(format!("uuid_recv_dtmf {} {digit}", barger.uuid())).await
+            }
+            ControlMessage::Play { media, side } => {
+                let sides = Self::sides(*side);
+                let calls = sides.iter().map(|&s| self.answered(s)).collect::<Result<Vec<_>, _>>()?;
+                let playlist: Vec<String> = media.iter().map(|m| self.media_path(m)).collect();
+                for (side, call) in sides.into_iter().zip(calls) {
+                    let tx = self.reports_tx.clone();
+                    let playlist = playlist.clone();
+                    tokio::spawn(async move {
+                        let reason = play(&call, &playlist).await;
+                        let _ = tx.send(Report::MediaDone { side, reason }).await;
+                    });
+                }
+                Ok(())
+            }
+            ControlMessage::StopMedia { side } => {
+                for s in Self::sides(*side) {
+                    let call = self.answered(s)?;
+                    self.stopping[s.number() as usize] = true;
+                    self.api(format!("uuid_break {} all", call.uuid())).await?;
+                }
+                Ok(())
+            }
+            ControlMessage::SendDtmf { digits, side, duration_ms } => {
+                let call = self.answered(*side)?;
+                let digits = match duration_ms {
+                    Some(ms) => format!("{digits}@{ms}"),
+                    None => digits.to_string(),
+                };
+                self.api(format!("uuid_send_dtmf {} {digits}", call.uuid())).await
+            }
+            ControlMessage::Record { name } => {
+                if self.recording.is_some() {
+                    return Err("a recording is already running on this call".into());
+                }
+                let caller = self.answered(Side::Caller)?;
+                let path = self.settings.recordings_dir.join(format!("{name}.wav"));
+                let path_str = path.to_string_lossy().into_owned();
+                // Stereo: the caller on the left, the far end on the right.
+                self.api(format!("uuid_setvar {} RECORD_STEREO true", caller.uuid())).await?;
+                self.api(format!("uuid_record {} start {path_str}", caller.uuid())).await?;
+                self.recording = Some(Recording {
+                    path,
+                    started: Instant::now(),
+                    uuid: caller.uuid().to_owned(),
+                });
+                Ok(())
+            }
+            ControlMessage::StopRecord => {
+                if self.recording.is_none() {
+                    return Err("no recording is running on this call".into());
+                }
+                self.finish_recording(RecordDoneReason::Stopped).await;
+                Ok(())
+            }
+        }
+    }
+
+    fn media_path(&self, media: &Media) -> String {
+        match media {
+            Media::File(name) => self.settings.media_dir.join(name).to_string_lossy().into_owned(),
+            Media::Tone(tone) => tone.clone(),
+            Media::Silence(ms) => format!("silence_stream://{ms}"),
+        }
+    }
+
+    async fn finish_recording(&mut self, reason: RecordDoneReason) {
+        let Some(rec) = self.recording.take() else {
+            return;
+        };
+        let path = rec.path.to_string_lossy().into_owned();
+        if reason == RecordDoneReason::Stopped
+            && let Err(error) = self.api(format!("uuid_record {} stop {path}", rec.uuid)).await
+        {
+            tracing::warn!(%error, "uuid_record stop failed");
+        }
+        self.publish(Event::RecordDone {
+            path,
+            reason,
+            duration_ms: rec.started.elapsed().as_millis() as u64,
+        })
+        .await;
+    }
+}
+
+/// Plays a playlist on one leg, item by item.
+async fn play(call: &Call, playlist: &[String]) -> MediaDoneReason {
+    for item in playlist {
+        match call.playback(item).await {
+            Ok(done) if done.response.as_deref() == Some("FILE PLAYED") => {}
+            Ok(_) => return MediaDoneReason::Failed,
+            Err(error) if error.is_hangup() || error.is_connection_dropped() => {
+                return MediaDoneReason::Hangup;
+            }
+            Err(_) => return MediaDoneReason::Failed,
+        }
+    }
+    MediaDoneReason::Done
+}
+
+/// Publishes `failure` and returns it as the reason.
+async fn fail(events: &CallEvents, cause: &str) -> NotAttempted {
+    if let Err(error) = events.publish(&Event::Failure { cause: cause.to_owned() }).await {
+        tracing::warn!(dial_id = %events.dial_id(), %error, "could not publish failure");
+    }
+    NotAttempted { cause: cause.to_owned() }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn endpoint_fills_the_template() {
+        let n = PhoneNumber::parse("n", "+15551234").unwrap();
+        assert_eq!(endpoint("sofia/gateway/{provider}/{number}", "gw1", &n), "sofia/gateway/gw1/+15551234");
+        assert_eq!(endpoint("loopback/{number}/redswitch-test", "gw1", &n), "loopback/+15551234/redswitch-test");
+    }
+
+    #[test]
+    fn eavesdrop_modes_follow_switch_ivr_async() {
+        assert_eq!(eavesdrop_digit(&ControlMessage::Whisper), Some('2'));
+        assert_eq!(eavesdrop_digit(&ControlMessage::Threeway), Some('3'));
+        assert_eq!(eavesdrop_digit(&ControlMessage::Mute), Some('0'));
+        assert_eq!(eavesdrop_digit(&ControlMessage::Unthreeway), Some('0'));
+        assert_eq!(eavesdrop_digit(&ControlMessage::Hangup), None);
+    }
+}
