@@ -182,6 +182,7 @@ fn answer(line: &str, frame: &Frame, password: &str) -> (BytesMut, bool) {
             "-ERR {} Command not found!\n",
             rest.split(' ').next().unwrap_or_default()
         ))),
+        "bgapi" if rest.starts_with("hang") => {}
         "bgapi" => {
             let job = frame
                 .header("Job-UUID")
@@ -235,6 +236,17 @@ fn answer(line: &str, frame: &Frame, password: &str) -> (BytesMut, bool) {
         _ => out.extend_from_slice(&reply("-ERR command not found")),
     }
     (out, close)
+}
+
+/// A `text/event-plain` frame around a raw body (for malformed bodies).
+pub fn raw_plain(body: &[u8]) -> Vec<u8> {
+    let mut out = format!(
+        "Content-Length: {}\nContent-Type: text/event-plain\n\n",
+        body.len()
+    )
+    .into_bytes();
+    out.extend_from_slice(body);
+    out
 }
 
 /// A free loopback port with nothing listening on it.
