@@ -171,3 +171,62 @@ async fn unreachable_and_wrong_password_are_one_clear_line() {
         )
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn against_the_simulator() {
+    use redswitch::sim::{SimConfig, Simulator};
+    use redswitch::switch::{InboundClient, InboundConfig};
+    let sim = Simulator::start(SimConfig {
+        esl_listen: "127.0.0.1:0".parse().unwrap(),
+        ring_time: Duration::from_millis(10),
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let a = args(&[
+        "--esl-host",
+        &sim.esl_addr().to_string(),
+        "--events",
+        "CHANNEL_ANSWER",
+        "--filter",
+        "variable_dial_id",
+        "evtest",
+        "--count",
+        "3",
+    ]);
+    let printer = tokio::spawn(async move {
+        let mut out = Vec::new();
+        let s = run_to(a, &mut out).await;
+        (s, out)
+    });
+    // Calls keep coming until the printer has its three events (it may
+    // subscribe after the first ones).
+    let (client, _events) =
+        InboundClient::connect(InboundConfig::new(sim.esl_addr().to_string(), "ClueCon"))
+            .await
+            .unwrap();
+    let dialer = tokio::spawn(async move {
+        loop {
+            let _ = client
+                .bgapi("originate {dial_id=evtest}loopback/14155550000 &park()")
+                .await;
+            let _ = client
+                .bgapi("originate {dial_id=other}loopback/14155550001 &park()")
+                .await;
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    });
+    let (summary, out) = tokio::time::timeout(Duration::from_secs(10), printer)
+        .await
+        .expect("no three events within 10 s")
+        .unwrap();
+    dialer.abort();
+    assert_eq!(summary.unwrap().events, 3);
+    let text = String::from_utf8(out).unwrap();
+    for line in text.lines() {
+        let v: serde_json::Value = serde_json::from_str(line).unwrap();
+        assert_eq!(v["Event-Name"], "CHANNEL_ANSWER");
+        assert_eq!(v["variable_dial_id"], "evtest");
+    }
+    sim.shutdown().await;
+}
