@@ -1,1 +1,363 @@
-//! The FreeSWITCH simulator.
+//! The FreeSWITCH simulator: a protocol-faithful stand-in for FreeSWITCH
+//! 1.10, used by the tests, the demo and the benchmarks (SPEC §9).
+//!
+//! It serves the inbound event socket ([`server`] + [`session`]), places
+//! calls with `originate` ([`api`], [`dialstring`], [`numberplan`]), runs
+//! each channel as a task ([`actor`]) that fires events laid out as the
+//! recorded traces show ([`channel`], [`event`]), and for each leg whose
+//! application is `socket(host:port …)` connects out and speaks the outbound
+//! protocol ([`outbound`], which reuses [`session`]).
+//!
+//! # Known simplifications
+//! - A dial string with several legs (`,`) or failover groups (`|`) dials
+//!   only the first leg of the first group.
+//! - Media is not real: playback and tones take their computed duration;
+//!   `record` writes a silent 8 kHz 16-bit WAV of the recorded length.
+//! - Event filters whose value starts with `/` (regular expressions) are
+//!   compared literally (case-insensitively), without the slashes.
+//! - The local time zone in `Event-Date-Local` is UTC.
+//!
+//! Use [`Simulator::start`] and the returned [`SimHandle`].
+
+pub mod actor;
+pub mod api;
+pub mod channel;
+pub mod dialstring;
+pub mod event;
+pub mod numberplan;
+pub mod outbound;
+pub mod server;
+pub mod session;
+pub mod wav;
+
+use crate::sim::actor::ChannelHandle;
+use crate::sim::event::{CoreInfo, FiredEvent};
+use crate::sim::session::ListenerEntry;
+use std::collections::{BTreeMap, HashMap};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+/// How the simulator behaves. `Default` gives FreeSWITCH's defaults.
+#[derive(Debug, Clone)]
+pub struct SimConfig {
+    /// Where the inbound event socket listens (`127.0.0.1:0` for tests).
+    pub esl_listen: SocketAddr,
+    /// The event-socket password (`ClueCon`).
+    pub password: String,
+    /// How long a number of the plan rings before it answers ("rings
+    /// briefly").
+    pub ring_time: Duration,
+    /// `FreeSWITCH-Hostname` / `FreeSWITCH-Switchname`.
+    pub hostname: String,
+    /// `FreeSWITCH-IPv4`.
+    pub ipv4: String,
+    /// `FreeSWITCH-IPv6`.
+    pub ipv6: String,
+    /// Gateways that exist; `None` accepts every gateway name except
+    /// `nonexistent` (SPEC §9).
+    pub gateways: Option<Vec<String>>,
+    /// Where `playback` looks up relative file names. A file that does not
+    /// exist there (or at its absolute path) fails with `FILE NOT FOUND`.
+    pub media_dir: Option<PathBuf>,
+    /// How long a media file plays (its content is not decoded).
+    pub file_play_time: Duration,
+    /// Where `record` with a relative path writes.
+    pub recordings_dir: Option<PathBuf>,
+    /// Events a connection may leave unread before events are dropped.
+    pub event_queue_len: usize,
+    /// Dropped events after which the connection is killed (FreeSWITCH's
+    /// `MAX_MISSED`, 500).
+    pub max_missed: u32,
+    /// Delay between an outbound socket's `connect` and the channel parking
+    /// (CHANNEL_PARK). FreeSWITCH's park loop runs on 20 ms frames.
+    pub park_delay: Duration,
+    /// Where the `socket` test extension connects (`127.0.0.1:8084` in the
+    /// recorded dialplan).
+    pub socket_extension: String,
+    /// Ring time of the `noanswer` test extension (3 s in the recording).
+    pub noanswer_time: Duration,
+    /// Tone length of the `answer-tone` test extension (30 s).
+    pub answer_tone_time: Duration,
+}
+
+impl Default for SimConfig {
+    fn default() -> Self {
+        Self {
+            esl_listen: SocketAddr::from(([127, 0, 0, 1], 8021)),
+            password: "ClueCon".to_owned(),
+            ring_time: Duration::from_millis(100),
+            hostname: "redswitch-sim".to_owned(),
+            ipv4: "127.0.0.1".to_owned(),
+            ipv6: "::1".to_owned(),
+            gateways: None,
+            media_dir: None,
+            file_play_time: Duration::from_millis(500),
+            recordings_dir: None,
+            event_queue_len: 10_000,
+            max_missed: 500,
+            park_delay: Duration::from_millis(20),
+            socket_extension: "127.0.0.1:8084".to_owned(),
+            noanswer_time: Duration::from_secs(3),
+            answer_tone_time: Duration::from_secs(30),
+        }
+    }
+}
+
+/// Eavesdrop modes, as eavesdrop's DTMF controls set them
+/// (switch_ivr_async.c): `0` listen only, `1` the target's partner hears the
+/// eavesdropper, `2` the target hears, `3` both hear.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EavesdropMode {
+    /// `0` (and the initial mode): nobody hears the eavesdropper.
+    ListenOnly,
+    /// `1`: the target's bridged partner hears the eavesdropper.
+    PartnerHears,
+    /// `2`: the eavesdropped channel hears the eavesdropper.
+    TargetHears,
+    /// `3`: both hear.
+    BothHear,
+}
+
+/// An eavesdrop in progress on a channel.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EavesdropSnapshot {
+    /// The uuid being eavesdropped.
+    pub target: String,
+    /// The current mode.
+    pub mode: EavesdropMode,
+}
+
+/// A point-in-time view of a live channel.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ChannelSnapshot {
+    /// `Unique-ID`.
+    pub uuid: String,
+    /// `Channel-Name`.
+    pub name: String,
+    /// `Channel-State` (`CS_EXECUTE` …).
+    pub state: String,
+    /// Answered and not hung up.
+    pub answered: bool,
+    /// Channel variables.
+    pub variables: BTreeMap<String, String>,
+    /// The caller id the far end sees (`origination_caller_id_number`, or
+    /// `0000000000`).
+    pub caller_id_number: String,
+    /// The dialled number or destination.
+    pub destination: String,
+    /// The uuid this channel is bridged to.
+    pub bridged_to: Option<String>,
+    /// An eavesdrop this channel runs.
+    pub eavesdrop: Option<EavesdropSnapshot>,
+    /// What is playing now.
+    pub playing: Option<String>,
+    /// The file being recorded now.
+    pub recording: Option<String>,
+    /// DTMF digits received (by `uuid_recv_dtmf` or from the far end).
+    pub received_dtmf: String,
+    /// DTMF digits sent to the far end (`send_dtmf`, `uuid_send_dtmf`).
+    pub sent_dtmf: String,
+    /// Set once the channel has hung up.
+    pub hangup_cause: Option<String>,
+}
+
+/// State shared by every task of one running simulator.
+pub(crate) struct Core {
+    pub(crate) cfg: SimConfig,
+    pub(crate) info: CoreInfo,
+    channels: Mutex<HashMap<String, ChannelHandle>>,
+    listeners: Mutex<Vec<Arc<ListenerEntry>>>,
+    /// Cancelled when the simulator stops: every task watches it.
+    pub(crate) shutdown: CancellationToken,
+    pub(crate) tasks: TaskTracker,
+    started: Instant,
+    sessions: AtomicU64,
+    listener_ids: AtomicU64,
+}
+
+/// Locks a std mutex, recovering from poisoning: a panicked holder cannot
+/// leave these maps half-updated (every update is a single insert/remove).
+pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+impl Core {
+    fn new(cfg: SimConfig) -> Self {
+        let info = CoreInfo::new(cfg.hostname.clone(), cfg.ipv4.clone(), cfg.ipv6.clone());
+        Self {
+            cfg,
+            info,
+            channels: Mutex::new(HashMap::new()),
+            listeners: Mutex::new(Vec::new()),
+            shutdown: CancellationToken::new(),
+            tasks: TaskTracker::new(),
+            started: Instant::now(),
+            sessions: AtomicU64::new(0),
+            listener_ids: AtomicU64::new(1),
+        }
+    }
+
+    /// Delivers an event to every connection subscribed to it.
+    pub(crate) fn fire(&self, event: crate::esl::Event) {
+        let fired = Arc::new(FiredEvent::new(event));
+        let listeners = lock(&self.listeners);
+        for l in listeners.iter() {
+            l.offer(&fired, self.cfg.max_missed);
+        }
+    }
+
+    pub(crate) fn add_listener(&self, l: Arc<ListenerEntry>) {
+        lock(&self.listeners).push(l);
+    }
+
+    pub(crate) fn remove_listener(&self, id: u64) {
+        lock(&self.listeners).retain(|l| l.id != id);
+    }
+
+    pub(crate) fn next_listener_id(&self) -> u64 {
+        self.listener_ids.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// Sends a log line to every connection that asked for logs.
+    pub(crate) fn log(&self, line: session::LogLine) {
+        let line = Arc::new(line);
+        for l in lock(&self.listeners).iter() {
+            l.offer_log(&line);
+        }
+    }
+
+    pub(crate) fn channel(&self, uuid: &str) -> Option<ChannelHandle> {
+        lock(&self.channels).get(uuid).cloned()
+    }
+
+    pub(crate) fn insert_channel(&self, h: ChannelHandle) -> bool {
+        let mut map = lock(&self.channels);
+        if map.contains_key(h.uuid.as_ref()) {
+            return false;
+        }
+        map.insert(h.uuid.to_string(), h);
+        self.sessions.fetch_add(1, Ordering::Relaxed);
+        true
+    }
+
+    pub(crate) fn remove_channel(&self, uuid: &str) {
+        lock(&self.channels).remove(uuid);
+    }
+
+    pub(crate) fn channel_handles(&self) -> Vec<ChannelHandle> {
+        lock(&self.channels).values().cloned().collect()
+    }
+
+    pub(crate) fn channel_count(&self) -> usize {
+        lock(&self.channels).len()
+    }
+
+    pub(crate) fn sessions_since_startup(&self) -> u64 {
+        self.sessions.load(Ordering::Relaxed)
+    }
+
+    pub(crate) fn uptime(&self) -> Duration {
+        self.started.elapsed()
+    }
+
+    /// A fresh `session_id` for a channel.
+    pub(crate) fn next_session_id(&self) -> u64 {
+        self.sessions.load(Ordering::Relaxed) + 1
+    }
+}
+
+/// Starts simulators.
+pub struct Simulator;
+
+impl Simulator {
+    /// Binds the event socket and starts serving.
+    pub async fn start(cfg: SimConfig) -> std::io::Result<SimHandle> {
+        let listener = TcpListener::bind(cfg.esl_listen).await?;
+        let addr = listener.local_addr()?;
+        let mut cfg = cfg;
+        cfg.esl_listen = addr;
+        let core = Arc::new(Core::new(cfg));
+        let task_core = core.clone();
+        core.tasks
+            .spawn(async move { server::run(listener, task_core).await });
+        Ok(SimHandle {
+            inner: Arc::new(HandleInner { core, addr }),
+        })
+    }
+}
+
+struct HandleInner {
+    core: Arc<Core>,
+    addr: SocketAddr,
+}
+
+/// A running simulator. Cheap to clone; [`SimHandle::shutdown`] stops it.
+#[derive(Clone)]
+pub struct SimHandle {
+    inner: Arc<HandleInner>,
+}
+
+impl SimHandle {
+    /// The bound event-socket address.
+    pub fn esl_addr(&self) -> SocketAddr {
+        self.inner.addr
+    }
+
+    /// The configuration in use (with the bound address).
+    pub fn config(&self) -> &SimConfig {
+        &self.inner.core.cfg
+    }
+
+    /// Every live channel.
+    pub fn channels(&self) -> Vec<ChannelSnapshot> {
+        let mut v: Vec<_> = self
+            .inner
+            .core
+            .channel_handles()
+            .iter()
+            .map(ChannelHandle::snapshot)
+            .collect();
+        v.sort_by(|a, b| a.uuid.cmp(&b.uuid));
+        v
+    }
+
+    /// One live channel.
+    pub fn channel(&self, uuid: &str) -> Option<ChannelSnapshot> {
+        self.inner.core.channel(uuid).map(|h| h.snapshot())
+    }
+
+    /// Stops like FreeSWITCH shutting down: the listener closes, every
+    /// connection gets a disconnect notice and is closed, every channel
+    /// goes away. Waits until all tasks have ended.
+    pub async fn shutdown(self) {
+        let core = &self.inner.core;
+        core.shutdown.cancel();
+        core.tasks.close();
+        core.tasks.wait().await;
+    }
+
+    /// Shuts down, then starts a fresh simulator with the same configuration
+    /// on the same address (for reconnect tests).
+    pub async fn restart(self) -> std::io::Result<SimHandle> {
+        let cfg = self.inner.core.cfg.clone();
+        self.shutdown().await;
+        // The port was just released; binding may race the kernel briefly.
+        let mut tries = 0;
+        loop {
+            match Simulator::start(cfg.clone()).await {
+                Ok(h) => return Ok(h),
+                Err(e) if tries < 50 && e.kind() == std::io::ErrorKind::AddrInUse => {
+                    tries += 1;
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+}

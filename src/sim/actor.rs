@@ -1,0 +1,1634 @@
+//! The task that runs one channel: its far end (number plan, loopback
+//! partner), its applications (with FreeSWITCH's nesting rules), DTMF,
+//! bridging, eavesdrop, recording, and the hangup sequence.
+//!
+//! Everything that happens to a channel goes through its bounded mailbox
+//! ([`ChanMsg`]), so the channel's events come out in one well-defined order.
+
+use crate::esl::{Event, Frame};
+use crate::sim::channel::{ChanState, OtherLeg, SnapExtra, at, normalize_cause, set_cdr_vars};
+use crate::sim::event::now_micros;
+use crate::sim::numberplan::{Extension, Outcome};
+use crate::sim::session::{ListenerEntry, is_true};
+use crate::sim::wav::{PlayLength, file_type, play_length, write_recording};
+use crate::sim::{ChannelSnapshot, Core, EavesdropMode, EavesdropSnapshot, lock, outbound};
+use std::collections::VecDeque;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::sync::{mpsc, oneshot};
+use tokio::time::Instant;
+
+/// Mailbox size per channel. Senders from the network (`api`, `sendmsg`)
+/// wait when it is full; channel-to-channel messages are dropped and logged.
+const MAILBOX: usize = 256;
+
+/// A `sendmsg` as the channel parses it (`switch_ivr_parse_event`).
+#[derive(Debug, Clone, Default)]
+pub(crate) struct PrivateMsg {
+    pub(crate) call_command: String,
+    pub(crate) app: String,
+    pub(crate) arg: String,
+    pub(crate) loops: i64,
+    pub(crate) event_lock: bool,
+    pub(crate) event_uuid: Option<String>,
+    pub(crate) hangup_cause: String,
+    /// The whole command text and headers, for PRIVATE_COMMAND.
+    pub(crate) raw: String,
+    pub(crate) headers: Vec<(String, String)>,
+}
+
+impl PrivateMsg {
+    pub(crate) fn from_frame(frame: &Frame) -> Self {
+        let h = |n: &str| frame.header(n).map(str::to_owned);
+        let mut raw = String::from_utf8_lossy(frame.head()).into_owned();
+        raw.push('\n');
+        let headers: Vec<(String, String)> = frame
+            .headers_bytes()
+            .map(|(n, v)| {
+                (
+                    String::from_utf8_lossy(n).into_owned(),
+                    String::from_utf8_lossy(v).into_owned(),
+                )
+            })
+            .collect();
+        // A long argument may come as the body.
+        let arg = h("execute-app-arg").unwrap_or_else(|| {
+            frame
+                .body()
+                .map(|b| String::from_utf8_lossy(b).into_owned())
+                .unwrap_or_default()
+        });
+        Self {
+            call_command: h("call-command").unwrap_or_default().to_ascii_lowercase(),
+            app: h("execute-app-name").unwrap_or_default(),
+            arg,
+            loops: h("loops").map_or(1, |l| crate::sim::session::atoi(&l).max(1)),
+            event_lock: h("event-lock").is_some_and(|v| is_true(&v)),
+            event_uuid: h("Event-UUID"),
+            hangup_cause: h("hangup-cause").unwrap_or_else(|| "NORMAL_CLEARING".to_owned()),
+            raw,
+            headers,
+        }
+    }
+}
+
+/// Messages a channel handles.
+pub(crate) enum ChanMsg {
+    /// A `sendmsg` (with a completion for static sockets).
+    Private(PrivateMsg, Option<oneshot::Sender<()>>),
+    /// `uuid_kill` and friends.
+    Hangup(String),
+    /// `uuid_break [all]`.
+    Break {
+        all: bool,
+    },
+    /// `uuid_recv_dtmf`: digits the channel receives.
+    RecvDtmf(String),
+    /// `uuid_send_dtmf`: digits sent to the far end.
+    SendDtmf(String),
+    SetVar(String, String),
+    GetVar(String, oneshot::Sender<Option<String>>),
+    /// The outbound socket's `connect`.
+    Connect {
+        asynchronous: bool,
+        full: bool,
+        reply: oneshot::Sender<Event>,
+    },
+    /// An inbound `myevents <uuid>` listener to close when we hang up.
+    BindListener(Arc<ListenerEntry>),
+    /// The outbound socket connected (`Some`) or failed to (`None`).
+    SocketUp(Option<(Arc<ListenerEntry>, bool)>),
+    /// The outbound socket closed.
+    SocketClosed {
+        resume: bool,
+    },
+    /// Loopback: the other half answered (ack when our ANSWER has fired).
+    PartnerAnswered(oneshot::Sender<()>),
+    /// Loopback or bridge partner hung up.
+    PartnerGone(String, String),
+    /// DTMF arriving from the far end.
+    FarDtmf(String),
+    /// `uuid_bridge`: become bridged to `other`.
+    Bridge {
+        other: ChannelHandle,
+        other_profile: Option<(crate::sim::channel::Profile, String)>,
+        originator: bool,
+    },
+    /// Profile exchange for a bridge.
+    Profile(oneshot::Sender<(crate::sim::channel::Profile, String)>),
+    /// Someone eavesdrops on us.
+    EavesdropAdd(String),
+    /// The channel we eavesdrop on is gone.
+    EavesdropGone(String),
+    /// `uuid_record <uuid> start|stop <path> [limit]`.
+    Record {
+        start: bool,
+        path: String,
+        limit: Option<Duration>,
+        reply: oneshot::Sender<Result<(), String>>,
+    },
+}
+
+/// A cloneable handle on a channel task.
+#[derive(Clone)]
+pub(crate) struct ChannelHandle {
+    pub(crate) uuid: Arc<str>,
+    name: Arc<str>,
+    pub(crate) tx: mpsc::Sender<ChanMsg>,
+    snap: Arc<Mutex<ChannelSnapshot>>,
+}
+
+impl ChannelHandle {
+    pub(crate) fn snapshot(&self) -> ChannelSnapshot {
+        lock(&self.snap).clone()
+    }
+
+    pub(crate) fn name(&self) -> String {
+        self.name.to_string()
+    }
+
+    /// Sends, waiting for room (used for requests from the network).
+    pub(crate) async fn send(&self, msg: ChanMsg) -> bool {
+        self.tx.send(msg).await.is_ok()
+    }
+
+    /// Sends without waiting (channel-to-channel); a full mailbox drops it.
+    pub(crate) fn try_send(&self, msg: ChanMsg) -> bool {
+        match self.tx.try_send(msg) {
+            Ok(()) => true,
+            Err(mpsc::error::TrySendError::Full(_)) => {
+                tracing::warn!(uuid = %self.uuid, "channel mailbox full; message dropped");
+                false
+            }
+            Err(mpsc::error::TrySendError::Closed(_)) => false,
+        }
+    }
+
+    pub(crate) async fn getvar(&self, name: &str) -> Option<String> {
+        let (tx, rx) = oneshot::channel();
+        if !self.send(ChanMsg::GetVar(name.to_owned(), tx)).await {
+            return None;
+        }
+        rx.await.ok().flatten()
+    }
+}
+
+/// Who this channel is, at creation.
+pub(crate) enum Role {
+    /// A SIP/user leg whose far end follows the number plan.
+    Remote(Outcome),
+    /// The `-a` half of a loopback pair: answered when the `-b` half is.
+    LoopbackA { partner: ChannelHandle },
+    /// The `-b` half: runs the dialplan extension.
+    LoopbackB {
+        partner: ChannelHandle,
+        ext: Extension,
+    },
+}
+
+/// An application to run.
+#[derive(Debug)]
+pub(crate) struct ExecReq {
+    pub(crate) app: String,
+    pub(crate) arg: String,
+    pub(crate) uuid: String,
+    pub(crate) locked: bool,
+    pub(crate) done: Option<oneshot::Sender<()>>,
+    pub(crate) private: Option<PrivateMsg>,
+    pub(crate) loops: Option<i64>,
+}
+
+impl ExecReq {
+    pub(crate) fn new(app: &str, arg: &str) -> Self {
+        Self {
+            app: app.to_owned(),
+            arg: arg.to_owned(),
+            uuid: uuid::Uuid::new_v4().to_string(),
+            locked: true,
+            done: None,
+            private: None,
+            loops: None,
+        }
+    }
+}
+
+/// What an originate waits for.
+pub(crate) type OriginateResult = oneshot::Sender<Result<(), String>>;
+
+/// Everything needed to start a channel task.
+pub(crate) struct Spawn {
+    pub(crate) state: ChanState,
+    pub(crate) extra: SnapExtra,
+    pub(crate) role: Role,
+    pub(crate) originate: Option<OriginateResult>,
+    pub(crate) originate_timeout: Duration,
+    /// Run after a successful originate (`&app(args)`).
+    pub(crate) app: Option<ExecReq>,
+}
+
+/// Creates the handle (registered in the core) and the mailbox.
+pub(crate) fn handle_for(
+    core: &Core,
+    state: &ChanState,
+    extra: &SnapExtra,
+) -> Option<(ChannelHandle, mpsc::Receiver<ChanMsg>)> {
+    let (tx, rx) = mpsc::channel(MAILBOX);
+    let handle = ChannelHandle {
+        uuid: Arc::from(state.uuid.as_str()),
+        name: Arc::from(state.name.as_str()),
+        tx,
+        snap: Arc::new(Mutex::new(state.snapshot(extra))),
+    };
+    core.insert_channel(handle.clone()).then_some((handle, rx))
+}
+
+/// Fires CHANNEL_CREATE and starts the task.
+pub(crate) fn spawn(core: Arc<Core>, handle: ChannelHandle, rx: mpsc::Receiver<ChanMsg>, s: Spawn) {
+    core.fire(
+        s.state
+            .event(&core.info, "CHANNEL_CREATE", at::CREATE, &[], &[]),
+    );
+    let mut actor = Actor {
+        core: core.clone(),
+        me: handle,
+        st: s.state,
+        extra: s.extra,
+        rx,
+        role: s.role,
+        originate: s.originate,
+        originate_app: s.app,
+        stack: Vec::new(),
+        waiting: VecDeque::new(),
+        dialplan: VecDeque::new(),
+        run_dialplan: false,
+        timers: Vec::new(),
+        dtmf_in: VecDeque::new(),
+        dtmf_due: None,
+        socket: None,
+        bound: Vec::new(),
+        bridged: None,
+        eavesdroppers: Vec::new(),
+        record: None,
+        last_app: None,
+        done: false,
+        hangup_after_idle: false,
+        answer_ack: None,
+    };
+    core.tasks.spawn(async move {
+        actor.start(s.originate_timeout);
+        actor.run().await;
+    });
+}
+
+#[derive(Debug)]
+enum Kind {
+    /// playback/sleep: `until` while running, `left` while paused.
+    Timed {
+        until: Option<Instant>,
+        left: Option<Duration>,
+        started: Instant,
+        playback: bool,
+    },
+    Park,
+    Socket,
+    Echo,
+    Eavesdrop,
+    Bridged,
+    /// `answer` on a loopback `-b` leg, waiting for the `-a` half.
+    AnswerWait,
+    Record {
+        path: std::path::PathBuf,
+        started: Instant,
+        until: Option<Instant>,
+    },
+}
+
+struct AppFrame {
+    app: String,
+    arg: String,
+    uuid: String,
+    locked: bool,
+    kind: Kind,
+    done: Option<oneshot::Sender<()>>,
+    private: Option<PrivateMsg>,
+}
+
+#[derive(Debug, Clone)]
+enum Timer {
+    Progress,
+    Answer,
+    FarHangup(String),
+    FarDtmf(String),
+    OriginateTimeout,
+    Park,
+    RecordLimit,
+}
+
+struct MediaBug {
+    path: std::path::PathBuf,
+    started: Instant,
+    until: Option<Instant>,
+    display: String,
+}
+
+struct Actor {
+    core: Arc<Core>,
+    me: ChannelHandle,
+    st: ChanState,
+    extra: SnapExtra,
+    rx: mpsc::Receiver<ChanMsg>,
+    role: Role,
+    originate: Option<OriginateResult>,
+    originate_app: Option<ExecReq>,
+    stack: Vec<AppFrame>,
+    /// Executes waiting for an event-locked application to finish.
+    waiting: VecDeque<ExecReq>,
+    /// Dialplan (or originate application) steps, run one after another.
+    dialplan: VecDeque<ExecReq>,
+    run_dialplan: bool,
+    timers: Vec<(Instant, Timer)>,
+    dtmf_in: VecDeque<char>,
+    dtmf_due: Option<Instant>,
+    /// The outbound socket: its listener and whether it is async.
+    socket: Option<(Arc<ListenerEntry>, bool)>,
+    /// Inbound listeners bound with `myevents <uuid>`.
+    bound: Vec<Arc<ListenerEntry>>,
+    bridged: Option<ChannelHandle>,
+    eavesdroppers: Vec<String>,
+    record: Option<MediaBug>,
+    last_app: Option<(String, String)>,
+    done: bool,
+    hangup_after_idle: bool,
+    answer_ack: Option<oneshot::Receiver<()>>,
+}
+
+impl Actor {
+    fn fire(
+        &self,
+        name: &str,
+        at: crate::sim::event::Origin,
+        pre: &[(&str, &str)],
+        post: &[(&str, &str)],
+    ) {
+        self.core
+            .fire(self.st.event(&self.core.info, name, at, pre, post));
+    }
+
+    fn schedule(&mut self, after: Duration, t: Timer) {
+        self.timers.push((Instant::now() + after, t));
+    }
+
+    fn start(&mut self, originate_timeout: Duration) {
+        if self.originate.is_some() {
+            self.schedule(originate_timeout, Timer::OriginateTimeout);
+        }
+        let ring = self.core.cfg.ring_time;
+        match &self.role {
+            Role::Remote(outcome) => {
+                self.st.state = crate::sim::channel::CState::ConsumeMedia;
+                match outcome.clone() {
+                    Outcome::Reject(cause) => {
+                        self.schedule(Duration::ZERO, Timer::FarHangup(cause.to_owned()))
+                    }
+                    Outcome::RingForever => self.schedule(Duration::ZERO, Timer::Progress),
+                    Outcome::Answer
+                    | Outcome::AnswerThenHangup(_)
+                    | Outcome::AnswerThenDtmf(..) => {
+                        self.schedule(Duration::ZERO, Timer::Progress);
+                        self.schedule(ring, Timer::Answer);
+                    }
+                }
+            }
+            Role::LoopbackA { .. } => {
+                self.st.state = crate::sim::channel::CState::ConsumeMedia;
+            }
+            Role::LoopbackB { ext, .. } => {
+                self.st.state = crate::sim::channel::CState::Execute;
+                self.st.call_state = "RINGING";
+                let cfg = &self.core.cfg;
+                let ms = |d: Duration| d.as_millis().to_string();
+                let steps: Vec<(&str, String)> = match ext {
+                    Extension::AnswerPark => {
+                        vec![("answer", String::new()), ("park", String::new())]
+                    }
+                    Extension::AnswerEcho => {
+                        vec![("answer", String::new()), ("echo", String::new())]
+                    }
+                    Extension::AnswerTone => vec![
+                        ("answer", String::new()),
+                        (
+                            "playback",
+                            format!("tone_stream://%({},0,440)", ms(cfg.answer_tone_time)),
+                        ),
+                        ("hangup", String::new()),
+                    ],
+                    Extension::Busy => vec![("hangup", "USER_BUSY".into())],
+                    Extension::NoAnswer => vec![
+                        ("sleep", ms(cfg.noanswer_time)),
+                        ("hangup", "NO_ANSWER".into()),
+                    ],
+                    Extension::Socket => vec![
+                        ("answer", String::new()),
+                        ("socket", format!("{} async full", cfg.socket_extension)),
+                    ],
+                    Extension::Plan(Outcome::Reject(cause)) => vec![("hangup", (*cause).into())],
+                    Extension::Plan(Outcome::RingForever) => {
+                        vec![("ring_ready", String::new()), ("park", String::new())]
+                    }
+                    Extension::Plan(Outcome::Answer) => vec![
+                        ("ring_ready", String::new()),
+                        ("sleep", ms(ring)),
+                        ("answer", String::new()),
+                        ("park", String::new()),
+                    ],
+                    Extension::Plan(Outcome::AnswerThenHangup(after)) => vec![
+                        ("ring_ready", String::new()),
+                        ("sleep", ms(ring)),
+                        ("answer", String::new()),
+                        ("sleep", ms(*after)),
+                        ("hangup", "NORMAL_CLEARING".into()),
+                    ],
+                    Extension::Plan(Outcome::AnswerThenDtmf(after, digits)) => vec![
+                        ("ring_ready", String::new()),
+                        ("sleep", ms(ring)),
+                        ("answer", String::new()),
+                        ("sleep", ms(*after)),
+                        ("send_dtmf", (*digits).into()),
+                        ("park", String::new()),
+                    ],
+                };
+                for (app, arg) in steps {
+                    self.dialplan.push_back(ExecReq::new(app, &arg));
+                }
+                self.run_dialplan = true;
+                self.hangup_after_idle = true;
+            }
+        }
+        self.pump();
+        self.publish();
+    }
+
+    async fn run(&mut self) {
+        let shutdown = self.core.shutdown.clone();
+        while !self.done {
+            let deadline = self.next_deadline();
+            tokio::select! {
+                biased;
+                () = shutdown.cancelled() => {
+                    self.hangup("SYSTEM_SHUTDOWN", None);
+                }
+                msg = self.rx.recv() => match msg {
+                    Some(m) => self.handle(m),
+                    None => break,
+                },
+                () = sleep_opt(deadline) => self.on_time(),
+                _ = ack_opt(&mut self.answer_ack) => self.answer_acked(),
+            }
+            self.pump();
+            self.publish();
+        }
+        self.core.remove_channel(&self.st.uuid);
+    }
+
+    fn next_deadline(&self) -> Option<Instant> {
+        let mut d = self.timers.iter().map(|(t, _)| *t).min();
+        let mut consider = |t: Option<Instant>| {
+            if let Some(t) = t {
+                d = Some(d.map_or(t, |x: Instant| x.min(t)));
+            }
+        };
+        consider(self.dtmf_due);
+        consider(self.record.as_ref().and_then(|r| r.until));
+        if let Some(top) = self.stack.last() {
+            match &top.kind {
+                Kind::Timed { until, .. } => consider(*until),
+                Kind::Record { until, .. } => consider(*until),
+                _ => {}
+            }
+        }
+        d
+    }
+
+    fn publish(&self) {
+        let snap = self.st.snapshot(&self.extra);
+        *lock(&self.me.snap) = snap;
+    }
+
+    fn hung_up(&self) -> bool {
+        self.st.hangup_cause.is_some()
+    }
+
+    fn on_time(&mut self) {
+        let now = Instant::now();
+        let due: Vec<Timer> = {
+            let mut due = Vec::new();
+            self.timers.retain(|(t, timer)| {
+                if *t <= now {
+                    due.push(timer.clone());
+                    false
+                } else {
+                    true
+                }
+            });
+            due
+        };
+        for t in due {
+            self.on_timer(t);
+        }
+        if self.dtmf_due.is_some_and(|t| t <= now) {
+            self.next_dtmf();
+        }
+        if let Some(bug) = &self.record
+            && bug.until.is_some_and(|t| t <= now)
+        {
+            self.stop_media_bug();
+        }
+        let top_due = self.stack.last().is_some_and(|f| match &f.kind {
+            Kind::Timed { until, .. } | Kind::Record { until, .. } => {
+                until.is_some_and(|t| t <= now)
+            }
+            _ => false,
+        });
+        if top_due {
+            self.finish_top(false);
+        }
+    }
+
+    fn on_timer(&mut self, t: Timer) {
+        if self.hung_up() {
+            return;
+        }
+        match t {
+            Timer::Progress => {
+                if self.st.profile.progress == 0 {
+                    self.st.profile.progress = now_micros();
+                    self.st.profile.network_addr = Some(self.core.cfg.ipv4.clone());
+                    self.fire("CHANNEL_PROGRESS", at::PROGRESS, &[], &[]);
+                    self.st.call_state = "RINGING";
+                }
+            }
+            Timer::Answer => {
+                self.answer();
+                if let Role::Remote(outcome) = &self.role {
+                    match outcome.clone() {
+                        Outcome::AnswerThenHangup(after) => {
+                            self.schedule(after, Timer::FarHangup("NORMAL_CLEARING".into()))
+                        }
+                        Outcome::AnswerThenDtmf(after, digits) => {
+                            self.schedule(after, Timer::FarDtmf(digits.into()))
+                        }
+                        _ => {}
+                    }
+                }
+            }
+            Timer::FarHangup(cause) => self.hangup(&cause, None),
+            Timer::FarDtmf(digits) => self.queue_dtmf(&digits),
+            Timer::OriginateTimeout => {
+                if self.originate.is_some() {
+                    self.hangup("NO_ANSWER", None);
+                }
+            }
+            Timer::Park => {
+                if matches!(self.stack.last().map(|f| &f.kind), Some(Kind::Socket)) {
+                    self.fire("CHANNEL_PARK", at::PARK, &[], &[]);
+                }
+            }
+            Timer::RecordLimit => self.stop_media_bug(),
+        }
+    }
+
+    /// The `answer` application. On a loopback `-b` leg the `-a` half
+    /// answers (and its CHANNEL_ANSWER fires) first, as in trace 01: the app
+    /// waits for the partner's acknowledgement before marking itself.
+    fn answer_app(&mut self, frame: AppFrame) {
+        if let Role::LoopbackB { partner, .. } = &self.role
+            && !self.st.answered()
+            && !self.hung_up()
+        {
+            let (tx, rx) = oneshot::channel();
+            if partner.try_send(ChanMsg::PartnerAnswered(tx)) {
+                self.answer_ack = Some(rx);
+                let mut frame = frame;
+                frame.kind = Kind::AnswerWait;
+                self.stack.push(frame);
+                return;
+            }
+        }
+        self.answer();
+        self.complete(frame);
+    }
+
+    fn answer_acked(&mut self) {
+        self.answer_ack = None;
+        if matches!(self.stack.last().map(|f| &f.kind), Some(Kind::AnswerWait)) {
+            self.answer();
+            self.finish_top(false);
+        }
+    }
+
+    /// Marks the channel answered (FreeSWITCH's mark_answered).
+    fn answer(&mut self) {
+        if self.st.answered() || self.hung_up() {
+            return;
+        }
+        self.st.profile.answered = now_micros();
+        self.st.answer_state = "answered";
+        if self.st.profile.progress == 0 && matches!(self.role, Role::Remote(_)) {
+            self.st.profile.progress = self.st.profile.answered;
+        }
+        self.st.vars.set_keep("endpoint_disposition", "ANSWER");
+        self.fire("CHANNEL_ANSWER", at::ANSWER, &[], &[]);
+        self.st.call_state = "ACTIVE";
+        self.originate_succeeded();
+    }
+
+    fn originate_succeeded(&mut self) {
+        let Some(tx) = self.originate.take() else {
+            return;
+        };
+        self.timers
+            .retain(|(_, t)| !matches!(t, Timer::OriginateTimeout));
+        // originate flips the caller id of the answered leg.
+        let p = &mut self.st.profile;
+        let orig = p.caller_id_number.clone();
+        let callee = p.callee_id_number.clone().unwrap_or_default();
+        p.caller_id_name = p.callee_id_name.take().or(Some("Outbound Call".into()));
+        p.caller_id_number = callee;
+        p.orig_caller_id_number = Some(orig.clone());
+        p.callee_id_number = Some(orig.clone());
+        self.st.vars.set("pre_transfer_caller_id_number", &orig);
+        self.st.vars.set("channel_cid_flipped", "yes");
+        let uuid = self.st.uuid.clone();
+        self.st.vars.set("call_uuid", &uuid);
+        let _ = tx.send(Ok(()));
+        if let Some(app) = self.originate_app.take() {
+            self.st.state = crate::sim::channel::CState::Execute;
+            self.st.hit_dialplan = true;
+            self.dialplan.push_back(app);
+            self.run_dialplan = true;
+            self.hangup_after_idle = true;
+        }
+    }
+
+    fn handle(&mut self, msg: ChanMsg) {
+        match msg {
+            ChanMsg::Private(pm, done) => self.private(pm, done),
+            ChanMsg::Hangup(cause) => self.hangup(&cause, None),
+            ChanMsg::Break { all } => self.break_media(all),
+            ChanMsg::RecvDtmf(d) => self.queue_dtmf(&d),
+            ChanMsg::SendDtmf(d) => self.send_dtmf(&d),
+            ChanMsg::SetVar(n, v) => self.st.vars.set(&n, &v),
+            ChanMsg::GetVar(n, tx) => {
+                let v = match n.as_str() {
+                    "uuid" => Some(self.st.uuid.clone()),
+                    _ => self.st.vars.get(&n).map(str::to_owned),
+                };
+                let _ = tx.send(v);
+            }
+            ChanMsg::Connect {
+                asynchronous,
+                full,
+                reply,
+            } => {
+                let _ = reply.send(self.st.connect_reply(&self.core.info, asynchronous, full));
+                if asynchronous {
+                    self.schedule(self.core.cfg.park_delay, Timer::Park);
+                }
+            }
+            ChanMsg::BindListener(l) => {
+                if self.hung_up() {
+                    l.channel_down();
+                } else {
+                    self.bound.push(l);
+                }
+            }
+            ChanMsg::SocketUp(Some(sock)) => self.socket = Some(sock),
+            ChanMsg::SocketUp(None) => {
+                // "Socket Error!": the socket application returns at once.
+                if matches!(self.stack.last().map(|f| &f.kind), Some(Kind::Socket)) {
+                    self.finish_top(false);
+                }
+            }
+            ChanMsg::SocketClosed { resume } => {
+                let in_socket = self.stack.iter().any(|f| matches!(f.kind, Kind::Socket));
+                if resume && in_socket {
+                    while !matches!(
+                        self.stack.last().map(|f| &f.kind),
+                        Some(Kind::Socket) | None
+                    ) {
+                        self.finish_top(true);
+                    }
+                    self.finish_top(false);
+                } else if !self.hung_up() {
+                    self.hangup("NORMAL_CLEARING", None);
+                }
+            }
+            ChanMsg::PartnerAnswered(ack) => {
+                self.answer();
+                let _ = ack.send(());
+            }
+            ChanMsg::PartnerGone(uuid, cause) => self.partner_gone(&uuid, &cause),
+            ChanMsg::FarDtmf(d) => self.queue_dtmf(&d),
+            ChanMsg::Bridge {
+                other,
+                other_profile,
+                originator,
+            } => self.bridge(other, other_profile, originator),
+            ChanMsg::Profile(tx) => {
+                let _ = tx.send((self.st.profile.clone(), self.st.uuid.clone()));
+            }
+            ChanMsg::EavesdropAdd(u) => {
+                if self.hung_up() {
+                    if let Some(h) = self.core.channel(&u) {
+                        h.try_send(ChanMsg::EavesdropGone(self.st.uuid.clone()));
+                    }
+                } else {
+                    self.eavesdroppers.push(u);
+                }
+            }
+            ChanMsg::EavesdropGone(target) => {
+                let top_is = self
+                    .stack
+                    .iter()
+                    .rposition(|f| matches!(f.kind, Kind::Eavesdrop) && f.arg == target);
+                if let Some(i) = top_is {
+                    while self.stack.len() > i + 1 {
+                        self.finish_top(true);
+                    }
+                    self.finish_top(false);
+                }
+            }
+            ChanMsg::Record {
+                start,
+                path,
+                limit,
+                reply,
+            } => {
+                let r = if start {
+                    self.start_media_bug(&path, limit)
+                } else if self.record.is_some() {
+                    self.stop_media_bug();
+                    Ok(())
+                } else {
+                    Err(format!("-ERR Cannot stop record session! [{path}]\n"))
+                };
+                let _ = reply.send(r);
+            }
+        }
+    }
+
+    /// `switch_ivr_parse_event`.
+    fn private(&mut self, pm: PrivateMsg, done: Option<oneshot::Sender<()>>) {
+        if self.hung_up() {
+            return;
+        }
+        match pm.call_command.as_str() {
+            "execute" => {
+                let req = ExecReq {
+                    app: pm.app.clone(),
+                    arg: pm.arg.clone(),
+                    uuid: pm
+                        .event_uuid
+                        .clone()
+                        .unwrap_or_else(|| uuid::Uuid::new_v4().to_string()),
+                    locked: pm.event_lock,
+                    done,
+                    loops: Some(pm.loops),
+                    private: Some(pm),
+                };
+                self.submit(req);
+            }
+            "hangup" => {
+                let cause = normalize_cause(&pm.hangup_cause);
+                self.hangup(&cause, Some(pm));
+                if let Some(d) = done {
+                    let _ = d.send(());
+                }
+            }
+            _ => {
+                self.fire_private(&pm);
+                if let Some(d) = done {
+                    let _ = d.send(());
+                }
+            }
+        }
+    }
+
+    fn fire_private(&self, pm: &PrivateMsg) {
+        let mut e = Event::default();
+        e.push_header("Command", &pm.raw);
+        for (n, v) in &pm.headers {
+            e.push_header(n, v);
+        }
+        e.push_header("Event-Name", "PRIVATE_COMMAND");
+        self.core.info.push_core(&mut e, at::PRIVATE_COMMAND);
+        self.st.push_data(&mut e, false);
+        self.core.fire(e);
+    }
+
+    /// A sendmsg execute: run now, nest inside the running application, or
+    /// wait behind an event-locked one (trace 09).
+    fn submit(&mut self, req: ExecReq) {
+        let top = self.stack.last();
+        let can_run = match top {
+            None => self.dialplan.is_empty() || !self.run_dialplan,
+            Some(f) => {
+                !f.locked
+                    || matches!(
+                        f.kind,
+                        Kind::Park | Kind::Socket | Kind::Echo | Kind::Bridged
+                    )
+            }
+        };
+        if can_run && self.waiting.is_empty() {
+            self.exec(req);
+        } else {
+            self.waiting.push_back(req);
+        }
+    }
+
+    /// Starts whatever can start: waiting executes, then dialplan steps.
+    fn pump(&mut self) {
+        loop {
+            if self.hung_up() || self.done {
+                return;
+            }
+            let top_open = match self.stack.last() {
+                None => true,
+                Some(f) => {
+                    !f.locked
+                        || matches!(
+                            f.kind,
+                            Kind::Park | Kind::Socket | Kind::Echo | Kind::Bridged
+                        )
+                }
+            };
+            if top_open && let Some(req) = self.waiting.pop_front() {
+                self.exec(req);
+                continue;
+            }
+            if self.stack.is_empty() && self.run_dialplan {
+                if let Some(req) = self.dialplan.pop_front() {
+                    self.exec(req);
+                    continue;
+                }
+                if self.hangup_after_idle && self.waiting.is_empty() && self.bridged.is_none() {
+                    self.hangup("NORMAL_CLEARING", None);
+                }
+            }
+            return;
+        }
+    }
+
+    /// A nested application pauses the timed one below it (trace 09: the
+    /// outer playback finishes after the inner one, by its remaining time).
+    /// A recording keeps recording.
+    fn pause_top(&mut self) {
+        let now = Instant::now();
+        if let Some(f) = self.stack.last_mut()
+            && let Kind::Timed { until, left, .. } = &mut f.kind
+            && let Some(u) = until.take()
+        {
+            *left = Some(u.saturating_duration_since(now));
+        }
+    }
+
+    fn resume_top(&mut self) {
+        let now = Instant::now();
+        if let Some(f) = self.stack.last_mut()
+            && let Kind::Timed { until, left, .. } = &mut f.kind
+            && let Some(l) = left.take()
+        {
+            *until = Some(now + l);
+        }
+    }
+
+    /// `switch_core_session_exec`.
+    fn exec(&mut self, req: ExecReq) {
+        const APPS: &[&str] = &[
+            "answer",
+            "pre_answer",
+            "ring_ready",
+            "playback",
+            "sleep",
+            "park",
+            "echo",
+            "hangup",
+            "set",
+            "export",
+            "unset",
+            "socket",
+            "eavesdrop",
+            "record",
+            "send_dtmf",
+            "start_dtmf",
+            "stop_dtmf",
+            "info",
+            "log",
+            "bridge",
+        ];
+        let app = req.app.to_ascii_lowercase();
+        if !APPS.contains(&app.as_str()) {
+            // "Invalid Application": no CHANNEL_EXECUTE, the channel goes.
+            tracing::warn!(uuid = %self.st.uuid, app = %req.app, "Invalid Application");
+            if let Some(d) = req.done {
+                let _ = d.send(());
+            }
+            self.hangup("DESTINATION_OUT_OF_ORDER", req.private);
+            return;
+        }
+        if let Some(loops) = req.loops {
+            self.st.vars.set("current_loop", "1");
+            self.st.vars.set("total_loops", &loops.to_string());
+        }
+        self.st.vars.set("current_application_data", &req.arg);
+        self.st.vars.set("current_application", &app);
+        self.st.vars.unset("current_application_response");
+        self.last_app = Some((app.clone(), req.arg.clone()));
+        self.fire(
+            "CHANNEL_EXECUTE",
+            at::EXECUTE,
+            &[],
+            &[
+                ("Application", &app),
+                ("Application-Data", &req.arg),
+                ("Application-UUID", &req.uuid),
+            ],
+        );
+        self.pause_top();
+        let mut frame = AppFrame {
+            app: app.clone(),
+            arg: req.arg.clone(),
+            uuid: req.uuid,
+            locked: req.locked,
+            kind: Kind::Park,
+            done: req.done,
+            private: req.private,
+        };
+        let arg = req.arg.trim().to_owned();
+        let now = Instant::now();
+        let timed = |d: Option<Duration>, playback: bool| Kind::Timed {
+            until: d.map(|d| now + d),
+            left: None,
+            started: now,
+            playback,
+        };
+        match app.as_str() {
+            "answer" => return self.answer_app(frame),
+            "pre_answer" => {
+                if self.st.profile.progress_media == 0 {
+                    self.st.profile.progress_media = now_micros();
+                    self.fire("CHANNEL_PROGRESS_MEDIA", at::PROGRESS_MEDIA, &[], &[]);
+                }
+                return self.complete(frame);
+            }
+            "ring_ready" => {
+                if self.st.profile.progress == 0 {
+                    self.st.profile.progress = now_micros();
+                    self.fire("CHANNEL_PROGRESS", at::PROGRESS, &[], &[]);
+                }
+                return self.complete(frame);
+            }
+            "set" | "export" => {
+                if let Some((n, v)) = arg.split_once('=') {
+                    self.st.vars.set(n, v);
+                    if app == "export" {
+                        self.st.vars.set("export_vars", n);
+                    }
+                }
+                return self.complete(frame);
+            }
+            "unset" => {
+                self.st.vars.unset(&arg);
+                return self.complete(frame);
+            }
+            "info" | "log" | "start_dtmf" | "stop_dtmf" => return self.complete(frame),
+            "send_dtmf" => {
+                let digits = arg.split('@').next().unwrap_or("").to_owned();
+                self.send_dtmf(&digits);
+                return self.complete(frame);
+            }
+            "hangup" => {
+                let cause = if arg.is_empty() {
+                    "NORMAL_CLEARING".to_owned()
+                } else {
+                    normalize_cause(&arg)
+                };
+                self.stack.push(frame);
+                self.hangup(&cause, None);
+                return;
+            }
+            "sleep" => {
+                let ms: u64 = arg.parse().unwrap_or(0);
+                frame.kind = timed(Some(Duration::from_millis(ms)), false);
+            }
+            "playback" => {
+                let len = play_length(
+                    &arg,
+                    self.core.cfg.media_dir.as_deref(),
+                    self.core.cfg.file_play_time,
+                );
+                match len {
+                    PlayLength::NotFound => {
+                        self.st
+                            .vars
+                            .set("current_application_response", "FILE NOT FOUND");
+                        return self.complete(frame);
+                    }
+                    PlayLength::For(d) => frame.kind = timed(Some(d), true),
+                    PlayLength::Forever => frame.kind = timed(None, true),
+                }
+                self.extra.playing = Some(arg.clone());
+                self.fire(
+                    "PLAYBACK_START",
+                    at::PLAYBACK_START,
+                    &[],
+                    &[
+                        ("Playback-File-Type", file_type(&arg)),
+                        ("Playback-File-Path", &arg),
+                    ],
+                );
+            }
+            "park" => {
+                frame.kind = Kind::Park;
+                self.stack.push(frame);
+                self.fire("CHANNEL_PARK", at::PARK, &[], &[]);
+                return;
+            }
+            "echo" => frame.kind = Kind::Echo,
+            "socket" => {
+                frame.kind = Kind::Socket;
+                let mut parts = arg.split(' ').filter(|s| !s.is_empty());
+                let addr = parts.next().unwrap_or("").to_owned();
+                let (mut asynchronous, mut full) = (false, false);
+                for p in parts {
+                    asynchronous |= p.eq_ignore_ascii_case("async");
+                    full |= p.eq_ignore_ascii_case("full");
+                }
+                let host = addr
+                    .rsplit_once(':')
+                    .map_or(addr.as_str(), |(h, _)| h)
+                    .to_owned();
+                self.st.vars.set("socket_host", &host);
+                self.stack.push(frame);
+                outbound::spawn(self.core.clone(), self.me.clone(), addr, asynchronous, full);
+                return;
+            }
+            "eavesdrop" => {
+                frame.kind = Kind::Eavesdrop;
+                match self.core.channel(&arg) {
+                    Some(target) if arg != self.st.uuid => {
+                        target.try_send(ChanMsg::EavesdropAdd(self.st.uuid.clone()));
+                        self.extra.eavesdrop = Some(EavesdropSnapshot {
+                            target: arg.clone(),
+                            mode: EavesdropMode::ListenOnly,
+                        });
+                    }
+                    _ => return self.complete(frame),
+                }
+            }
+            "record" => {
+                let mut parts = arg.split_whitespace();
+                let file = parts.next().unwrap_or("").to_owned();
+                let limit = parts
+                    .next()
+                    .and_then(|s| s.parse::<u64>().ok())
+                    .filter(|&s| s > 0);
+                let path = self.record_path(&file);
+                self.extra.recording = Some(path.display().to_string());
+                self.fire(
+                    "RECORD_START",
+                    at::RECORD_START,
+                    &[],
+                    &[("Record-File-Path", &path.display().to_string())],
+                );
+                frame.kind = Kind::Record {
+                    path,
+                    started: now,
+                    until: limit.map(|s| now + Duration::from_secs(s)),
+                };
+            }
+            "bridge" => {
+                frame.kind = Kind::Bridged;
+                match self.core.channel(&arg) {
+                    Some(other) if !self.hung_up() => {
+                        self.stack.push(frame);
+                        let mine = (self.st.profile.clone(), self.st.uuid.clone());
+                        other.try_send(ChanMsg::Bridge {
+                            other: self.me.clone(),
+                            other_profile: Some(mine),
+                            originator: false,
+                        });
+                        self.bridge(other, None, true);
+                        return;
+                    }
+                    _ => {
+                        self.st
+                            .vars
+                            .set("originate_disposition", "CHAN_NOT_IMPLEMENTED");
+                        return self.complete(frame);
+                    }
+                }
+            }
+            _ => {}
+        }
+        self.stack.push(frame);
+    }
+
+    fn record_path(&self, file: &str) -> std::path::PathBuf {
+        let p = std::path::Path::new(file);
+        match &self.core.cfg.recordings_dir {
+            Some(dir) if p.is_relative() => dir.join(p),
+            _ => p.to_path_buf(),
+        }
+    }
+
+    /// Ends the application on top of the stack (`interrupted`: cut short by
+    /// a hangup or break).
+    fn finish_top(&mut self, interrupted: bool) {
+        let Some(frame) = self.stack.pop() else {
+            return;
+        };
+        match &frame.kind {
+            Kind::Timed {
+                started, playback, ..
+            } if *playback => {
+                let ms = started.elapsed().as_millis() as u64;
+                let ms = if interrupted { ms } else { ms.max(1) };
+                let samples = (ms * 8).to_string();
+                self.extra.playing = None;
+                self.st.vars.set("playback_last_offset_pos", &samples);
+                self.st
+                    .vars
+                    .set("playback_seconds", &(ms / 1000).to_string());
+                self.st.vars.set("playback_ms", &ms.to_string());
+                self.st.vars.set("playback_samples", &samples);
+                let status = if interrupted && !self.hung_up() {
+                    "break"
+                } else {
+                    "done"
+                };
+                self.fire(
+                    "PLAYBACK_STOP",
+                    at::PLAYBACK_STOP,
+                    &[],
+                    &[
+                        ("Playback-File-Type", file_type(&frame.arg)),
+                        ("Playback-File-Path", &frame.arg),
+                        ("Playback-Status", status),
+                    ],
+                );
+                self.st
+                    .vars
+                    .set("current_application_response", "FILE PLAYED");
+            }
+            Kind::Park | Kind::Socket => {
+                if matches!(frame.kind, Kind::Park) || self.socket.as_ref().is_some_and(|s| s.1) {
+                    self.fire("CHANNEL_UNPARK", at::UNPARK, &[], &[]);
+                }
+            }
+            Kind::Eavesdrop => {
+                if let Some(t) = self.core.channel(&frame.arg) {
+                    let _ = t;
+                }
+                self.extra.eavesdrop = None;
+            }
+            Kind::Record { path, started, .. } => {
+                let ms = started.elapsed().as_millis() as u64;
+                let stereo = self.st.vars.get("RECORD_STEREO").is_some_and(is_true);
+                self.core.tasks.spawn(write_recording(
+                    path.clone(),
+                    ms,
+                    if stereo { 2 } else { 1 },
+                ));
+                self.extra.recording = None;
+                self.st.vars.set("record_ms", &ms.to_string());
+                self.st.vars.set("record_samples", &(ms * 8).to_string());
+                self.fire(
+                    "RECORD_STOP",
+                    at::RECORD_STOP,
+                    &[],
+                    &[("Record-File-Path", &path.display().to_string())],
+                );
+                self.st.vars.set("current_application_response", "success");
+            }
+            _ => {}
+        }
+        self.complete(frame);
+    }
+
+    /// CHANNEL_EXECUTE_COMPLETE (and PRIVATE_COMMAND for a sendmsg).
+    fn complete(&mut self, frame: AppFrame) {
+        let response = self
+            .st
+            .vars
+            .get("current_application_response")
+            .unwrap_or("_none_")
+            .to_owned();
+        self.fire(
+            "CHANNEL_EXECUTE_COMPLETE",
+            at::EXECUTE_COMPLETE,
+            &[],
+            &[
+                ("Application", &frame.app),
+                ("Application-Data", &frame.arg),
+                ("Application-Response", &response),
+                ("Application-UUID", &frame.uuid),
+            ],
+        );
+        if let Some(d) = frame.done {
+            let _ = d.send(());
+        }
+        if let Some(pm) = &frame.private {
+            self.fire_private(pm);
+        }
+        self.resume_top();
+    }
+
+    fn break_media(&mut self, all: bool) {
+        loop {
+            let breakable = self.stack.last().is_some_and(|f| {
+                matches!(
+                    f.kind,
+                    Kind::Timed { playback: true, .. } | Kind::Timed { .. } | Kind::Record { .. }
+                )
+            });
+            if !breakable {
+                break;
+            }
+            self.finish_top(true);
+            if !all {
+                break;
+            }
+        }
+        if all {
+            self.waiting.clear();
+        }
+    }
+
+    fn queue_dtmf(&mut self, digits: &str) {
+        if self.hung_up() {
+            return;
+        }
+        // A static socket holds the channel thread: nothing reads DTMF (07).
+        if self.socket.as_ref().is_some_and(|s| !s.1)
+            && self.stack.iter().any(|f| matches!(f.kind, Kind::Socket))
+        {
+            return;
+        }
+        self.dtmf_in
+            .extend(digits.chars().filter(|c| !c.is_whitespace()));
+        if self.dtmf_due.is_none() && !self.dtmf_in.is_empty() {
+            self.dtmf_due = Some(Instant::now() + Duration::from_millis(20));
+        }
+    }
+
+    fn next_dtmf(&mut self) {
+        let Some(d) = self.dtmf_in.pop_front() else {
+            self.dtmf_due = None;
+            return;
+        };
+        self.dtmf_due =
+            (!self.dtmf_in.is_empty()).then(|| Instant::now() + Duration::from_millis(20));
+        let digit = d.to_string();
+        self.extra.received_dtmf.push(d);
+        let source = match self.role {
+            Role::Remote(_) => "RTP",
+            _ => "APP",
+        };
+        self.fire(
+            "DTMF",
+            at::DTMF,
+            &[],
+            &[
+                ("DTMF-Digit", &digit),
+                ("DTMF-Duration", "2000"),
+                ("DTMF-Source", source),
+            ],
+        );
+        let digits = self
+            .st
+            .vars
+            .get("digits_dialed")
+            .filter(|d| *d != "none")
+            .unwrap_or("")
+            .to_owned();
+        self.st
+            .vars
+            .set_keep("digits_dialed", &format!("{digits}{d}"));
+        // Eavesdrop's DTMF controls (switch_ivr_async.c).
+        if let Some(ed) = &mut self.extra.eavesdrop {
+            match d {
+                '0' => ed.mode = EavesdropMode::ListenOnly,
+                '1' => ed.mode = EavesdropMode::PartnerHears,
+                '2' => ed.mode = EavesdropMode::TargetHears,
+                '3' => ed.mode = EavesdropMode::BothHear,
+                '*' => {
+                    if let Some(i) = self
+                        .stack
+                        .iter()
+                        .rposition(|f| matches!(f.kind, Kind::Eavesdrop))
+                    {
+                        while self.stack.len() > i + 1 {
+                            self.finish_top(true);
+                        }
+                        self.finish_top(true);
+                    }
+                }
+                _ => {}
+            }
+        }
+        // Barge-in on a playback started with playback_terminators.
+        if let Some(terms) = self.st.vars.get("playback_terminators").map(str::to_owned)
+            && (terms.contains(d) || terms == "any")
+            && matches!(
+                self.stack.last().map(|f| &f.kind),
+                Some(Kind::Timed { playback: true, .. })
+            )
+        {
+            self.finish_top(true);
+        }
+    }
+
+    fn send_dtmf(&mut self, digits: &str) {
+        self.extra.sent_dtmf.push_str(digits);
+        let partner = match &self.role {
+            Role::LoopbackA { partner } | Role::LoopbackB { partner, .. } => Some(partner.clone()),
+            Role::Remote(_) => None,
+        };
+        if let Some(p) = partner.or_else(|| self.bridged.clone()) {
+            p.try_send(ChanMsg::FarDtmf(digits.to_owned()));
+        }
+    }
+
+    fn start_media_bug(&mut self, file: &str, limit: Option<Duration>) -> Result<(), String> {
+        if self.hung_up() {
+            return Err("-ERR channel is hung up\n".into());
+        }
+        if self.record.is_some() {
+            self.stop_media_bug();
+        }
+        let path = self.record_path(file);
+        let now = Instant::now();
+        self.extra.recording = Some(path.display().to_string());
+        self.fire(
+            "RECORD_START",
+            at::RECORD_START,
+            &[],
+            &[("Record-File-Path", &path.display().to_string())],
+        );
+        self.record = Some(MediaBug {
+            display: path.display().to_string(),
+            path,
+            started: now,
+            until: limit.map(|l| now + l),
+        });
+        if let Some(l) = limit {
+            self.schedule(l, Timer::RecordLimit);
+        }
+        Ok(())
+    }
+
+    fn stop_media_bug(&mut self) {
+        let Some(bug) = self.record.take() else {
+            return;
+        };
+        self.timers
+            .retain(|(_, t)| !matches!(t, Timer::RecordLimit));
+        let ms = bug.started.elapsed().as_millis() as u64;
+        let stereo = self.st.vars.get("RECORD_STEREO").is_some_and(is_true);
+        self.core
+            .tasks
+            .spawn(write_recording(bug.path, ms, if stereo { 2 } else { 1 }));
+        self.extra.recording = None;
+        self.st.vars.set("record_ms", &ms.to_string());
+        self.fire(
+            "RECORD_STOP",
+            at::RECORD_STOP,
+            &[],
+            &[("Record-File-Path", &bug.display)],
+        );
+    }
+
+    /// `uuid_bridge` / `bridge`: this channel joins `other`.
+    fn bridge(
+        &mut self,
+        other: ChannelHandle,
+        other_profile: Option<(crate::sim::channel::Profile, String)>,
+        originator: bool,
+    ) {
+        if self.hung_up() {
+            return;
+        }
+        // The channel leaves its applications (the socket completes, trace 04).
+        while let Some(f) = self.stack.last() {
+            if matches!(f.kind, Kind::Bridged) {
+                break;
+            }
+            self.finish_top(true);
+        }
+        self.dialplan.clear();
+        for s in [
+            crate::sim::channel::CState::Hibernate,
+            crate::sim::channel::CState::Reset,
+            crate::sim::channel::CState::SoftExecute,
+        ] {
+            self.st.state = s;
+            self.fire("CHANNEL_STATE", at::STATE, &[], &[]);
+        }
+        self.st.other = other_profile.map(|(profile, uuid)| OtherLeg {
+            kind: if originator {
+                "originatee"
+            } else {
+                "originator"
+            },
+            uuid,
+            profile,
+        });
+        self.st.vars.set("bridge_channel", &other.name());
+        self.st.vars.set("bridge_uuid", &other.uuid);
+        self.st.vars.set("signal_bond", &other.uuid);
+        let uuid = other.uuid.to_string();
+        let exec_at = if originator {
+            at::BRIDGE_EXECUTE
+        } else {
+            crate::sim::event::origin("switch_ivr_bridge.c", "uuid_bridge_on_soft_execute", "1243")
+        };
+        self.fire(
+            "CHANNEL_EXECUTE",
+            exec_at,
+            &[],
+            &[("Application", "uuid_bridge"), ("Application-Data", &uuid)],
+        );
+        self.extra.bridged_to = Some(uuid.clone());
+        self.bridged = Some(other);
+        if originator {
+            self.st.profile.bridged = now_micros();
+            let me = self.st.uuid.clone();
+            self.fire(
+                "CHANNEL_BRIDGE",
+                at::BRIDGE,
+                &[("Bridge-A-Unique-ID", &me), ("Bridge-B-Unique-ID", &uuid)],
+                &[],
+            );
+        } else {
+            self.st.state = crate::sim::channel::CState::ExchangeMedia;
+            self.fire("CHANNEL_STATE", at::STATE, &[], &[]);
+        }
+    }
+
+    fn partner_gone(&mut self, uuid: &str, cause: &str) {
+        if self.hung_up() {
+            return;
+        }
+        let bridged_to_it = self
+            .bridged
+            .as_ref()
+            .is_some_and(|b| b.uuid.as_ref() == uuid);
+        if bridged_to_it {
+            let was_originator = self.st.profile.bridged != 0;
+            self.bridged = None;
+            self.extra.bridged_to = None;
+            self.st.vars.set("last_bridge_to", uuid);
+            self.st.vars.set("last_bridge_hangup_cause", cause);
+            self.st.vars.set("bridge_hangup_cause", cause);
+            if was_originator {
+                let me = self.st.uuid.clone();
+                self.fire(
+                    "CHANNEL_UNBRIDGE",
+                    at::UNBRIDGE,
+                    &[("Bridge-A-Unique-ID", &me), ("Bridge-B-Unique-ID", uuid)],
+                    &[],
+                );
+                self.st.state = crate::sim::channel::CState::Execute;
+                self.fire("CHANNEL_STATE", at::STATE, &[], &[]);
+            }
+            // hangup_after_bridge (the default).
+            let bridge_app = self
+                .stack
+                .iter()
+                .rposition(|f| matches!(f.kind, Kind::Bridged));
+            if let Some(i) = bridge_app {
+                while self.stack.len() > i + 1 {
+                    self.finish_top(true);
+                }
+                self.finish_top(false);
+            }
+            self.hangup("NORMAL_CLEARING", None);
+            return;
+        }
+        // Loopback partner: the pair goes down together, with its cause.
+        self.hangup(cause, None);
+    }
+
+    /// The hangup sequence of FreeSWITCH, event for event (traces 02–05).
+    fn hangup(&mut self, cause: &str, private: Option<PrivateMsg>) {
+        if self.hung_up() {
+            return;
+        }
+        self.st.hangup_cause = Some(cause.to_owned());
+        self.st.answer_state = "hangup";
+        self.fire("CHANNEL_HANGUP", at::HANGUP, &[], &[]);
+        for l in self.bound.drain(..) {
+            l.channel_down();
+        }
+        if let Some((l, false)) = &self.socket {
+            l.channel_down();
+        }
+        if let Some(pm) = &private {
+            self.fire_private(pm);
+        }
+        // Tell the others.
+        let me = self.st.uuid.clone();
+        let partner = match &self.role {
+            Role::LoopbackA { partner } | Role::LoopbackB { partner, .. } => Some(partner.clone()),
+            Role::Remote(_) => None,
+        };
+        if let Some(p) = partner {
+            p.try_send(ChanMsg::PartnerGone(me.clone(), cause.to_owned()));
+        }
+        if let Some(b) = self.bridged.take() {
+            b.try_send(ChanMsg::PartnerGone(me.clone(), cause.to_owned()));
+        }
+        for e in self.eavesdroppers.drain(..) {
+            if let Some(h) = self.core.channel(&e) {
+                h.try_send(ChanMsg::EavesdropGone(me.clone()));
+            }
+        }
+        if let Some(ed) = self.extra.eavesdrop.take()
+            && let Some(_t) = self.core.channel(&ed.target)
+        {}
+        self.stop_media_bug();
+        while !self.stack.is_empty() {
+            self.finish_top(true);
+        }
+        for w in self.waiting.drain(..) {
+            if let Some(d) = w.done {
+                let _ = d.send(());
+            }
+        }
+        self.dialplan.clear();
+        self.timers.clear();
+        self.dtmf_in.clear();
+        self.dtmf_due = None;
+
+        self.st.state = crate::sim::channel::CState::Hangup;
+        self.fire("CHANNEL_STATE", at::STATE, &[], &[]);
+        let old = self.st.call_state;
+        self.st.call_state = "HANGUP";
+        self.fire(
+            "CHANNEL_CALLSTATE",
+            at::CALLSTATE,
+            &[],
+            &[
+                ("Original-Channel-Call-State", old),
+                ("Channel-Call-State-Number", "10"),
+            ],
+        );
+        self.st.state = crate::sim::channel::CState::Reporting;
+        self.fire("CHANNEL_STATE", at::STATE, &[], &[]);
+        self.st.profile.hangup = now_micros();
+        let last = self.last_app.clone();
+        set_cdr_vars(
+            &mut self.st,
+            last.as_ref().map(|(a, b)| (a.as_str(), b.as_str())),
+        );
+        if matches!(self.role, Role::LoopbackA { .. } | Role::LoopbackB { .. }) {
+            self.st.vars.set("is_loopback", "1");
+        }
+        let c = cause.to_owned();
+        self.fire(
+            "CHANNEL_HANGUP_COMPLETE",
+            at::HANGUP_COMPLETE,
+            &[("Hangup-Cause", &c)],
+            &[],
+        );
+        if let Some((l, true)) = &self.socket {
+            l.channel_down();
+        }
+        if let Some(tx) = self.originate.take() {
+            let _ = tx.send(Err(c));
+        }
+        self.st.state = crate::sim::channel::CState::Destroy;
+        self.fire("CHANNEL_STATE", at::STATE, &[], &[]);
+        self.fire("CHANNEL_DESTROY", at::DESTROY, &[], &[]);
+        self.done = true;
+        self.publish();
+    }
+}
+
+async fn ack_opt(rx: &mut Option<oneshot::Receiver<()>>) {
+    match rx {
+        Some(rx) => {
+            let _ = rx.await;
+        }
+        None => std::future::pending().await,
+    }
+}
+
+async fn sleep_opt(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}

@@ -1,0 +1,646 @@
+//! The `api` / `bgapi` commands the simulator implements (mod_commands'
+//! reply texts), `originate` among them.
+
+use crate::sim::Core;
+use crate::sim::actor::{self, ChanMsg, ExecReq, Role, Spawn};
+use crate::sim::channel::{CState, ChanState, Profile, SnapExtra, Vars};
+use crate::sim::dialstring::{Endpoint, OriginateApp, parse_originate};
+use crate::sim::event::{format_local, now_micros, origin};
+use crate::sim::numberplan;
+use crate::sim::session::LogLine;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::oneshot;
+
+/// The version string of the recorded FreeSWITCH.
+pub const VERSION: &str = "FreeSWITCH Version 1.10.12-release+git~20240802T210227Z~a88d069d6f~64bit (git a88d069 2024-08-02 21:02:27Z 64bit)";
+
+const ORIGINATE_USAGE: &str = "-USAGE: <call url> <exten>|&<application_name>(<app_args>) [<dialplan>] [<context>] [<cid_name>] [<cid_num>] [<timeout_sec>]\n";
+
+/// Runs one API command line (`status`, `originate …`) and returns its
+/// output, exactly what `api` puts in the `api/response` body.
+pub(crate) async fn execute(core: &Arc<Core>, line: &str) -> String {
+    let (cmd, arg) = match line.split_once(' ') {
+        Some((c, a)) => (c, a.trim()),
+        None => (line, ""),
+    };
+    let args: Vec<&str> = arg.split_whitespace().collect();
+    let no_channel = || "-ERR No such channel!\n".to_owned();
+    match cmd {
+        "status" => status(core),
+        "version" => format!("{VERSION}\n"),
+        "hostname" => core.cfg.hostname.clone(),
+        "global_getvar" => match arg {
+            "hostname" => core.cfg.hostname.clone(),
+            "local_ip_v4" => core.cfg.ipv4.clone(),
+            "local_ip_v6" => core.cfg.ipv6.clone(),
+            "core_uuid" => core.info.core_uuid.clone(),
+            _ => String::new(),
+        },
+        "originate" => originate(core, arg).await,
+        "uuid_exists" => match args.first() {
+            Some(u) if core.channel(u).is_some() => "true".into(),
+            _ => "false".into(),
+        },
+        "uuid_kill" => match args.first().and_then(|u| core.channel(u)) {
+            Some(ch) => {
+                let cause = args.get(1).map_or("NORMAL_CLEARING".to_owned(), |c| {
+                    crate::sim::channel::normalize_cause(c)
+                });
+                ch.send(ChanMsg::Hangup(cause)).await;
+                "+OK\n".into()
+            }
+            None => no_channel(),
+        },
+        "uuid_getvar" => match (args.first().and_then(|u| core.channel(u)), args.get(1)) {
+            (Some(ch), Some(name)) => ch.getvar(name).await.unwrap_or_else(|| "_undef_".into()),
+            (Some(_), None) => "-USAGE: <uuid> <var>\n".into(),
+            (None, _) => no_channel(),
+        },
+        "uuid_setvar" => match (args.first().and_then(|u| core.channel(u)), args.get(1)) {
+            (Some(ch), Some(name)) => {
+                let value = arg.splitn(3, ' ').nth(2).unwrap_or("").to_owned();
+                ch.send(ChanMsg::SetVar((*name).to_owned(), value)).await;
+                "+OK\n".into()
+            }
+            (Some(_), None) => "-USAGE: <uuid> <var> [value]\n".into(),
+            (None, _) => no_channel(),
+        },
+        "uuid_break" => match args.first().and_then(|u| core.channel(u)) {
+            Some(ch) => {
+                let all = args.get(1).is_some_and(|a| *a == "all");
+                ch.send(ChanMsg::Break { all }).await;
+                "+OK\n".into()
+            }
+            None => no_channel(),
+        },
+        "uuid_recv_dtmf" => match (args.first(), args.get(1)) {
+            (Some(u), Some(digits)) => match core.channel(u) {
+                Some(ch) => {
+                    ch.send(ChanMsg::RecvDtmf((*digits).to_owned())).await;
+                    format!("+OK {u} received DTMF {digits}.\n")
+                }
+                None => "-ERR no such session\n".into(),
+            },
+            _ => "-USAGE: <uuid> <dtmf_data>\n".into(),
+        },
+        "uuid_send_dtmf" => match (args.first(), args.get(1)) {
+            (Some(u), Some(digits)) => match core.channel(u) {
+                Some(ch) => {
+                    let digits = digits.split('@').next().unwrap_or("");
+                    ch.send(ChanMsg::SendDtmf(digits.to_owned())).await;
+                    "+OK Success\n".into()
+                }
+                None => "-ERR no such session\n".into(),
+            },
+            _ => "-USAGE: <uuid> <dtmf_data>\n".into(),
+        },
+        "uuid_bridge" => uuid_bridge(core, &args).await,
+        "uuid_record" => uuid_record(core, &args).await,
+        "show" => show(core, arg).await,
+        _ => format!("-ERR {cmd} Command not found!\n"),
+    }
+}
+
+/// `bgapi`: runs the command in its own task and fires BACKGROUND_JOB.
+pub(crate) fn spawn_bgapi(core: &Arc<Core>, line: String, job: String) {
+    let core2 = core.clone();
+    core.tasks.spawn(async move {
+        let body = execute(&core2, &line).await;
+        let (cmd, arg) = match line.split_once(' ') {
+            Some((c, a)) => (c.to_owned(), Some(a.to_owned())),
+            None => (line.clone(), None),
+        };
+        let mut e = core2.info.event(
+            "BACKGROUND_JOB",
+            origin("mod_event_socket.c", "api_exec", "1572"),
+        );
+        e.push_header("Job-UUID", &job);
+        e.push_header("Job-Command", &cmd);
+        if let Some(a) = &arg {
+            e.push_header("Job-Command-Arg", a);
+        }
+        e.set_body(if body.is_empty() {
+            "Command returned no output!".to_owned()
+        } else {
+            body
+        });
+        core2.fire(e);
+    });
+}
+
+fn status(core: &Core) -> String {
+    let up = core.uptime();
+    let s = up.as_secs();
+    let (days, hours, mins, secs) = (s / 86_400, s / 3600 % 24, s / 60 % 60, s % 60);
+    let ms = up.subsec_millis();
+    let us = up.subsec_micros() % 1000;
+    let live = core.channel_count();
+    format!(
+        "UP 0 years, {days} days, {hours} hours, {mins} minutes, {secs} seconds, {ms} milliseconds, {us} microseconds\n\
+FreeSWITCH (Version 1.10.12-release git a88d069 2024-08-02 21:02:27Z 64bit) is ready\n\
+{} session(s) since startup\n\
+{live} session(s) - peak {live}, last 5min {live} \n\
+0 session(s) per Sec out of max 30, peak 0, last 5min 0 \n\
+1000 session(s) max\n\
+min idle cpu 0.00/100.00\n\
+Current Stack Size/Max 240K/8192K\n",
+        core.sessions_since_startup()
+    )
+}
+
+async fn show(core: &Core, arg: &str) -> String {
+    let words: Vec<&str> = arg.split_whitespace().collect();
+    let what = words.first().copied().unwrap_or("");
+    if !matches!(what, "channels" | "calls") {
+        return "-USAGE: show channels|calls [count|as json]\n".into();
+    }
+    let mut snaps: Vec<_> = core
+        .channel_handles()
+        .iter()
+        .map(|h| h.snapshot())
+        .collect();
+    snaps.sort_by(|a, b| a.uuid.cmp(&b.uuid));
+    if what == "calls" {
+        snaps.retain(|s| s.bridged_to.is_some());
+    }
+    if words.get(1) == Some(&"count") {
+        return format!("\n{} total.\n", snaps.len());
+    }
+    let json = words.get(1) == Some(&"as") && words.get(2) == Some(&"json");
+    if json {
+        let rows: Vec<serde_json::Value> = snaps
+            .iter()
+            .map(|s| {
+                serde_json::json!({
+                    "uuid": s.uuid,
+                    "name": s.name,
+                    "state": s.state,
+                    "cid_num": s.caller_id_number,
+                    "dest": s.destination,
+                    "callstate": if s.answered { "ACTIVE" } else { "RINGING" },
+                })
+            })
+            .collect();
+        return serde_json::json!({"row_count": rows.len(), "rows": rows}).to_string();
+    }
+    let mut out = String::from("uuid,name,state,cid_num,dest,callstate\n");
+    for s in &snaps {
+        out.push_str(&format!(
+            "{},{},{},{},{},{}\n",
+            s.uuid,
+            s.name,
+            s.state,
+            s.caller_id_number,
+            s.destination,
+            if s.answered { "ACTIVE" } else { "RINGING" }
+        ));
+    }
+    out.push_str(&format!("\n{} total.\n", snaps.len()));
+    out
+}
+
+async fn uuid_bridge(core: &Core, args: &[&str]) -> String {
+    let (Some(a), Some(b)) = (args.first(), args.get(1)) else {
+        return "-USAGE: <uuid> <other_uuid>\n".into();
+    };
+    let (Some(ha), Some(hb)) = (core.channel(a), core.channel(b)) else {
+        return format!(
+            "-ERR Invalid uuid {}\n",
+            if core.channel(a).is_none() { a } else { b }
+        );
+    };
+    let pa = profile(&ha).await;
+    let pb = profile(&hb).await;
+    ha.send(ChanMsg::Bridge {
+        other: hb.clone(),
+        other_profile: pb,
+        originator: true,
+    })
+    .await;
+    hb.send(ChanMsg::Bridge {
+        other: ha.clone(),
+        other_profile: pa,
+        originator: false,
+    })
+    .await;
+    format!("+OK {b}\n")
+}
+
+async fn profile(h: &actor::ChannelHandle) -> Option<(Profile, String)> {
+    let (tx, rx) = oneshot::channel();
+    if !h.send(ChanMsg::Profile(tx)).await {
+        return None;
+    }
+    rx.await.ok()
+}
+
+async fn uuid_record(core: &Core, args: &[&str]) -> String {
+    let (Some(u), Some(action), Some(path)) = (args.first(), args.get(1), args.get(2)) else {
+        return "-USAGE: <uuid> [start|stop|mask|unmask] <path> [<limit>] [<recording_vars>]\n"
+            .into();
+    };
+    let Some(ch) = core.channel(u) else {
+        return "-ERR Cannot locate session!\n".into();
+    };
+    let start = match *action {
+        "start" => true,
+        "stop" => false,
+        _ => {
+            return "-USAGE: <uuid> [start|stop|mask|unmask] <path> [<limit>] [<recording_vars>]\n"
+                .into();
+        }
+    };
+    let limit = args
+        .get(3)
+        .and_then(|l| l.parse::<u64>().ok())
+        .filter(|&l| l > 0)
+        .map(Duration::from_secs);
+    let (tx, rx) = oneshot::channel();
+    ch.send(ChanMsg::Record {
+        start,
+        path: (*path).to_owned(),
+        limit,
+        reply: tx,
+    })
+    .await;
+    match rx.await {
+        Ok(Ok(())) => "+OK Success\n".into(),
+        Ok(Err(e)) => e,
+        Err(_) => "-ERR Cannot record session!\n".into(),
+    }
+}
+
+fn log(
+    core: &Core,
+    level: u8,
+    file: &'static str,
+    func: &'static str,
+    line: u32,
+    uuid: &str,
+    text: String,
+) {
+    let label = match level {
+        3 => "ERR",
+        4 => "WARNING",
+        5 => "NOTICE",
+        6 => "INFO",
+        _ => "DEBUG",
+    };
+    let now = now_micros();
+    let data = format!(
+        "{}.{:06} 100.00% [{label}] {file}:{line} {text}\n",
+        format_local(now),
+        now % 1_000_000
+    );
+    core.log(LogLine {
+        level,
+        text_channel: 3,
+        file,
+        func,
+        line,
+        user_data: uuid.to_owned(),
+        data,
+    });
+}
+
+/// `originate <dial string> <&app(args)|extension> [dialplan] [context]
+/// [cid_name] [cid_num] [timeout]`: blocks until the leg answers or fails.
+pub(crate) async fn originate(core: &Arc<Core>, arg: &str) -> String {
+    let Ok(o) = parse_originate(arg) else {
+        return ORIGINATE_USAGE.into();
+    };
+    log(
+        core,
+        7,
+        "switch_ivr_originate.c",
+        "switch_ivr_originate",
+        2301,
+        "",
+        "Parsing global variables".into(),
+    );
+    let Some(leg) = o.dial.first() else {
+        return ORIGINATE_USAGE.into();
+    };
+    let var = |n: &str| o.dial.var(leg, n).map(str::to_owned);
+    match &leg.endpoint {
+        Endpoint::Error { cause } => {
+            return format!("-ERR {}\n", crate::sim::channel::normalize_cause(cause));
+        }
+        Endpoint::Unsupported(_) => return "-ERR CHAN_NOT_IMPLEMENTED\n".into(),
+        Endpoint::Gateway { gateway, .. } => {
+            let known = match &core.cfg.gateways {
+                Some(list) => list.iter().any(|g| g == gateway),
+                None => gateway != "nonexistent",
+            };
+            if !known {
+                // mod_sofia: "Invalid Gateway" before any channel exists.
+                log(
+                    core,
+                    3,
+                    "mod_sofia.c",
+                    "sofia_outgoing_channel",
+                    5008,
+                    "",
+                    format!("Invalid Gateway '{gateway}'"),
+                );
+                return "-ERR INVALID_GATEWAY\n".into();
+            }
+        }
+        _ => {}
+    }
+    let uuid = var("origination_uuid").unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
+    if core.channel(&uuid).is_some() {
+        return "-ERR DESTINATION_OUT_OF_ORDER\n".into();
+    }
+    let timeout = var("originate_timeout")
+        .and_then(|t| t.parse::<u64>().ok())
+        .or(o.timeout)
+        .filter(|&t| t > 0)
+        .unwrap_or(60);
+    let cid_num = var("origination_caller_id_number")
+        .or_else(|| o.cid_num.clone())
+        .unwrap_or_else(|| "0000000000".into());
+    let cid_name = var("origination_caller_id_name").or_else(|| o.cid_name.clone());
+    let number = leg.endpoint.number().to_owned();
+    let callee_num = leg.target.rsplit('/').next().unwrap_or(&number).to_owned();
+    let now = now_micros();
+    let session_id = core.next_session_id();
+
+    let mut user_vars: Vec<(String, String)> = o.dial.global.clone();
+    for (k, v) in &leg.vars {
+        user_vars.retain(|(n, _)| n != k);
+        user_vars.push((k.clone(), v.clone()));
+    }
+    let has_uuid = var("origination_uuid").is_some();
+
+    let (source, context, name, dialplan, codec) = match &leg.endpoint {
+        Endpoint::Loopback { number, context } => (
+            "mod_loopback",
+            context.clone(),
+            format!("loopback/{number}-a"),
+            Some("xml".to_owned()),
+            Some("L16"),
+        ),
+        Endpoint::Gateway { .. } | Endpoint::Sofia { .. } => (
+            "src/switch_ivr_originate.c",
+            "default".to_owned(),
+            format!("sofia/external/{number}"),
+            None,
+            None,
+        ),
+        _ => (
+            "src/switch_ivr_originate.c",
+            "default".to_owned(),
+            format!("user/{number}"),
+            None,
+            None,
+        ),
+    };
+    let profile = Profile {
+        direction: "outbound",
+        logical_direction: "outbound",
+        dialplan,
+        caller_id_name: cid_name,
+        caller_id_number: cid_num.clone(),
+        orig_caller_id_number: Some(cid_num.clone()),
+        callee_id_name: Some("Outbound Call".into()),
+        callee_id_number: Some(callee_num.clone()),
+        network_addr: None,
+        ani: cid_num.clone(),
+        destination_number: number.clone(),
+        source: source.into(),
+        transfer_source: None,
+        context: context.clone(),
+        channel_name: name.clone(),
+        profile_index: 1,
+        profile_created: now,
+        channel_created: now,
+        ..Profile::default()
+    };
+    let loopback = matches!(leg.endpoint, Endpoint::Loopback { .. });
+    let b_uuid = uuid::Uuid::new_v4().to_string();
+
+    let mut vars = Vars::default();
+    vars.set("direction", "outbound");
+    vars.set("is_outbound", "true");
+    let sid = session_id.to_string();
+    if has_uuid {
+        vars.set("session_id", &sid);
+    } else {
+        vars.set("uuid", &uuid);
+        vars.set("call_uuid", &uuid);
+        vars.set("session_id", &sid);
+    }
+    if let Endpoint::Gateway { gateway, number } = &leg.endpoint {
+        vars.set("sip_gateway_name", gateway);
+        vars.set("sip_profile_name", "gateway");
+        vars.set("channel_name", &name);
+        vars.set("sip_destination_url", &format!("sip:{number}@{gateway}"));
+    } else if codec.is_some() {
+        for (n, v) in [
+            ("read_codec", "L16"),
+            ("read_rate", "8000"),
+            ("write_codec", "L16"),
+            ("write_rate", "8000"),
+        ] {
+            vars.set(n, v);
+        }
+        vars.set("channel_name", &name);
+    } else {
+        vars.set("channel_name", &name);
+    }
+    if has_uuid {
+        vars.set("uuid", &uuid);
+        vars.set("call_uuid", &uuid);
+    }
+    for (k, v) in &user_vars {
+        vars.set(k, v);
+    }
+    vars.set("originate_early_media", "true");
+    vars.set(
+        "originate_endpoint",
+        match leg.endpoint {
+            Endpoint::Loopback { .. } => "loopback",
+            Endpoint::User { .. } => "user",
+            _ => "sofia",
+        },
+    );
+    if loopback {
+        vars.set("other_loopback_leg_uuid", &b_uuid);
+        vars.set("loopback_leg", "A");
+    }
+
+    let a_state = ChanState {
+        uuid: uuid.clone(),
+        name: name.clone(),
+        direction: "outbound",
+        state: CState::Init,
+        call_state: "DOWN",
+        answer_state: "ringing",
+        hit_dialplan: false,
+        hangup_cause: None,
+        codec,
+        profile: profile.clone(),
+        other: None,
+        vars,
+    };
+    let a_extra = SnapExtra {
+        caller_id_number: cid_num.clone(),
+        destination: number.clone(),
+        ..SnapExtra::default()
+    };
+    let Some((a_handle, a_rx)) = actor::handle_for(core, &a_state, &a_extra) else {
+        return "-ERR DESTINATION_OUT_OF_ORDER\n".into();
+    };
+    log(
+        core,
+        5,
+        "switch_channel.c",
+        "switch_channel_set_name",
+        1142,
+        &uuid,
+        format!("New Channel {name} [{uuid}]"),
+    );
+    let app = match &o.app {
+        OriginateApp::App { name, args } => Some(ExecReq::new(name, args)),
+        OriginateApp::Extension(_) => Some(ExecReq::new("park", "")),
+    };
+    let (tx, rx) = oneshot::channel();
+    let originate_timeout = Duration::from_secs(timeout);
+
+    if let Endpoint::Loopback { number, context } = &leg.endpoint {
+        let b_name = format!("loopback/{number}-b");
+        let mut b_vars = Vars::default();
+        b_vars.set("direction", "inbound");
+        b_vars.set("uuid", &b_uuid);
+        b_vars.set("call_uuid", &b_uuid);
+        b_vars.set("session_id", &(session_id + 1).to_string());
+        b_vars.set("channel_name", &b_name);
+        for (n, v) in [
+            ("read_codec", "L16"),
+            ("read_rate", "8000"),
+            ("write_codec", "L16"),
+            ("write_rate", "8000"),
+        ] {
+            b_vars.set(n, v);
+        }
+        if has_uuid {
+            b_vars.set("origination_uuid", &uuid);
+        }
+        for (k, v) in &user_vars {
+            if k != "origination_uuid" {
+                b_vars.set(k, v);
+            }
+        }
+        b_vars.set("other_loopback_leg_uuid", &uuid);
+        b_vars.set("loopback_leg", "B");
+        let b_profile = Profile {
+            direction: "inbound",
+            logical_direction: "inbound",
+            channel_name: b_name.clone(),
+            ..profile.clone()
+        };
+        let b_state = ChanState {
+            uuid: b_uuid.clone(),
+            name: b_name,
+            direction: "inbound",
+            state: CState::Init,
+            call_state: "DOWN",
+            answer_state: "ringing",
+            hit_dialplan: true,
+            hangup_cause: None,
+            codec: Some("L16"),
+            profile: b_profile,
+            other: None,
+            vars: b_vars,
+        };
+        let b_extra = SnapExtra {
+            caller_id_number: cid_num.clone(),
+            destination: number.clone(),
+            ..SnapExtra::default()
+        };
+        let Some((b_handle, b_rx)) = actor::handle_for(core, &b_state, &b_extra) else {
+            core.remove_channel(&uuid);
+            return "-ERR DESTINATION_OUT_OF_ORDER\n".into();
+        };
+        let a_for_b = a_handle.clone();
+        actor::spawn(
+            core.clone(),
+            a_handle,
+            a_rx,
+            Spawn {
+                state: a_state,
+                extra: a_extra,
+                role: Role::LoopbackA {
+                    partner: b_handle.clone(),
+                },
+                originate: Some(tx),
+                originate_timeout,
+                app,
+            },
+        );
+        let ext = numberplan::extension(number, context);
+        actor::spawn(
+            core.clone(),
+            b_handle,
+            b_rx,
+            Spawn {
+                state: b_state,
+                extra: b_extra,
+                role: Role::LoopbackB {
+                    partner: a_for_b,
+                    ext,
+                },
+                originate: None,
+                originate_timeout,
+                app: None,
+            },
+        );
+    } else {
+        let outcome = numberplan::outcome(&number);
+        actor::spawn(
+            core.clone(),
+            a_handle,
+            a_rx,
+            Spawn {
+                state: a_state,
+                extra: a_extra,
+                role: Role::Remote(outcome),
+                originate: Some(tx),
+                originate_timeout,
+                app,
+            },
+        );
+    }
+    match rx.await {
+        Ok(Ok(())) => {
+            log(
+                core,
+                7,
+                "switch_ivr_originate.c",
+                "switch_ivr_originate",
+                3913,
+                "",
+                format!("Originate Resulted in Success: [{name}] Peer UUID: {uuid}"),
+            );
+            format!("+OK {uuid}\n")
+        }
+        Ok(Err(cause)) => {
+            log(
+                core,
+                7,
+                "switch_ivr_originate.c",
+                "switch_ivr_originate",
+                3807,
+                "",
+                format!(
+                    "Originate Resulted in Error Cause: {} [{cause}]",
+                    crate::sim::channel::q850(&cause)
+                ),
+            );
+            format!("-ERR {cause}\n")
+        }
+        Err(_) => "-ERR SYSTEM_SHUTDOWN\n".into(),
+    }
+}
