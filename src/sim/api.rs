@@ -353,7 +353,7 @@ pub(crate) async fn originate(core: &Arc<Core>, arg: &str) -> String {
         Endpoint::Gateway { .. } | Endpoint::Sofia { .. } => (
             "src/switch_ivr_originate.c",
             "default".to_owned(),
-            format!("sofia/external/{number}"),
+            format!("sofia/{}/{number}", core.cfg.sofia_profile),
             None,
             None,
         ),

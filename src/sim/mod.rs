@@ -65,6 +65,8 @@ pub struct SimConfig {
     /// Gateways that exist but whose far end does not respond: calls fail
     /// at once with `NORMAL_TEMPORARY_FAILURE` (trace 06, `sipp-dead`).
     pub down_gateways: Vec<String>,
+    /// The sofia profile in gateway channel names (`sofia/<profile>/<number>`).
+    pub sofia_profile: String,
     /// Where `playback` looks up relative file names. A file that does not
     /// exist there (or at its absolute path) fails with `FILE NOT FOUND`.
     pub media_dir: Option<PathBuf>,
@@ -100,6 +102,7 @@ impl Default for SimConfig {
             ipv6: "::1".to_owned(),
             gateways: None,
             down_gateways: Vec::new(),
+            sofia_profile: "external".to_owned(),
             media_dir: None,
             file_play_time: Duration::from_millis(500),
             recordings_dir: None,
