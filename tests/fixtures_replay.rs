@@ -25,6 +25,12 @@
 //!   (`Content-Length` then `Content-Type`);
 //! - connection closes (EOF where FreeSWITCH closed).
 //!
+//! CHANNEL_PARK of a socket leg is left out of the comparison on both sides:
+//! FreeSWITCH fires it from the channel thread while the socket thread is
+//! still reading the client's first commands, so whether a `myevents`
+//! socket sees it is a race in FreeSWITCH itself (04 has it, 05 and 09 do
+//! not for the same flow).
+//!
 //! # Normalisation (what cannot match)
 //! Uuids (→ `<uuid>`, except ones the client chose, which must match
 //! verbatim), `Core-UUID`, hostnames and IP addresses, `Event-Date-*`,
@@ -538,6 +544,12 @@ async fn replay(name: &str) -> Report {
             continue;
         };
         conn.fill_until(frames.len(), deadline).await;
+        // Give late frames (e.g. a CHANNEL_PARK we will drop) a moment.
+        let _ = timeout(Duration::from_millis(100), std::future::pending::<()>()).await;
+        let not_park = |f: &&WireFrame| frame_label(f) != "EV:CHANNEL_PARK";
+        let frames: Vec<WireFrame> = frames.iter().filter(not_park).cloned().collect();
+        conn.frames.retain(|f| frame_label(f) != "EV:CHANNEL_PARK");
+        let frames = &frames;
         let fs_names: Vec<String> = frames.iter().map(frame_label).collect();
         let sim_names: Vec<String> = conn.frames.iter().map(frame_label).collect();
         if fs_names != sim_names {
