@@ -273,6 +273,7 @@ pub(crate) fn spawn(core: Arc<Core>, handle: ChannelHandle, rx: mpsc::Receiver<C
         done: false,
         hangup_after_idle: false,
         answer_ack: None,
+        parked: false,
     };
     core.tasks.spawn(async move {
         actor.start(s.originate_timeout);
@@ -360,6 +361,10 @@ struct Actor {
     done: bool,
     hangup_after_idle: bool,
     answer_ack: Option<oneshot::Receiver<()>>,
+    /// An async socket parks the channel shortly after `connect`; messages
+    /// sent before that wait, as in FreeSWITCH, where they are parsed from
+    /// the park loop (CHANNEL_PARK precedes the first CHANNEL_EXECUTE).
+    parked: bool,
 }
 
 impl Actor {
@@ -589,7 +594,8 @@ impl Actor {
                 }
             }
             Timer::Park => {
-                if matches!(self.stack.last().map(|f| &f.kind), Some(Kind::Socket)) {
+                if !self.parked && self.stack.iter().any(|f| matches!(f.kind, Kind::Socket)) {
+                    self.parked = true;
                     self.fire("CHANNEL_PARK", at::PARK, &[], &[]);
                 }
             }
@@ -830,7 +836,10 @@ impl Actor {
     /// wait behind an event-locked one (trace 09).
     fn submit(&mut self, req: ExecReq) {
         let top = self.stack.last();
-        let can_run = match top {
+        let unparked_socket = matches!(top.map(|f| &f.kind), Some(Kind::Socket))
+            && self.socket.as_ref().is_some_and(|s| s.1)
+            && !self.parked;
+        let can_run = !unparked_socket && match top {
             None => self.dialplan.is_empty() || !self.run_dialplan,
             Some(f) => {
                 !f.locked
@@ -853,7 +862,10 @@ impl Actor {
             if self.hung_up() || self.done {
                 return;
             }
-            let top_open = match self.stack.last() {
+            let unparked_socket = matches!(self.stack.last().map(|f| &f.kind), Some(Kind::Socket))
+                && self.socket.as_ref().is_some_and(|s| s.1)
+                && !self.parked;
+            let top_open = !unparked_socket && match self.stack.last() {
                 None => true,
                 Some(f) => {
                     !f.locked

@@ -385,7 +385,7 @@ pub(crate) async fn originate(core: &Arc<Core>, arg: &str) -> String {
         Endpoint::Gateway { .. } | Endpoint::Sofia { .. } => (
             "src/switch_ivr_originate.c",
             "default".to_owned(),
-            format!("sofia/external/{number}"),
+            format!("sofia/{}/{number}", core.cfg.sofia_profile),
             None,
             None,
         ),
@@ -598,7 +598,12 @@ pub(crate) async fn originate(core: &Arc<Core>, arg: &str) -> String {
             },
         );
     } else {
-        let outcome = numberplan::outcome(&number);
+        let down = matches!(&leg.endpoint, Endpoint::Gateway { gateway, .. } if core.cfg.down_gateways.contains(gateway));
+        let outcome = if down {
+            numberplan::Outcome::Reject("NORMAL_TEMPORARY_FAILURE")
+        } else {
+            numberplan::outcome(&number)
+        };
         actor::spawn(
             core.clone(),
             a_handle,
@@ -613,7 +618,11 @@ pub(crate) async fn originate(core: &Arc<Core>, arg: &str) -> String {
             },
         );
     }
-    match rx.await {
+    let result = rx.await;
+    // FreeSWITCH's originate loop polls its legs every 20 ms, so the result
+    // (and a BACKGROUND_JOB) follows the answer events by about that much.
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    match result {
         Ok(Ok(())) => {
             log(
                 core,

@@ -62,6 +62,11 @@ pub struct SimConfig {
     /// Gateways that exist; `None` accepts every gateway name except
     /// `nonexistent` (SPEC §9).
     pub gateways: Option<Vec<String>>,
+    /// Gateways that exist but whose far end does not respond: calls fail
+    /// at once with `NORMAL_TEMPORARY_FAILURE` (trace 06, `sipp-dead`).
+    pub down_gateways: Vec<String>,
+    /// The sofia profile in gateway channel names (`sofia/<profile>/<number>`).
+    pub sofia_profile: String,
     /// Where `playback` looks up relative file names. A file that does not
     /// exist there (or at its absolute path) fails with `FILE NOT FOUND`.
     pub media_dir: Option<PathBuf>,
@@ -96,6 +101,8 @@ impl Default for SimConfig {
             ipv4: "127.0.0.1".to_owned(),
             ipv6: "::1".to_owned(),
             gateways: None,
+            down_gateways: Vec::new(),
+            sofia_profile: "external".to_owned(),
             media_dir: None,
             file_play_time: Duration::from_millis(500),
             recordings_dir: None,

@@ -340,7 +340,13 @@ impl Session {
                 }
                 () = self.entry.down_notify.notified(), if !self.handle_disco => {
                     if self.entry.down.load(Ordering::Acquire) {
-                        self.flush_events();
+                        if matches!(self.kind, Kind::Outbound { asynchronous: false, .. }) {
+                            // A static socket stops reading at once: events
+                            // still queued are never sent (trace 07).
+                            while self.events.try_recv().is_ok() {}
+                        } else {
+                            self.flush_events();
+                        }
                         self.on_channel_down();
                         wr.write_all(&self.out).await?;
                         self.out.clear();
