@@ -5,6 +5,7 @@
 use clap::Parser;
 use redswitch::cli::{Cli, Command, LogFormat};
 use redswitch::commands;
+use redswitch::switch::InboundConfig;
 use std::process::ExitCode;
 use tracing_subscriber::EnvFilter;
 
@@ -27,14 +28,29 @@ async fn run(cli: Cli) -> Result<(), BoxError> {
         Command::Serve => commands::serve::serve(&config).await?,
         Command::Check => commands::serve::check(&config).await?,
         Command::Push(args) => {
-            commands::redis_tools::push(&config.redis_url, config.redis_timeout(), &config.jobs_key, &args)
-                .await?
+            commands::redis_tools::push(
+                &config.redis_url,
+                config.redis_timeout(),
+                &config.jobs_key,
+                &args,
+            )
+            .await?
         }
         Command::Control(args) => {
             commands::redis_tools::control(&config.redis_url, config.redis_timeout(), &args).await?
         }
-        Command::Sim(args) => commands::sim::run(args).await?,
-        Command::Events(args) => commands::events::run(&config, args).await?,
+        Command::Sim(args) => {
+            commands::sim::run(
+                args,
+                Some(config.media_dir.clone()),
+                Some(config.recordings_dir.clone()),
+            )
+            .await?
+        }
+        Command::Events(args) => {
+            let esl = InboundConfig::new(config.esl_address()?, config.esl_password.clone());
+            commands::events::run(esl, args).await?
+        }
         Command::Demo(args) => commands::demo::run(&config, args).await?,
     }
     Ok(())

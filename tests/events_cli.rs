@@ -5,8 +5,8 @@
 mod support;
 
 use clap::Parser;
-use redswitch::commands::events::{EventsArgs, run_to};
-use redswitch::switch::Error;
+use redswitch::commands::events::{EventsArgs, Summary, run_to};
+use redswitch::switch::{Error, InboundConfig};
 use std::time::Duration;
 use support::{FakeFs, event};
 
@@ -16,10 +16,27 @@ struct Cli {
     args: EventsArgs,
 }
 
-fn args(extra: &[&str]) -> EventsArgs {
+/// The subcommand's flags, and the event socket named by the global
+/// `--esl-host` / `--esl-password` flags among them.
+fn args(extra: &[&str]) -> (InboundConfig, EventsArgs) {
+    let (mut host, mut password) = ("127.0.0.1:8021".to_owned(), "ClueCon".to_owned());
     let mut argv = vec!["events"];
-    argv.extend_from_slice(extra);
-    Cli::try_parse_from(argv).unwrap().args
+    let mut rest = extra.iter();
+    while let Some(&a) = rest.next() {
+        match a {
+            "--esl-host" => host = rest.next().unwrap().to_string(),
+            "--esl-password" => password = rest.next().unwrap().to_string(),
+            other => argv.push(other),
+        }
+    }
+    (
+        InboundConfig::new(host, password),
+        Cli::try_parse_from(argv).unwrap().args,
+    )
+}
+
+async fn run<W: std::io::Write>(a: (InboundConfig, EventsArgs), out: W) -> Result<Summary, Error> {
+    run_to(a.0, a.1, out).await
 }
 
 /// A recorded plain event from trace 02 (CHANNEL_EXECUTE_COMPLETE, ~3 KiB).
@@ -66,7 +83,7 @@ async fn prints_count_events_as_json_lines() {
         f.send(flood);
     });
     let mut out = Vec::new();
-    let summary = tokio::time::timeout(Duration::from_secs(20), run_to(a, &mut out))
+    let summary = tokio::time::timeout(Duration::from_secs(20), run(a, &mut out))
         .await
         .unwrap()
         .unwrap();
@@ -123,7 +140,7 @@ async fn json_wire_format_and_host_port_in_one_flag() {
         f.send(frame);
     });
     let mut out = Vec::new();
-    let summary = tokio::time::timeout(Duration::from_secs(5), run_to(a, &mut out))
+    let summary = tokio::time::timeout(Duration::from_secs(5), run(a, &mut out))
         .await
         .unwrap()
         .unwrap();
@@ -138,7 +155,7 @@ async fn json_wire_format_and_host_port_in_one_flag() {
 #[tokio::test]
 async fn unreachable_and_wrong_password_are_one_clear_line() {
     let dead = support::dead_port().await;
-    let err = run_to(args(&["--esl-host", &dead.to_string()]), Vec::new())
+    let err = run(args(&["--esl-host", &dead.to_string()]), Vec::new())
         .await
         .unwrap_err();
     assert!(matches!(err, Error::Unreachable { .. }));
@@ -150,7 +167,7 @@ async fn unreachable_and_wrong_password_are_one_clear_line() {
     assert!(!line.contains('\n'));
 
     let fake = FakeFs::start("ClueCon").await;
-    let err = run_to(
+    let err = run(
         args(&[
             "--esl-host",
             &fake.addr.to_string(),
@@ -196,7 +213,7 @@ async fn against_the_simulator() {
     ]);
     let printer = tokio::spawn(async move {
         let mut out = Vec::new();
-        let s = run_to(a, &mut out).await;
+        let s = run(a, &mut out).await;
         (s, out)
     });
     // Calls keep coming until the printer has its three events (it may

@@ -22,7 +22,9 @@ use tokio_util::sync::CancellationToken;
 #[derive(Debug, thiserror::Error)]
 pub enum DemoError {
     /// `redis-server` is not installed and no `--use-redis` was given.
-    #[error("cannot start redis-server ({0}); install it (apt-get install redis-server) or pass --use-redis URL")]
+    #[error(
+        "cannot start redis-server ({0}); install it (apt-get install redis-server) or pass --use-redis URL"
+    )]
     NoRedisServer(std::io::Error),
     /// It started but never answered.
     #[error("redis-server on port {0} did not answer within 5 s")]
@@ -59,7 +61,8 @@ mod tempfile_dir {
 
     impl TempDir {
         pub fn new() -> std::io::Result<Self> {
-            let dir = std::env::temp_dir().join(format!("redswitch-demo-{}", uuid::Uuid::new_v4().simple()));
+            let dir = std::env::temp_dir()
+                .join(format!("redswitch-demo-{}", uuid::Uuid::new_v4().simple()));
             std::fs::create_dir_all(&dir)?;
             Ok(Self(dir))
         }
@@ -84,7 +87,16 @@ impl RedisServer {
             .port();
         let dir = tempfile_dir::TempDir::new().map_err(DemoError::NoRedisServer)?;
         let child = Command::new("redis-server")
-            .args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+            .args([
+                "--port",
+                &port.to_string(),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+            ])
             .arg("--dir")
             .arg(dir.path())
             .stdout(Stdio::null())
@@ -100,7 +112,10 @@ impl RedisServer {
         let deadline = Instant::now() + Duration::from_secs(5);
         loop {
             if let Ok(mut con) = client.get_multiplexed_async_connection().await
-                && redis::cmd("PING").query_async::<String>(&mut con).await.is_ok()
+                && redis::cmd("PING")
+                    .query_async::<String>(&mut con)
+                    .await
+                    .is_ok()
             {
                 return Ok(server);
             }
@@ -134,7 +149,10 @@ pub async fn run(config: &Config, args: DemoArgs) -> Result<(), DemoError> {
             (Some(server), url)
         }
     };
-    say(start, &format!("redis: {}", crate::service::store::redact_url(&redis_url)));
+    say(
+        start,
+        &format!("redis: {}", crate::service::store::redact_url(&redis_url)),
+    );
 
     let sim = Simulator::start(SimConfig {
         esl_listen: SocketAddr::from(([127, 0, 0, 1], 0)),
@@ -143,7 +161,10 @@ pub async fn run(config: &Config, args: DemoArgs) -> Result<(), DemoError> {
     })
     .await
     .map_err(DemoError::Sim)?;
-    say(start, &format!("FreeSWITCH simulator: event socket on {}", sim.esl_addr()));
+    say(
+        start,
+        &format!("FreeSWITCH simulator: event socket on {}", sim.esl_addr()),
+    );
 
     let cancel = CancellationToken::new();
     let listen = SocketAddr::from(([127, 0, 0, 1], 0));
@@ -157,7 +178,13 @@ pub async fn run(config: &Config, args: DemoArgs) -> Result<(), DemoError> {
         ..agent_config.call
     };
     let agent = Agent::start(agent_config, cancel.clone()).await?;
-    say(start, &format!("agent {}: listening for legs on {}", agent.instance, agent.listen));
+    say(
+        start,
+        &format!(
+            "agent {}: listening for legs on {}",
+            agent.instance, agent.listen
+        ),
+    );
 
     let client = redis::Client::open(redis_url.as_str())?;
     let dial_id = format!("demo-{}", &uuid::Uuid::new_v4().simple().to_string()[..12]);
@@ -221,7 +248,10 @@ pub async fn run(config: &Config, args: DemoArgs) -> Result<(), DemoError> {
     }
 
     if args.stay {
-        say(start, "call over; everything keeps running (Ctrl-C to stop). Try, in another terminal:");
+        say(
+            start,
+            "call over; everything keeps running (Ctrl-C to stop). Try, in another terminal:",
+        );
         println!("  redswitch --redis-url {redis_url} push --follow --callee-number 15557001234");
         println!("  redswitch --redis-url {redis_url} control <dial_id> hangup");
         let _ = tokio::signal::ctrl_c().await;

@@ -18,21 +18,6 @@ use std::time::Instant;
 /// Flags of `redswitch events`.
 #[derive(Debug, Clone, clap::Args)]
 pub struct EventsArgs {
-    /// FreeSWITCH event-socket host (also accepts host:port)
-    #[arg(long, env = "ESL_URL", default_value = "127.0.0.1")]
-    pub esl_host: String,
-    /// Event-socket port
-    #[arg(long, env = "ESL_PORT", default_value_t = 8021)]
-    pub esl_port: u16,
-    /// Event-socket password (never logged)
-    #[arg(
-        long,
-        env = "ESL_PASSWORD",
-        default_value = "ClueCon",
-        hide_env_values = true,
-        hide_default_value = true
-    )]
-    pub esl_password: String,
     /// Encoding FreeSWITCH uses on the wire (the output is JSON lines either way)
     #[arg(long, value_enum, default_value_t = WireFormat::Plain)]
     pub format: WireFormat,
@@ -79,10 +64,11 @@ pub struct Summary {
     pub dropped: u64,
 }
 
-/// Runs `redswitch events`, printing to stdout.
-pub async fn run(args: EventsArgs) -> Result<(), Error> {
+/// Runs `redswitch events` against the event socket of `esl` (from the
+/// global `--esl-host/--esl-port/--esl-password`), printing to stdout.
+pub async fn run(esl: InboundConfig, args: EventsArgs) -> Result<(), Error> {
     let stdout = std::io::stdout();
-    match run_to(args, stdout).await {
+    match run_to(esl, args, stdout).await {
         Ok(_) => Ok(()),
         // `redswitch events | head` closing the pipe is a normal end.
         Err(Error::Io(e)) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
@@ -92,12 +78,11 @@ pub async fn run(args: EventsArgs) -> Result<(), Error> {
 
 /// Runs `redswitch events`, printing to `out` (tests and benches pass a
 /// buffer or a sink).
-pub async fn run_to<W: Write>(args: EventsArgs, out: W) -> Result<Summary, Error> {
-    let mut cfg = InboundConfig::from_host_port(
-        strip_scheme(&args.esl_host),
-        args.esl_port,
-        args.esl_password.clone(),
-    );
+pub async fn run_to<W: Write>(
+    mut cfg: InboundConfig,
+    args: EventsArgs,
+    out: W,
+) -> Result<Summary, Error> {
     cfg.event_buffer = args.buffer.max(1);
     let (client, mut stream) = InboundClient::connect(cfg).await?;
     for pair in args.filter.chunks(2) {
@@ -158,13 +143,6 @@ pub async fn run_to<W: Write>(args: EventsArgs, out: W) -> Result<Summary, Error
     Ok(summary)
 }
 
-/// Accepts `ESL_URL` values written as URLs (`tcp://fs:8021`).
-fn strip_scheme(host: &str) -> &str {
-    host.split_once("://")
-        .map_or(host, |(_, rest)| rest)
-        .trim_end_matches('/')
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -180,8 +158,6 @@ mod tests {
     fn flags_parse_with_pairs_and_lists() {
         let cli = Cli::try_parse_from([
             "events",
-            "--esl-host",
-            "fs1:9000",
             "--format",
             "json",
             "--events",
@@ -198,7 +174,6 @@ mod tests {
         ])
         .unwrap();
         let a = cli.args;
-        assert_eq!(a.esl_host, "fs1:9000");
         assert_eq!(a.format, WireFormat::Json);
         assert_eq!(a.events, ["CHANNEL_ANSWER", "DTMF"]);
         assert_eq!(a.filter, ["Unique-ID", "u1", "Event-Name", "DTMF"]);
@@ -213,9 +188,4 @@ mod tests {
         assert!(a.filter.is_empty());
     }
 
-    #[test]
-    fn esl_url_may_be_a_url() {
-        assert_eq!(strip_scheme("tcp://fs:8021/"), "fs:8021");
-        assert_eq!(strip_scheme("fs"), "fs");
-    }
 }

@@ -11,7 +11,8 @@ use futures::StreamExt;
 use serde_json::{Map, Value, json};
 use std::io::Write;
 use std::time::Duration;
-use tokio::time::{Instant, timeout};
+use std::time::Instant;
+use tokio::time::timeout;
 
 /// Why a tool could not do its job.
 #[derive(Debug, thiserror::Error)]
@@ -129,7 +130,7 @@ pub async fn push(
         // After the caller's hangup, wait briefly for the other sides' own
         // hangup-events, then stop.
         let until = tracker.grace_over().map_or(deadline, |t| t.min(deadline));
-        let msg = match tokio::time::timeout_at(until, messages.next()).await {
+        let msg = match tokio::time::timeout_at(until.into(), messages.next()).await {
             Ok(Some(msg)) => msg,
             Ok(None) => {
                 return Err(ToolError::Redis(redis::RedisError::from((
@@ -235,7 +236,7 @@ pub async fn control(url: &str, wait: Duration, args: &ControlArgs) -> Result<()
     let mut messages = pubsub.on_message();
     let deadline = Instant::now() + Duration::from_secs(args.timeout);
     loop {
-        let msg = tokio::time::timeout_at(deadline, messages.next())
+        let msg = tokio::time::timeout_at(deadline.into(), messages.next())
             .await
             .map_err(|_| no_answer())?
             .ok_or_else(no_answer)?;

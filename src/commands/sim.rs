@@ -7,7 +7,7 @@ use std::time::Duration;
 
 /// Options of `redswitch sim`.
 #[derive(Debug, Clone, clap::Args)]
-pub struct Args {
+pub struct SimArgs {
     /// Where the simulated event socket listens.
     #[arg(
         long,
@@ -29,12 +29,6 @@ pub struct Args {
     /// FreeSWITCH-Hostname of the simulated switch.
     #[arg(long, default_value = "redswitch-sim")]
     pub hostname: String,
-    /// Where `playback` finds media files (missing files fail).
-    #[arg(long, env = "REDSWITCH_MEDIA_DIR")]
-    pub media_dir: Option<PathBuf>,
-    /// Where `record` writes relative paths.
-    #[arg(long, env = "REDSWITCH_RECORDINGS_DIR")]
-    pub recordings_dir: Option<PathBuf>,
 }
 
 /// Why the simulator could not run.
@@ -52,14 +46,21 @@ pub enum SimError {
 
 /// Runs the simulator until Ctrl-C (or SIGTERM), then shuts it down the way
 /// FreeSWITCH does (disconnect notices, channels hung up).
-pub async fn run(args: Args) -> Result<(), SimError> {
+/// `media_dir` and `recordings_dir` are the global `--media-dir` and
+/// `--recordings-dir`, so the simulator finds files where the agent says
+/// they are.
+pub async fn run(
+    args: SimArgs,
+    media_dir: Option<PathBuf>,
+    recordings_dir: Option<PathBuf>,
+) -> Result<(), SimError> {
     let cfg = SimConfig {
         esl_listen: args.esl_listen,
         password: args.password,
         ring_time: Duration::from_millis(args.ring_ms),
         hostname: args.hostname,
-        media_dir: args.media_dir,
-        recordings_dir: args.recordings_dir,
+        media_dir,
+        recordings_dir,
         ..SimConfig::default()
     };
     let sim = Simulator::start(cfg)

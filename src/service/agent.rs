@@ -69,6 +69,9 @@ pub enum AgentError {
     /// FreeSWITCH is unreachable or refused us.
     #[error(transparent)]
     FreeSwitch(#[from] crate::switch::Error),
+    /// The socket address or instance id cannot go into a dial string.
+    #[error(transparent)]
+    Dial(#[from] crate::switch::app::DialError),
     /// The listen address cannot be bound.
     #[error("cannot listen on {addr}: {source}")]
     Listen {
@@ -93,12 +96,13 @@ impl Agent {
     /// Starts every part; returns once the agent takes jobs.
     pub async fn start(config: AgentConfig, cancel: CancellationToken) -> Result<Self, AgentError> {
         let redis = RedisClient::connect(&config.redis_url, config.redis_timeout).await?;
-        let listener = TcpListener::bind(config.listen)
-            .await
-            .map_err(|source| AgentError::Listen {
-                addr: config.listen,
-                source,
-            })?;
+        let listener =
+            TcpListener::bind(config.listen)
+                .await
+                .map_err(|source| AgentError::Listen {
+                    addr: config.listen,
+                    source,
+                })?;
         let listen = listener.local_addr().map_err(|source| AgentError::Listen {
             addr: config.listen,
             source,
@@ -114,7 +118,8 @@ impl Agent {
         } else {
             config.advertise.clone()
         };
-        let (dialer, dispatcher) = Dialer::start(inbound.clone(), events, &advertise, &config.instance).await?;
+        let (dialer, dispatcher) =
+            Dialer::start(inbound.clone(), events, &advertise, &config.instance).await?;
 
         let tasks = TaskTracker::new();
         let outbound = OutboundListener::from_listener(
@@ -126,7 +131,8 @@ impl Agent {
             },
         );
         tasks.spawn(outbound.serve(dialer.handler(reject_unknown), cancel.child_token()));
-        let (router, router_task) = ControlRouter::spawn(redis.clone(), RouterConfig::default(), cancel.child_token());
+        let (router, router_task) =
+            ControlRouter::spawn(redis.clone(), RouterConfig::default(), cancel.child_token());
         let mut queue_config = QueueConfig::new(config.jobs_key.clone());
         queue_config.instance = config.instance.clone();
         let queue = JobQueue::open(&redis, queue_config).await?;

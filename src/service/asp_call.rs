@@ -144,14 +144,19 @@ impl Leg {
                             return LegNews::Dtmf(digit.to_owned());
                         }
                     }
-                    Some(e) if e.name() == "CHANNEL_HANGUP" || e.name() == "CHANNEL_HANGUP_COMPLETE" => {
+                    Some(e)
+                        if e.name() == "CHANNEL_HANGUP"
+                            || e.name() == "CHANNEL_HANGUP_COMPLETE" =>
+                    {
                         return LegNews::Ended(hangup_cause(&e, call), true);
                     }
                     Some(_) => {}
                     None => {
                         let cause = match call.wait_hangup().await {
                             Ok(cause) => cause,
-                            Err(_) => call.hangup_cause().unwrap_or_else(|| "NORMAL_CLEARING".into()),
+                            Err(_) => call
+                                .hangup_cause()
+                                .unwrap_or_else(|| "NORMAL_CLEARING".into()),
                         };
                         return LegNews::Ended(cause, true);
                     }
@@ -166,7 +171,7 @@ impl Leg {
     async fn hang_up(&self, dialer: &Dialer, cause: &str) {
         let result = match self {
             Leg::Ringing(r) => r.cancel(cause).await,
-            Leg::Up(call, _) => call.hangup(cause).await,
+            Leg::Up(call, _) => call.hangup(cause).await.map_err(Into::into),
             _ => return,
         };
         if let Err(error) = result {
@@ -236,10 +241,14 @@ impl AspCall {
     ) -> Result<Self, NotAttempted> {
         let control = match router.subscribe(&job.dial_id).await {
             Ok(sub) => Some(sub),
-            Err(RouterError::InUse) => {
+            Err(RouterError::InUse(_)) => {
                 // Two live calls on one channel would take each other's
                 // control messages: refuse the newcomer.
-                return Err(fail(&events, "dial_id already has an active call on this instance").await);
+                return Err(fail(
+                    &events,
+                    "dial_id already has an active call on this instance",
+                )
+                .await);
             }
             Err(error) => {
                 // Without pub/sub the call still works; it just cannot be
@@ -262,7 +271,11 @@ impl AspCall {
             reports_tx,
             reports,
         };
-        let req = call.originate(Side::Caller, &call.job.caller_number.clone(), &call.job.caller_id_lega.clone());
+        let req = call.originate(
+            Side::Caller,
+            &call.job.caller_number.clone(),
+            &call.job.caller_id_lega.clone(),
+        );
         match call.dialer.originate(&req).await {
             Ok(ringing) => {
                 call.legs[0] = Leg::Ringing(ringing);
@@ -277,7 +290,11 @@ impl AspCall {
 
     fn originate(&self, side: Side, number: &PhoneNumber, caller_id: &PhoneNumber) -> Originate {
         Originate {
-            endpoint: endpoint(&self.settings.dial_template, self.job.call_provider.as_str(), number),
+            endpoint: endpoint(
+                &self.settings.dial_template,
+                self.job.call_provider.as_str(),
+                number,
+            ),
             caller_id_number: Some(caller_id.as_str().to_owned()),
             caller_id_name: Some(caller_id.as_str().to_owned()),
             timeout: Some(self.settings.ring_timeout),
@@ -401,10 +418,17 @@ impl AspCall {
                 if let Err(error) = inbound.api(&format!("uuid_break {caller} all")).await {
                     tracing::debug!(%error, "uuid_break of the ringback failed");
                 }
-                match inbound.api(&format!("uuid_bridge {caller} {}", call.uuid())).await {
+                match inbound
+                    .api(&format!("uuid_bridge {caller} {}", call.uuid()))
+                    .await
+                {
                     Ok(reply) if reply.starts_with("+OK") => {}
-                    Ok(reply) => tracing::warn!(dial_id = %self.job.dial_id, reply = reply.trim(), "uuid_bridge refused"),
-                    Err(error) => tracing::warn!(dial_id = %self.job.dial_id, %error, "uuid_bridge failed"),
+                    Ok(reply) => {
+                        tracing::warn!(dial_id = %self.job.dial_id, reply = reply.trim(), "uuid_bridge refused")
+                    }
+                    Err(error) => {
+                        tracing::warn!(dial_id = %self.job.dial_id, %error, "uuid_bridge failed")
+                    }
                 }
             }
             Side::Barger => {
@@ -425,7 +449,8 @@ impl AspCall {
         match report {
             Report::MediaDone { side, mut reason } => {
                 let i = side.number() as usize;
-                if i < 2 && std::mem::take(&mut self.stopping[i]) && reason == MediaDoneReason::Done {
+                if i < 2 && std::mem::take(&mut self.stopping[i]) && reason == MediaDoneReason::Done
+                {
                     reason = MediaDoneReason::Stopped;
                 }
                 self.publish(Event::MediaDone { side, reason }).await;
@@ -470,29 +495,49 @@ impl AspCall {
                     return Err("call has ended".into());
                 }
                 for leg in &self.legs {
-                    let cause = if matches!(leg, Leg::Ringing(_)) { "ORIGINATOR_CANCEL" } else { "NORMAL_CLEARING" };
+                    let cause = if matches!(leg, Leg::Ringing(_)) {
+                        "ORIGINATOR_CANCEL"
+                    } else {
+                        "NORMAL_CLEARING"
+                    };
                     leg.hang_up(&self.dialer, cause).await;
                 }
                 Ok(())
             }
-            ControlMessage::Barge { phone_number, caller_id } => {
+            ControlMessage::Barge {
+                phone_number,
+                caller_id,
+            } => {
                 if self.legs[2].is_live() {
                     return Err("a barger is already on the call".into());
                 }
                 self.answered(Side::Caller)?;
                 let req = self.originate(Side::Barger, phone_number, caller_id);
-                let ringing = self.dialer.originate(&req).await.map_err(|e| e.to_string())?;
+                let ringing = self
+                    .dialer
+                    .originate(&req)
+                    .await
+                    .map_err(|e| e.to_string())?;
                 self.legs[2] = Leg::Ringing(ringing);
                 Ok(())
             }
-            ControlMessage::Whisper | ControlMessage::Mute | ControlMessage::Threeway | ControlMessage::Unthreeway => {
-                let barger = self.answered(Side::Barger).map_err(|_| "no answered barger on the call".to_owned())?;
+            ControlMessage::Whisper
+            | ControlMessage::Mute
+            | ControlMessage::Threeway
+            | ControlMessage::Unthreeway => {
+                let barger = self
+                    .answered(Side::Barger)
+                    .map_err(|_| "no answered barger on the call".to_owned())?;
                 let digit = eavesdrop_digit(msg).unwrap_or('0');
-                self.api(format!("uuid_recv_dtmf {} {digit}", barger.uuid())).await
+                self.api(format!("uuid_recv_dtmf {} {digit}", barger.uuid()))
+                    .await
             }
             ControlMessage::Play { media, side } => {
                 let sides = Self::sides(*side);
-                let calls = sides.iter().map(|&s| self.answered(s)).collect::<Result<Vec<_>, _>>()?;
+                let calls = sides
+                    .iter()
+                    .map(|&s| self.answered(s))
+                    .collect::<Result<Vec<_>, _>>()?;
                 let playlist: Vec<String> = media.iter().map(|m| self.media_path(m)).collect();
                 for (side, call) in sides.into_iter().zip(calls) {
                     let tx = self.reports_tx.clone();
@@ -512,13 +557,18 @@ impl AspCall {
                 }
                 Ok(())
             }
-            ControlMessage::SendDtmf { digits, side, duration_ms } => {
+            ControlMessage::SendDtmf {
+                digits,
+                side,
+                duration_ms,
+            } => {
                 let call = self.answered(*side)?;
                 let digits = match duration_ms {
                     Some(ms) => format!("{digits}@{ms}"),
                     None => digits.to_string(),
                 };
-                self.api(format!("uuid_send_dtmf {} {digits}", call.uuid())).await
+                self.api(format!("uuid_send_dtmf {} {digits}", call.uuid()))
+                    .await
             }
             ControlMessage::Record { name } => {
                 if self.recording.is_some() {
@@ -528,8 +578,10 @@ impl AspCall {
                 let path = self.settings.recordings_dir.join(format!("{name}.wav"));
                 let path_str = path.to_string_lossy().into_owned();
                 // Stereo: the caller on the left, the far end on the right.
-                self.api(format!("uuid_setvar {} RECORD_STEREO true", caller.uuid())).await?;
-                self.api(format!("uuid_record {} start {path_str}", caller.uuid())).await?;
+                self.api(format!("uuid_setvar {} RECORD_STEREO true", caller.uuid()))
+                    .await?;
+                self.api(format!("uuid_record {} start {path_str}", caller.uuid()))
+                    .await?;
                 self.recording = Some(Recording {
                     path,
                     started: Instant::now(),
@@ -549,7 +601,12 @@ impl AspCall {
 
     fn media_path(&self, media: &Media) -> String {
         match media {
-            Media::File(name) => self.settings.media_dir.join(name).to_string_lossy().into_owned(),
+            Media::File(name) => self
+                .settings
+                .media_dir
+                .join(name)
+                .to_string_lossy()
+                .into_owned(),
             Media::Tone(tone) => tone.clone(),
             Media::Silence(ms) => format!("silence_stream://{ms}"),
         }
@@ -561,7 +618,9 @@ impl AspCall {
         };
         let path = rec.path.to_string_lossy().into_owned();
         if reason == RecordDoneReason::Stopped
-            && let Err(error) = self.api(format!("uuid_record {} stop {path}", rec.uuid)).await
+            && let Err(error) = self
+                .api(format!("uuid_record {} stop {path}", rec.uuid))
+                .await
         {
             tracing::warn!(%error, "uuid_record stop failed");
         }
@@ -591,10 +650,17 @@ async fn play(call: &Call, playlist: &[String]) -> MediaDoneReason {
 
 /// Publishes `failure` and returns it as the reason.
 async fn fail(events: &CallEvents, cause: &str) -> NotAttempted {
-    if let Err(error) = events.publish(&Event::Failure { cause: cause.to_owned() }).await {
+    if let Err(error) = events
+        .publish(&Event::Failure {
+            cause: cause.to_owned(),
+        })
+        .await
+    {
         tracing::warn!(dial_id = %events.dial_id(), %error, "could not publish failure");
     }
-    NotAttempted { cause: cause.to_owned() }
+    NotAttempted {
+        cause: cause.to_owned(),
+    }
 }
 
 #[cfg(test)]
@@ -604,8 +670,14 @@ mod tests {
     #[test]
     fn endpoint_fills_the_template() {
         let n = PhoneNumber::parse("n", "+15551234").unwrap();
-        assert_eq!(endpoint("sofia/gateway/{provider}/{number}", "gw1", &n), "sofia/gateway/gw1/+15551234");
-        assert_eq!(endpoint("loopback/{number}/redswitch-test", "gw1", &n), "loopback/+15551234/redswitch-test");
+        assert_eq!(
+            endpoint("sofia/gateway/{provider}/{number}", "gw1", &n),
+            "sofia/gateway/gw1/+15551234"
+        );
+        assert_eq!(
+            endpoint("loopback/{number}/redswitch-test", "gw1", &n),
+            "loopback/+15551234/redswitch-test"
+        );
     }
 
     #[test]

@@ -839,16 +839,17 @@ impl Actor {
         let unparked_socket = matches!(top.map(|f| &f.kind), Some(Kind::Socket))
             && self.socket.as_ref().is_some_and(|s| s.1)
             && !self.parked;
-        let can_run = !unparked_socket && match top {
-            None => self.dialplan.is_empty() || !self.run_dialplan,
-            Some(f) => {
-                !f.locked
-                    || matches!(
-                        f.kind,
-                        Kind::Park | Kind::Socket | Kind::Echo | Kind::Bridged
-                    )
-            }
-        };
+        let can_run = !unparked_socket
+            && match top {
+                None => self.dialplan.is_empty() || !self.run_dialplan,
+                Some(f) => {
+                    !f.locked
+                        || matches!(
+                            f.kind,
+                            Kind::Park | Kind::Socket | Kind::Echo | Kind::Bridged
+                        )
+                }
+            };
         if can_run && self.waiting.is_empty() {
             self.exec(req);
         } else {
@@ -865,16 +866,17 @@ impl Actor {
             let unparked_socket = matches!(self.stack.last().map(|f| &f.kind), Some(Kind::Socket))
                 && self.socket.as_ref().is_some_and(|s| s.1)
                 && !self.parked;
-            let top_open = !unparked_socket && match self.stack.last() {
-                None => true,
-                Some(f) => {
-                    !f.locked
-                        || matches!(
-                            f.kind,
-                            Kind::Park | Kind::Socket | Kind::Echo | Kind::Bridged
-                        )
-                }
-            };
+            let top_open = !unparked_socket
+                && match self.stack.last() {
+                    None => true,
+                    Some(f) => {
+                        !f.locked
+                            || matches!(
+                                f.kind,
+                                Kind::Park | Kind::Socket | Kind::Echo | Kind::Bridged
+                            )
+                    }
+                };
             if top_open && let Some(req) = self.waiting.pop_front() {
                 self.exec(req);
                 continue;

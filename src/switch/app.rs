@@ -20,7 +20,7 @@
 
 use crate::esl::{Command, Event, EventFormat};
 use crate::switch::call::Call;
-use crate::switch::error::{Error, Result};
+use crate::switch::error::Error;
 use crate::switch::inbound::{EventStream, InboundClient};
 use crate::switch::outbound::{AppResult, CallHandler};
 use std::collections::HashMap;
@@ -42,7 +42,9 @@ pub enum DialStringError {
     #[error("channel variable name {0:?} is not [A-Za-z0-9_]+")]
     Name(String),
     /// A value with a character that FreeSWITCH would interpret.
-    #[error("value of {name} contains {found:?}, which FreeSWITCH would interpret in a dial string")]
+    #[error(
+        "value of {name} contains {found:?}, which FreeSWITCH would interpret in a dial string"
+    )]
     Value {
         /// The variable (or `endpoint`).
         name: String,
@@ -190,7 +192,11 @@ impl Dialer {
         inbound
             .subscribe(
                 EventFormat::Plain,
-                ["CHANNEL_CREATE", "CHANNEL_HANGUP_COMPLETE", "BACKGROUND_JOB"],
+                [
+                    "CHANNEL_CREATE",
+                    "CHANNEL_HANGUP_COMPLETE",
+                    "BACKGROUND_JOB",
+                ],
             )
             .await?;
         inbound
@@ -391,7 +397,11 @@ impl Ringing {
                         match body.strip_prefix("-ERR") {
                             Some(cause) => {
                                 let cause = cause.trim();
-                                let cause = if cause.is_empty() { "NORMAL_TEMPORARY_FAILURE" } else { cause };
+                                let cause = if cause.is_empty() {
+                                    "NORMAL_TEMPORARY_FAILURE"
+                                } else {
+                                    cause
+                                };
                                 return self.end(cause.to_owned());
                             }
                             None => self.job_ok = true,
@@ -477,7 +487,10 @@ impl<H: CallHandler> CallHandler for DialerHandler<H> {
 
 /// A handler for legs nobody placed: hangs them up with `CALL_REJECTED`.
 pub async fn reject_unknown(call: Call) -> AppResult {
-    tracing::warn!(uuid = call.uuid(), "a leg nobody placed connected; rejecting it");
+    tracing::warn!(
+        uuid = call.uuid(),
+        "a leg nobody placed connected; rejecting it"
+    );
     call.hangup("CALL_REJECTED").await?;
     Ok(())
 }
@@ -488,7 +501,9 @@ mod tests {
 
     #[test]
     fn forbidden_characters() {
-        for bad in ["a,b", "a}", "{a", "a b", "a\n", "${x}", "a|b", "'", "\"", "a^b", "a<b", "a]"] {
+        for bad in [
+            "a,b", "a}", "{a", "a b", "a\n", "${x}", "a|b", "'", "\"", "a^b", "a<b", "a]",
+        ] {
             assert!(check_value("x", bad).is_err(), "{bad:?}");
         }
         assert!(check_value("x", "sofia/gateway/gw-1.example/+1555*#").is_ok());

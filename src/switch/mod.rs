@@ -19,6 +19,7 @@
 //! consumer costs events, never the connection (FreeSWITCH drops a listener
 //! that lets its event queue fill up).
 
+pub mod app;
 pub mod call;
 pub mod error;
 pub mod inbound;

@@ -4,6 +4,7 @@
 //! these helpers, so each declares `#[allow(dead_code)] mod support;`.
 
 pub mod redis;
+pub mod stack;
 
 use std::future::Future;
 use std::time::{Duration, Instant};
