@@ -9,10 +9,19 @@ use std::time::Duration;
 #[derive(Debug, Clone, clap::Args)]
 pub struct Args {
     /// Where the simulated event socket listens.
-    #[arg(long, env = "REDSWITCH_SIM_ESL_LISTEN", default_value = "127.0.0.1:8021")]
+    #[arg(
+        long,
+        env = "REDSWITCH_SIM_ESL_LISTEN",
+        default_value = "127.0.0.1:8021"
+    )]
     pub esl_listen: SocketAddr,
     /// The event-socket password clients must send.
-    #[arg(long, env = "ESL_PASSWORD", default_value = "ClueCon", hide_env_values = true)]
+    #[arg(
+        long,
+        env = "ESL_PASSWORD",
+        default_value = "ClueCon",
+        hide_env_values = true
+    )]
     pub password: String,
     /// How long numbers of the plan ring before answering, in milliseconds.
     #[arg(long, default_value_t = 100)]

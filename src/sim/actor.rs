@@ -79,7 +79,9 @@ pub(crate) enum ChanMsg {
     /// `uuid_kill` and friends.
     Hangup(String),
     /// `uuid_break [all]`.
-    Break { all: bool },
+    Break {
+        all: bool,
+    },
     /// `uuid_recv_dtmf`: digits the channel receives.
     RecvDtmf(String),
     /// `uuid_send_dtmf`: digits sent to the far end.
@@ -97,7 +99,9 @@ pub(crate) enum ChanMsg {
     /// The outbound socket connected (`Some`) or failed to (`None`).
     SocketUp(Option<(Arc<ListenerEntry>, bool)>),
     /// The outbound socket closed.
-    SocketClosed { resume: bool },
+    SocketClosed {
+        resume: bool,
+    },
     /// Loopback: the other half answered (ack when our ANSWER has fired).
     PartnerAnswered(oneshot::Sender<()>),
     /// Loopback or bridge partner hung up.
@@ -107,7 +111,7 @@ pub(crate) enum ChanMsg {
     /// `uuid_bridge`: become bridged to `other`.
     Bridge {
         other: ChannelHandle,
-        other_profile: Option<(crate::sim::channel::Profile, String)>,
+        other_profile: Option<Box<(crate::sim::channel::Profile, String)>>,
         originator: bool,
     },
     /// Profile exchange for a bridge.
@@ -240,7 +244,10 @@ pub(crate) fn handle_for(
 
 /// Fires CHANNEL_CREATE and starts the task.
 pub(crate) fn spawn(core: Arc<Core>, handle: ChannelHandle, rx: mpsc::Receiver<ChanMsg>, s: Spawn) {
-    core.fire(s.state.event(&core.info, "CHANNEL_CREATE", at::CREATE, &[], &[]));
+    core.fire(
+        s.state
+            .event(&core.info, "CHANNEL_CREATE", at::CREATE, &[], &[]),
+    );
     let mut actor = Actor {
         core: core.clone(),
         me: handle,
@@ -361,7 +368,13 @@ struct Actor {
 }
 
 impl Actor {
-    fn fire(&self, name: &str, at: crate::sim::event::Origin, pre: &[(&str, &str)], post: &[(&str, &str)]) {
+    fn fire(
+        &self,
+        name: &str,
+        at: crate::sim::event::Origin,
+        pre: &[(&str, &str)],
+        post: &[(&str, &str)],
+    ) {
         self.core
             .fire(self.st.event(&self.core.info, name, at, pre, post));
     }
@@ -379,9 +392,13 @@ impl Actor {
             Role::Remote(outcome) => {
                 self.st.state = crate::sim::channel::CState::ConsumeMedia;
                 match outcome.clone() {
-                    Outcome::Reject(cause) => self.schedule(Duration::ZERO, Timer::FarHangup(cause.to_owned())),
+                    Outcome::Reject(cause) => {
+                        self.schedule(Duration::ZERO, Timer::FarHangup(cause.to_owned()))
+                    }
                     Outcome::RingForever => self.schedule(Duration::ZERO, Timer::Progress),
-                    Outcome::Answer | Outcome::AnswerThenHangup(_) | Outcome::AnswerThenDtmf(..) => {
+                    Outcome::Answer
+                    | Outcome::AnswerThenHangup(_)
+                    | Outcome::AnswerThenDtmf(..) => {
                         self.schedule(Duration::ZERO, Timer::Progress);
                         self.schedule(ring, Timer::Answer);
                     }
@@ -396,11 +413,18 @@ impl Actor {
                 let cfg = &self.core.cfg;
                 let ms = |d: Duration| d.as_millis().to_string();
                 let steps: Vec<(&str, String)> = match ext {
-                    Extension::AnswerPark => vec![("answer", String::new()), ("park", String::new())],
-                    Extension::AnswerEcho => vec![("answer", String::new()), ("echo", String::new())],
+                    Extension::AnswerPark => {
+                        vec![("answer", String::new()), ("park", String::new())]
+                    }
+                    Extension::AnswerEcho => {
+                        vec![("answer", String::new()), ("echo", String::new())]
+                    }
                     Extension::AnswerTone => vec![
                         ("answer", String::new()),
-                        ("playback", format!("tone_stream://%({},0,440)", ms(cfg.answer_tone_time))),
+                        (
+                            "playback",
+                            format!("tone_stream://%({},0,440)", ms(cfg.answer_tone_time)),
+                        ),
                         ("hangup", String::new()),
                     ],
                     Extension::Busy => vec![("hangup", "USER_BUSY".into())],
@@ -413,7 +437,9 @@ impl Actor {
                         ("socket", format!("{} async full", cfg.socket_extension)),
                     ],
                     Extension::Plan(Outcome::Reject(cause)) => vec![("hangup", (*cause).into())],
-                    Extension::Plan(Outcome::RingForever) => vec![("ring_ready", String::new()), ("park", String::new())],
+                    Extension::Plan(Outcome::RingForever) => {
+                        vec![("ring_ready", String::new()), ("park", String::new())]
+                    }
                     Extension::Plan(Outcome::Answer) => vec![
                         ("ring_ready", String::new()),
                         ("sleep", ms(ring)),
@@ -523,7 +549,9 @@ impl Actor {
             self.stop_media_bug();
         }
         let top_due = self.stack.last().is_some_and(|f| match &f.kind {
-            Kind::Timed { until, .. } | Kind::Record { until, .. } => until.is_some_and(|t| t <= now),
+            Kind::Timed { until, .. } | Kind::Record { until, .. } => {
+                until.is_some_and(|t| t <= now)
+            }
             _ => false,
         });
         if top_due {
@@ -624,7 +652,8 @@ impl Actor {
         let Some(tx) = self.originate.take() else {
             return;
         };
-        self.timers.retain(|(_, t)| !matches!(t, Timer::OriginateTimeout));
+        self.timers
+            .retain(|(_, t)| !matches!(t, Timer::OriginateTimeout));
         // originate flips the caller id of the answered leg.
         let p = &mut self.st.profile;
         let orig = p.caller_id_number.clone();
@@ -689,7 +718,10 @@ impl Actor {
             ChanMsg::SocketClosed { resume } => {
                 let in_socket = self.stack.iter().any(|f| matches!(f.kind, Kind::Socket));
                 if resume && in_socket {
-                    while !matches!(self.stack.last().map(|f| &f.kind), Some(Kind::Socket) | None) {
+                    while !matches!(
+                        self.stack.last().map(|f| &f.kind),
+                        Some(Kind::Socket) | None
+                    ) {
                         self.finish_top(true);
                     }
                     self.finish_top(false);
@@ -721,9 +753,10 @@ impl Actor {
                 }
             }
             ChanMsg::EavesdropGone(target) => {
-                let top_is = self.stack.iter().rposition(|f| {
-                    matches!(f.kind, Kind::Eavesdrop) && f.arg == target
-                });
+                let top_is = self
+                    .stack
+                    .iter()
+                    .rposition(|f| matches!(f.kind, Kind::Eavesdrop) && f.arg == target);
                 if let Some(i) = top_is {
                     while self.stack.len() > i + 1 {
                         self.finish_top(true);
@@ -806,10 +839,17 @@ impl Actor {
         let unparked_socket = matches!(top.map(|f| &f.kind), Some(Kind::Socket))
             && self.socket.as_ref().is_some_and(|s| s.1)
             && !self.parked;
-        let can_run = !unparked_socket && match top {
-            None => self.dialplan.is_empty() || !self.run_dialplan,
-            Some(f) => !f.locked || matches!(f.kind, Kind::Park | Kind::Socket | Kind::Echo | Kind::Bridged),
-        };
+        let can_run = !unparked_socket
+            && match top {
+                None => self.dialplan.is_empty() || !self.run_dialplan,
+                Some(f) => {
+                    !f.locked
+                        || matches!(
+                            f.kind,
+                            Kind::Park | Kind::Socket | Kind::Echo | Kind::Bridged
+                        )
+                }
+            };
         if can_run && self.waiting.is_empty() {
             self.exec(req);
         } else {
@@ -826,10 +866,17 @@ impl Actor {
             let unparked_socket = matches!(self.stack.last().map(|f| &f.kind), Some(Kind::Socket))
                 && self.socket.as_ref().is_some_and(|s| s.1)
                 && !self.parked;
-            let top_open = !unparked_socket && match self.stack.last() {
-                None => true,
-                Some(f) => !f.locked || matches!(f.kind, Kind::Park | Kind::Socket | Kind::Echo | Kind::Bridged),
-            };
+            let top_open = !unparked_socket
+                && match self.stack.last() {
+                    None => true,
+                    Some(f) => {
+                        !f.locked
+                            || matches!(
+                                f.kind,
+                                Kind::Park | Kind::Socket | Kind::Echo | Kind::Bridged
+                            )
+                    }
+                };
             if top_open && let Some(req) = self.waiting.pop_front() {
                 self.exec(req);
                 continue;
@@ -997,7 +1044,9 @@ impl Actor {
                 );
                 match len {
                     PlayLength::NotFound => {
-                        self.st.vars.set("current_application_response", "FILE NOT FOUND");
+                        self.st
+                            .vars
+                            .set("current_application_response", "FILE NOT FOUND");
                         return self.complete(frame);
                     }
                     PlayLength::For(d) => frame.kind = timed(Some(d), true),
@@ -1030,7 +1079,10 @@ impl Actor {
                     asynchronous |= p.eq_ignore_ascii_case("async");
                     full |= p.eq_ignore_ascii_case("full");
                 }
-                let host = addr.rsplit_once(':').map_or(addr.as_str(), |(h, _)| h).to_owned();
+                let host = addr
+                    .rsplit_once(':')
+                    .map_or(addr.as_str(), |(h, _)| h)
+                    .to_owned();
                 self.st.vars.set("socket_host", &host);
                 self.stack.push(frame);
                 outbound::spawn(self.core.clone(), self.me.clone(), addr, asynchronous, full);
@@ -1052,7 +1104,10 @@ impl Actor {
             "record" => {
                 let mut parts = arg.split_whitespace();
                 let file = parts.next().unwrap_or("").to_owned();
-                let limit = parts.next().and_then(|s| s.parse::<u64>().ok()).filter(|&s| s > 0);
+                let limit = parts
+                    .next()
+                    .and_then(|s| s.parse::<u64>().ok())
+                    .filter(|&s| s > 0);
                 let path = self.record_path(&file);
                 self.extra.recording = Some(path.display().to_string());
                 self.fire(
@@ -1075,14 +1130,16 @@ impl Actor {
                         let mine = (self.st.profile.clone(), self.st.uuid.clone());
                         other.try_send(ChanMsg::Bridge {
                             other: self.me.clone(),
-                            other_profile: Some(mine),
+                            other_profile: Some(Box::new(mine)),
                             originator: false,
                         });
                         self.bridge(other, None, true);
                         return;
                     }
                     _ => {
-                        self.st.vars.set("originate_disposition", "CHAN_NOT_IMPLEMENTED");
+                        self.st
+                            .vars
+                            .set("originate_disposition", "CHAN_NOT_IMPLEMENTED");
                         return self.complete(frame);
                     }
                 }
@@ -1115,10 +1172,16 @@ impl Actor {
                 let samples = (ms * 8).to_string();
                 self.extra.playing = None;
                 self.st.vars.set("playback_last_offset_pos", &samples);
-                self.st.vars.set("playback_seconds", &(ms / 1000).to_string());
+                self.st
+                    .vars
+                    .set("playback_seconds", &(ms / 1000).to_string());
                 self.st.vars.set("playback_ms", &ms.to_string());
                 self.st.vars.set("playback_samples", &samples);
-                let status = if interrupted && !self.hung_up() { "break" } else { "done" };
+                let status = if interrupted && !self.hung_up() {
+                    "break"
+                } else {
+                    "done"
+                };
                 self.fire(
                     "PLAYBACK_STOP",
                     at::PLAYBACK_STOP,
@@ -1129,25 +1192,26 @@ impl Actor {
                         ("Playback-Status", status),
                     ],
                 );
-                self.st.vars.set("current_application_response", "FILE PLAYED");
+                self.st
+                    .vars
+                    .set("current_application_response", "FILE PLAYED");
             }
-            Kind::Park | Kind::Socket => {
-                if matches!(frame.kind, Kind::Park) || self.socket.as_ref().is_some_and(|s| s.1) {
-                    self.fire("CHANNEL_UNPARK", at::UNPARK, &[], &[]);
-                }
+            // A static socket never parked, so it does not unpark.
+            Kind::Park | Kind::Socket
+                if matches!(frame.kind, Kind::Park)
+                    || self.socket.as_ref().is_some_and(|s| s.1) =>
+            {
+                self.fire("CHANNEL_UNPARK", at::UNPARK, &[], &[]);
             }
-            Kind::Eavesdrop => {
-                if let Some(t) = self.core.channel(&frame.arg) {
-                    let _ = t;
-                }
-                self.extra.eavesdrop = None;
-            }
+            Kind::Eavesdrop => self.extra.eavesdrop = None,
             Kind::Record { path, started, .. } => {
                 let ms = started.elapsed().as_millis() as u64;
                 let stereo = self.st.vars.get("RECORD_STEREO").is_some_and(is_true);
-                self.core
-                    .tasks
-                    .spawn(write_recording(path.clone(), ms, if stereo { 2 } else { 1 }));
+                self.core.tasks.spawn(write_recording(
+                    path.clone(),
+                    ms,
+                    if stereo { 2 } else { 1 },
+                ));
                 self.extra.recording = None;
                 self.st.vars.set("record_ms", &ms.to_string());
                 self.st.vars.set("record_samples", &(ms * 8).to_string());
@@ -1223,7 +1287,8 @@ impl Actor {
         {
             return;
         }
-        self.dtmf_in.extend(digits.chars().filter(|c| !c.is_whitespace()));
+        self.dtmf_in
+            .extend(digits.chars().filter(|c| !c.is_whitespace()));
         if self.dtmf_due.is_none() && !self.dtmf_in.is_empty() {
             self.dtmf_due = Some(Instant::now() + Duration::from_millis(20));
         }
@@ -1234,7 +1299,8 @@ impl Actor {
             self.dtmf_due = None;
             return;
         };
-        self.dtmf_due = (!self.dtmf_in.is_empty()).then(|| Instant::now() + Duration::from_millis(20));
+        self.dtmf_due =
+            (!self.dtmf_in.is_empty()).then(|| Instant::now() + Duration::from_millis(20));
         let digit = d.to_string();
         self.extra.received_dtmf.push(d);
         let source = match self.role {
@@ -1245,10 +1311,22 @@ impl Actor {
             "DTMF",
             at::DTMF,
             &[],
-            &[("DTMF-Digit", &digit), ("DTMF-Duration", "2000"), ("DTMF-Source", source)],
+            &[
+                ("DTMF-Digit", &digit),
+                ("DTMF-Duration", "2000"),
+                ("DTMF-Source", source),
+            ],
         );
-        let digits = self.st.vars.get("digits_dialed").filter(|d| *d != "none").unwrap_or("").to_owned();
-        self.st.vars.set_keep("digits_dialed", &format!("{digits}{d}"));
+        let digits = self
+            .st
+            .vars
+            .get("digits_dialed")
+            .filter(|d| *d != "none")
+            .unwrap_or("")
+            .to_owned();
+        self.st
+            .vars
+            .set_keep("digits_dialed", &format!("{digits}{d}"));
         // Eavesdrop's DTMF controls (switch_ivr_async.c).
         if let Some(ed) = &mut self.extra.eavesdrop {
             match d {
@@ -1257,7 +1335,11 @@ impl Actor {
                 '2' => ed.mode = EavesdropMode::TargetHears,
                 '3' => ed.mode = EavesdropMode::BothHear,
                 '*' => {
-                    if let Some(i) = self.stack.iter().rposition(|f| matches!(f.kind, Kind::Eavesdrop)) {
+                    if let Some(i) = self
+                        .stack
+                        .iter()
+                        .rposition(|f| matches!(f.kind, Kind::Eavesdrop))
+                    {
                         while self.stack.len() > i + 1 {
                             self.finish_top(true);
                         }
@@ -1270,7 +1352,10 @@ impl Actor {
         // Barge-in on a playback started with playback_terminators.
         if let Some(terms) = self.st.vars.get("playback_terminators").map(str::to_owned)
             && (terms.contains(d) || terms == "any")
-            && matches!(self.stack.last().map(|f| &f.kind), Some(Kind::Timed { playback: true, .. }))
+            && matches!(
+                self.stack.last().map(|f| &f.kind),
+                Some(Kind::Timed { playback: true, .. })
+            )
         {
             self.finish_top(true);
         }
@@ -1319,7 +1404,8 @@ impl Actor {
         let Some(bug) = self.record.take() else {
             return;
         };
-        self.timers.retain(|(_, t)| !matches!(t, Timer::RecordLimit));
+        self.timers
+            .retain(|(_, t)| !matches!(t, Timer::RecordLimit));
         let ms = bug.started.elapsed().as_millis() as u64;
         let stereo = self.st.vars.get("RECORD_STEREO").is_some_and(is_true);
         self.core
@@ -1339,7 +1425,7 @@ impl Actor {
     fn bridge(
         &mut self,
         other: ChannelHandle,
-        other_profile: Option<(crate::sim::channel::Profile, String)>,
+        other_profile: Option<Box<(crate::sim::channel::Profile, String)>>,
         originator: bool,
     ) {
         if self.hung_up() {
@@ -1353,12 +1439,20 @@ impl Actor {
             self.finish_top(true);
         }
         self.dialplan.clear();
-        for s in [crate::sim::channel::CState::Hibernate, crate::sim::channel::CState::Reset, crate::sim::channel::CState::SoftExecute] {
+        for s in [
+            crate::sim::channel::CState::Hibernate,
+            crate::sim::channel::CState::Reset,
+            crate::sim::channel::CState::SoftExecute,
+        ] {
             self.st.state = s;
             self.fire("CHANNEL_STATE", at::STATE, &[], &[]);
         }
-        self.st.other = other_profile.map(|(profile, uuid)| OtherLeg {
-            kind: if originator { "originatee" } else { "originator" },
+        self.st.other = other_profile.map(|b| *b).map(|(profile, uuid)| OtherLeg {
+            kind: if originator {
+                "originatee"
+            } else {
+                "originator"
+            },
             uuid,
             profile,
         });
@@ -1366,7 +1460,11 @@ impl Actor {
         self.st.vars.set("bridge_uuid", &other.uuid);
         self.st.vars.set("signal_bond", &other.uuid);
         let uuid = other.uuid.to_string();
-        let exec_at = if originator { at::BRIDGE_EXECUTE } else { crate::sim::event::origin("switch_ivr_bridge.c", "uuid_bridge_on_soft_execute", "1243") };
+        let exec_at = if originator {
+            at::BRIDGE_EXECUTE
+        } else {
+            crate::sim::event::origin("switch_ivr_bridge.c", "uuid_bridge_on_soft_execute", "1243")
+        };
         self.fire(
             "CHANNEL_EXECUTE",
             exec_at,
@@ -1394,7 +1492,10 @@ impl Actor {
         if self.hung_up() {
             return;
         }
-        let bridged_to_it = self.bridged.as_ref().is_some_and(|b| b.uuid.as_ref() == uuid);
+        let bridged_to_it = self
+            .bridged
+            .as_ref()
+            .is_some_and(|b| b.uuid.as_ref() == uuid);
         if bridged_to_it {
             let was_originator = self.st.profile.bridged != 0;
             self.bridged = None;
@@ -1414,7 +1515,10 @@ impl Actor {
                 self.fire("CHANNEL_STATE", at::STATE, &[], &[]);
             }
             // hangup_after_bridge (the default).
-            let bridge_app = self.stack.iter().rposition(|f| matches!(f.kind, Kind::Bridged));
+            let bridge_app = self
+                .stack
+                .iter()
+                .rposition(|f| matches!(f.kind, Kind::Bridged));
             if let Some(i) = bridge_app {
                 while self.stack.len() > i + 1 {
                     self.finish_top(true);
@@ -1462,9 +1566,7 @@ impl Actor {
                 h.try_send(ChanMsg::EavesdropGone(me.clone()));
             }
         }
-        if let Some(ed) = self.extra.eavesdrop.take()
-            && let Some(_t) = self.core.channel(&ed.target)
-        {}
+        self.extra.eavesdrop = None;
         self.stop_media_bug();
         while !self.stack.is_empty() {
             self.finish_top(true);
@@ -1487,13 +1589,19 @@ impl Actor {
             "CHANNEL_CALLSTATE",
             at::CALLSTATE,
             &[],
-            &[("Original-Channel-Call-State", old), ("Channel-Call-State-Number", "10")],
+            &[
+                ("Original-Channel-Call-State", old),
+                ("Channel-Call-State-Number", "10"),
+            ],
         );
         self.st.state = crate::sim::channel::CState::Reporting;
         self.fire("CHANNEL_STATE", at::STATE, &[], &[]);
         self.st.profile.hangup = now_micros();
         let last = self.last_app.clone();
-        set_cdr_vars(&mut self.st, last.as_ref().map(|(a, b)| (a.as_str(), b.as_str())));
+        set_cdr_vars(
+            &mut self.st,
+            last.as_ref().map(|(a, b)| (a.as_str(), b.as_str())),
+        );
         if matches!(self.role, Role::LoopbackA { .. } | Role::LoopbackB { .. }) {
             self.st.vars.set("is_loopback", "1");
         }

@@ -1,13 +1,13 @@
 //! The `api` / `bgapi` commands the simulator implements (mod_commands'
 //! reply texts), `originate` among them.
 
+use crate::sim::Core;
 use crate::sim::actor::{self, ChanMsg, ExecReq, Role, Spawn};
 use crate::sim::channel::{CState, ChanState, Profile, SnapExtra, Vars};
 use crate::sim::dialstring::{Endpoint, OriginateApp, parse_originate};
 use crate::sim::event::{format_local, now_micros, origin};
 use crate::sim::numberplan;
 use crate::sim::session::LogLine;
-use crate::sim::Core;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::oneshot;
@@ -44,9 +44,9 @@ pub(crate) async fn execute(core: &Arc<Core>, line: &str) -> String {
         },
         "uuid_kill" => match args.first().and_then(|u| core.channel(u)) {
             Some(ch) => {
-                let cause = args
-                    .get(1)
-                    .map_or("NORMAL_CLEARING".to_owned(), |c| crate::sim::channel::normalize_cause(c));
+                let cause = args.get(1).map_or("NORMAL_CLEARING".to_owned(), |c| {
+                    crate::sim::channel::normalize_cause(c)
+                });
                 ch.send(ChanMsg::Hangup(cause)).await;
                 "+OK\n".into()
             }
@@ -59,11 +59,7 @@ pub(crate) async fn execute(core: &Arc<Core>, line: &str) -> String {
         },
         "uuid_setvar" => match (args.first().and_then(|u| core.channel(u)), args.get(1)) {
             (Some(ch), Some(name)) => {
-                let value = arg
-                    .splitn(3, ' ')
-                    .nth(2)
-                    .unwrap_or("")
-                    .to_owned();
+                let value = arg.splitn(3, ' ').nth(2).unwrap_or("").to_owned();
                 ch.send(ChanMsg::SetVar((*name).to_owned(), value)).await;
                 "+OK\n".into()
             }
@@ -115,9 +111,10 @@ pub(crate) fn spawn_bgapi(core: &Arc<Core>, line: String, job: String) {
             Some((c, a)) => (c.to_owned(), Some(a.to_owned())),
             None => (line.clone(), None),
         };
-        let mut e = core2
-            .info
-            .event("BACKGROUND_JOB", origin("mod_event_socket.c", "api_exec", "1572"));
+        let mut e = core2.info.event(
+            "BACKGROUND_JOB",
+            origin("mod_event_socket.c", "api_exec", "1572"),
+        );
         e.push_header("Job-UUID", &job);
         e.push_header("Job-Command", &cmd);
         if let Some(a) = &arg {
@@ -158,7 +155,11 @@ async fn show(core: &Core, arg: &str) -> String {
     if !matches!(what, "channels" | "calls") {
         return "-USAGE: show channels|calls [count|as json]\n".into();
     }
-    let mut snaps: Vec<_> = core.channel_handles().iter().map(|h| h.snapshot()).collect();
+    let mut snaps: Vec<_> = core
+        .channel_handles()
+        .iter()
+        .map(|h| h.snapshot())
+        .collect();
     snaps.sort_by(|a, b| a.uuid.cmp(&b.uuid));
     if what == "calls" {
         snaps.retain(|s| s.bridged_to.is_some());
@@ -204,7 +205,10 @@ async fn uuid_bridge(core: &Core, args: &[&str]) -> String {
         return "-USAGE: <uuid> <other_uuid>\n".into();
     };
     let (Some(ha), Some(hb)) = (core.channel(a), core.channel(b)) else {
-        return format!("-ERR Invalid uuid {}\n", if core.channel(a).is_none() { a } else { b });
+        return format!(
+            "-ERR Invalid uuid {}\n",
+            if core.channel(a).is_none() { a } else { b }
+        );
     };
     let pa = profile(&ha).await;
     let pb = profile(&hb).await;
@@ -223,17 +227,18 @@ async fn uuid_bridge(core: &Core, args: &[&str]) -> String {
     format!("+OK {b}\n")
 }
 
-async fn profile(h: &actor::ChannelHandle) -> Option<(Profile, String)> {
+async fn profile(h: &actor::ChannelHandle) -> Option<Box<(Profile, String)>> {
     let (tx, rx) = oneshot::channel();
     if !h.send(ChanMsg::Profile(tx)).await {
         return None;
     }
-    rx.await.ok()
+    rx.await.ok().map(Box::new)
 }
 
 async fn uuid_record(core: &Core, args: &[&str]) -> String {
     let (Some(u), Some(action), Some(path)) = (args.first(), args.get(1), args.get(2)) else {
-        return "-USAGE: <uuid> [start|stop|mask|unmask] <path> [<limit>] [<recording_vars>]\n".into();
+        return "-USAGE: <uuid> [start|stop|mask|unmask] <path> [<limit>] [<recording_vars>]\n"
+            .into();
     };
     let Some(ch) = core.channel(u) else {
         return "-ERR Cannot locate session!\n".into();
@@ -241,7 +246,10 @@ async fn uuid_record(core: &Core, args: &[&str]) -> String {
     let start = match *action {
         "start" => true,
         "stop" => false,
-        _ => return "-USAGE: <uuid> [start|stop|mask|unmask] <path> [<limit>] [<recording_vars>]\n".into(),
+        _ => {
+            return "-USAGE: <uuid> [start|stop|mask|unmask] <path> [<limit>] [<recording_vars>]\n"
+                .into();
+        }
     };
     let limit = args
         .get(3)
@@ -263,7 +271,15 @@ async fn uuid_record(core: &Core, args: &[&str]) -> String {
     }
 }
 
-fn log(core: &Core, level: u8, file: &'static str, func: &'static str, line: u32, uuid: &str, text: String) {
+fn log(
+    core: &Core,
+    level: u8,
+    file: &'static str,
+    func: &'static str,
+    line: u32,
+    uuid: &str,
+    text: String,
+) {
     let label = match level {
         3 => "ERR",
         4 => "WARNING",
@@ -294,7 +310,15 @@ pub(crate) async fn originate(core: &Arc<Core>, arg: &str) -> String {
     let Ok(o) = parse_originate(arg) else {
         return ORIGINATE_USAGE.into();
     };
-    log(core, 7, "switch_ivr_originate.c", "switch_ivr_originate", 2301, "", "Parsing global variables".into());
+    log(
+        core,
+        7,
+        "switch_ivr_originate.c",
+        "switch_ivr_originate",
+        2301,
+        "",
+        "Parsing global variables".into(),
+    );
     let Some(leg) = o.dial.first() else {
         return ORIGINATE_USAGE.into();
     };
@@ -311,7 +335,15 @@ pub(crate) async fn originate(core: &Arc<Core>, arg: &str) -> String {
             };
             if !known {
                 // mod_sofia: "Invalid Gateway" before any channel exists.
-                log(core, 3, "mod_sofia.c", "sofia_outgoing_channel", 5008, "", format!("Invalid Gateway '{gateway}'"));
+                log(
+                    core,
+                    3,
+                    "mod_sofia.c",
+                    "sofia_outgoing_channel",
+                    5008,
+                    "",
+                    format!("Invalid Gateway '{gateway}'"),
+                );
                 return "-ERR INVALID_GATEWAY\n".into();
             }
         }
@@ -406,7 +438,12 @@ pub(crate) async fn originate(core: &Arc<Core>, arg: &str) -> String {
         vars.set("channel_name", &name);
         vars.set("sip_destination_url", &format!("sip:{number}@{gateway}"));
     } else if codec.is_some() {
-        for (n, v) in [("read_codec", "L16"), ("read_rate", "8000"), ("write_codec", "L16"), ("write_rate", "8000")] {
+        for (n, v) in [
+            ("read_codec", "L16"),
+            ("read_rate", "8000"),
+            ("write_codec", "L16"),
+            ("write_rate", "8000"),
+        ] {
             vars.set(n, v);
         }
         vars.set("channel_name", &name);
@@ -456,7 +493,15 @@ pub(crate) async fn originate(core: &Arc<Core>, arg: &str) -> String {
     let Some((a_handle, a_rx)) = actor::handle_for(core, &a_state, &a_extra) else {
         return "-ERR DESTINATION_OUT_OF_ORDER\n".into();
     };
-    log(core, 5, "switch_channel.c", "switch_channel_set_name", 1142, &uuid, format!("New Channel {name} [{uuid}]"));
+    log(
+        core,
+        5,
+        "switch_channel.c",
+        "switch_channel_set_name",
+        1142,
+        &uuid,
+        format!("New Channel {name} [{uuid}]"),
+    );
     let app = match &o.app {
         OriginateApp::App { name, args } => Some(ExecReq::new(name, args)),
         OriginateApp::Extension(_) => Some(ExecReq::new("park", "")),
@@ -472,7 +517,12 @@ pub(crate) async fn originate(core: &Arc<Core>, arg: &str) -> String {
         b_vars.set("call_uuid", &b_uuid);
         b_vars.set("session_id", &(session_id + 1).to_string());
         b_vars.set("channel_name", &b_name);
-        for (n, v) in [("read_codec", "L16"), ("read_rate", "8000"), ("write_codec", "L16"), ("write_rate", "8000")] {
+        for (n, v) in [
+            ("read_codec", "L16"),
+            ("read_rate", "8000"),
+            ("write_codec", "L16"),
+            ("write_rate", "8000"),
+        ] {
             b_vars.set(n, v);
         }
         if has_uuid {
@@ -593,7 +643,10 @@ pub(crate) async fn originate(core: &Arc<Core>, arg: &str) -> String {
                 "switch_ivr_originate",
                 3807,
                 "",
-                format!("Originate Resulted in Error Cause: {} [{cause}]", crate::sim::channel::q850(&cause)),
+                format!(
+                    "Originate Resulted in Error Cause: {} [{cause}]",
+                    crate::sim::channel::q850(&cause)
+                ),
             );
             format!("-ERR {cause}\n")
         }

@@ -14,7 +14,11 @@ use std::collections::BTreeMap;
 /// Where each channel event type is fired from (from the traces).
 pub(crate) mod at {
     use super::{Origin, origin};
-    pub const CREATE: Origin = origin("switch_core_state_machine.c", "switch_core_session_run", "626");
+    pub const CREATE: Origin = origin(
+        "switch_core_state_machine.c",
+        "switch_core_session_run",
+        "626",
+    );
     pub const ANSWER: Origin = origin(
         "switch_channel.c",
         "switch_channel_perform_mark_answered",
@@ -41,8 +45,7 @@ pub(crate) mod at {
         origin("switch_ivr_play_say.c", "switch_ivr_play_file", "1646");
     pub const PLAYBACK_STOP: Origin =
         origin("switch_ivr_play_say.c", "switch_ivr_play_file", "2020");
-    pub const RECORD_START: Origin =
-        origin("switch_ivr_async.c", "record_callback", "1248");
+    pub const RECORD_START: Origin = origin("switch_ivr_async.c", "record_callback", "1248");
     pub const RECORD_STOP: Origin = origin("switch_ivr_async.c", "record_callback", "1386");
     pub const DTMF: Origin = origin("switch_channel.c", "switch_channel_dequeue_dtmf", "677");
     pub const HANGUP: Origin = origin("switch_channel.c", "switch_channel_perform_hangup", "3445");
@@ -205,7 +208,11 @@ impl Profile {
         h(e, "Channel-Created-Time", &self.channel_created.to_string());
         h(e, "Channel-Answered-Time", &self.answered.to_string());
         h(e, "Channel-Progress-Time", &self.progress.to_string());
-        h(e, "Channel-Progress-Media-Time", &self.progress_media.to_string());
+        h(
+            e,
+            "Channel-Progress-Media-Time",
+            &self.progress_media.to_string(),
+        );
         h(e, "Channel-Hangup-Time", &self.hangup.to_string());
         h(e, "Channel-Transfer-Time", "0");
         h(e, "Channel-Resurrect-Time", "0");
@@ -321,9 +328,10 @@ impl ChanState {
     /// The full channel data: basic block, caller profile, other leg and,
     /// when `with_vars`, every variable.
     pub(crate) fn push_data(&self, e: &mut Event, with_vars: bool) {
-        let hangup_number = self.hangup_cause.as_ref().and_then(|_| {
-            (self.state < CState::Hangup).then_some(CState::Hangup.number())
-        });
+        let hangup_number = self
+            .hangup_cause
+            .as_ref()
+            .and_then(|_| (self.state < CState::Hangup).then_some(CState::Hangup.number()));
         self.push_basic(e, hangup_number);
         self.profile.push(e, "Caller", &self.uuid);
         if let Some(other) = &self.other {
@@ -529,7 +537,8 @@ pub(crate) fn set_cdr_vars(st: &mut ChanState, last_app: Option<(&str, &str)>) {
     st.vars.set("digits_dialed", &digits);
     let stamp = crate::sim::event::format_local;
     st.vars.set("start_stamp", &stamp(p.channel_created));
-    st.vars.set("profile_start_stamp", &stamp(p.profile_created));
+    st.vars
+        .set("profile_start_stamp", &stamp(p.profile_created));
     if p.answered != 0 {
         st.vars.set("answer_stamp", &stamp(p.answered));
     }
@@ -538,7 +547,8 @@ pub(crate) fn set_cdr_vars(st: &mut ChanState, last_app: Option<(&str, &str)>) {
     }
     st.vars.set("end_stamp", &stamp(end));
     let pair = |st: &mut ChanState, name: &str, us: u64| {
-        st.vars.set(&format!("{name}_epoch"), &(us / 1_000_000).to_string());
+        st.vars
+            .set(&format!("{name}_epoch"), &(us / 1_000_000).to_string());
         st.vars.set(&format!("{name}_uepoch"), &us.to_string());
     };
     pair(st, "start", p.channel_created);
@@ -562,11 +572,25 @@ pub(crate) fn set_cdr_vars(st: &mut ChanState, last_app: Option<(&str, &str)>) {
         None => p.caller_id_number.clone(),
     };
     st.vars.set("caller_id", &cid);
-    let since = |from: u64| if from == 0 { 0 } else { end.saturating_sub(from) };
+    let since = |from: u64| {
+        if from == 0 {
+            0
+        } else {
+            end.saturating_sub(from)
+        }
+    };
     let dur = end.saturating_sub(p.channel_created);
     let bill = since(p.answered);
-    let progress = if p.progress == 0 { 0 } else { p.progress.saturating_sub(p.channel_created) };
-    let answer = if p.answered == 0 { 0 } else { p.answered.saturating_sub(p.channel_created) };
+    let progress = if p.progress == 0 {
+        0
+    } else {
+        p.progress.saturating_sub(p.channel_created)
+    };
+    let answer = if p.answered == 0 {
+        0
+    } else {
+        p.answered.saturating_sub(p.channel_created)
+    };
     let media = if p.progress_media == 0 {
         0
     } else {

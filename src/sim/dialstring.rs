@@ -161,7 +161,10 @@ pub fn separate(input: &str, sep: char) -> Vec<String> {
     let mut any = false;
     while let Some(c) = chars.next() {
         match c {
-            '\\' if chars.peek().is_some_and(|&n| n == sep || n == '\'' || n == '\\') => {
+            '\\' if chars
+                .peek()
+                .is_some_and(|&n| n == sep || n == '\'' || n == '\\') =>
+            {
                 if let Some(n) = chars.next() {
                     cur.push(n);
                 }
@@ -325,7 +328,11 @@ pub fn parse_originate(args: &str) -> Result<Originate, DialError> {
     let argv = separate(args.trim(), ' ');
     let dial = parse_dial(argv.first().ok_or(DialError::Empty)?)?;
     let app = parse_app(argv.get(1).map_or("park", |s| s.as_str()));
-    let opt = |i: usize| argv.get(i).filter(|s| !s.is_empty() && *s != "undef").cloned();
+    let opt = |i: usize| {
+        argv.get(i)
+            .filter(|s| !s.is_empty() && *s != "undef")
+            .cloned()
+    };
     Ok(Originate {
         dial,
         app,
@@ -377,10 +384,9 @@ mod tests {
 
     #[test]
     fn quoted_socket_app_is_one_argument() {
-        let o = parse_originate(
-            "sofia/gateway/gw/15551234567 '&socket(127.0.0.1:8084 async full)'",
-        )
-        .unwrap();
+        let o =
+            parse_originate("sofia/gateway/gw/15551234567 '&socket(127.0.0.1:8084 async full)'")
+                .unwrap();
         assert_eq!(
             o.app,
             OriginateApp::App {
@@ -400,8 +406,10 @@ mod tests {
 
     #[test]
     fn unquoted_socket_app_splits_on_spaces_like_trace_07() {
-        let o = parse_originate("loopback/answer-park/redswitch-test &socket(127.0.0.1:8084 async full)")
-            .unwrap();
+        let o = parse_originate(
+            "loopback/answer-park/redswitch-test &socket(127.0.0.1:8084 async full)",
+        )
+        .unwrap();
         assert_eq!(
             o.app,
             OriginateApp::App {
@@ -415,18 +423,28 @@ mod tests {
 
     #[test]
     fn quoted_values_keep_commas_and_spaces() {
-        let d = parse_dial("{origination_caller_id_name='Doe, John',a=b}[x='1 2']user/1000").unwrap();
-        assert_eq!(d.global[0], ("origination_caller_id_name".into(), "Doe, John".into()));
+        let d =
+            parse_dial("{origination_caller_id_name='Doe, John',a=b}[x='1 2']user/1000").unwrap();
+        assert_eq!(
+            d.global[0],
+            ("origination_caller_id_name".into(), "Doe, John".into())
+        );
         let leg = d.first().unwrap();
         assert_eq!(leg.vars, vec![("x".into(), "1 2".into())]);
-        assert_eq!(leg.endpoint, Endpoint::User { number: "1000".into() });
+        assert_eq!(
+            leg.endpoint,
+            Endpoint::User {
+                number: "1000".into()
+            }
+        );
         assert_eq!(d.var(leg, "a"), Some("b"));
     }
 
     #[test]
     fn comma_injection_behaves_as_in_freeswitch() {
         // Inside a variable block a comma starts a new (hook) variable.
-        let d = parse_dial("{origination_caller_id_number=1555,execute_on_answer=x}user/1").unwrap();
+        let d =
+            parse_dial("{origination_caller_id_number=1555,execute_on_answer=x}user/1").unwrap();
         assert_eq!(d.global[1], ("execute_on_answer".into(), "x".into()));
         // Outside, it starts a second leg rung at the same time.
         let d = parse_dial("sofia/gateway/gw/1555,execute_on_answer=x").unwrap();
@@ -446,17 +464,28 @@ mod tests {
     fn endpoints() {
         assert_eq!(
             parse_endpoint("loopback/1555"),
-            Endpoint::Loopback { number: "1555".into(), context: "default".into() }
+            Endpoint::Loopback {
+                number: "1555".into(),
+                context: "default".into()
+            }
         );
         assert_eq!(
             parse_endpoint("error/USER_BUSY"),
-            Endpoint::Error { cause: "USER_BUSY".into() }
+            Endpoint::Error {
+                cause: "USER_BUSY".into()
+            }
         );
         assert_eq!(
             parse_endpoint("sofia/external/sip:1555@example.com"),
-            Endpoint::Sofia { profile: "external".into(), number: "1555".into() }
+            Endpoint::Sofia {
+                profile: "external".into(),
+                number: "1555".into()
+            }
         );
-        assert!(matches!(parse_endpoint("iax/foo"), Endpoint::Unsupported(_)));
+        assert!(matches!(
+            parse_endpoint("iax/foo"),
+            Endpoint::Unsupported(_)
+        ));
     }
 
     #[test]

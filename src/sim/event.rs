@@ -125,7 +125,9 @@ pub(crate) fn event_id(name: &str) -> Option<usize> {
         .get(..13)
         .filter(|p| p.eq_ignore_ascii_case("SWITCH_EVENT_"))
         .map_or(name, |_| &name[13..]);
-    EVENT_NAMES.iter().position(|n| n.eq_ignore_ascii_case(name))
+    EVENT_NAMES
+        .iter()
+        .position(|n| n.eq_ignore_ascii_case(name))
 }
 
 /// Microseconds since the epoch, FreeSWITCH's `Event-Date-Timestamp`.

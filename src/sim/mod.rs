@@ -294,10 +294,7 @@ impl Simulator {
         core.tasks
             .spawn(async move { server::run(listener, task_core).await });
         Ok(SimHandle {
-            inner: Arc::new(HandleInner {
-                core,
-                addr,
-            }),
+            inner: Arc::new(HandleInner { core, addr }),
         })
     }
 }

@@ -82,7 +82,10 @@ mod tests {
     #[test]
     fn plan_by_prefix() {
         assert_eq!(outcome("15554860000"), Outcome::Reject("USER_BUSY"));
-        assert_eq!(outcome("+15554041234"), Outcome::Reject("UNALLOCATED_NUMBER"));
+        assert_eq!(
+            outcome("+15554041234"),
+            Outcome::Reject("UNALLOCATED_NUMBER")
+        );
         assert_eq!(outcome("1555408"), Outcome::RingForever);
         assert_eq!(
             outcome("15554870001"),
@@ -101,7 +104,10 @@ mod tests {
     #[test]
     fn test_extensions_only_in_their_context() {
         assert_eq!(extension("busy", "redswitch-test"), Extension::Busy);
-        assert_eq!(extension("busy", "default"), Extension::Plan(Outcome::Answer));
+        assert_eq!(
+            extension("busy", "default"),
+            Extension::Plan(Outcome::Answer)
+        );
         assert_eq!(
             extension("15554861", "default"),
             Extension::Plan(Outcome::Reject("USER_BUSY"))

@@ -19,7 +19,13 @@ use tokio::net::TcpStream;
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Connects for `channel` in the background.
-pub(crate) fn spawn(core: Arc<Core>, channel: ChannelHandle, addr: String, asynchronous: bool, full: bool) {
+pub(crate) fn spawn(
+    core: Arc<Core>,
+    channel: ChannelHandle,
+    addr: String,
+    asynchronous: bool,
+    full: bool,
+) {
     let tasks = core.tasks.clone();
     tasks.spawn(async move {
         let target = if addr.contains(':') {

@@ -24,7 +24,8 @@ use tokio_util::codec::FramedRead;
 use tokio_util::sync::CancellationToken;
 
 /// The goodbye body FreeSWITCH sends with its last disconnect notice.
-pub(crate) const GOODBYE: &str = "Disconnected, goodbye.\nSee you at ClueCon! http://www.cluecon.com/\n";
+pub(crate) const GOODBYE: &str =
+    "Disconnected, goodbye.\nSee you at ClueCon! http://www.cluecon.com/\n";
 /// The body of the notice sent when the switch shuts down.
 const SHUTDOWN_MSG: &str = "The system is being shut down.\n";
 
@@ -91,10 +92,7 @@ impl Subscription {
         let mut send = self.has(EVENT_ALL)
             || (self.has(ev.id)
                 && (ev.id != EVENT_CUSTOM
-                    || ev
-                        .event
-                        .subclass()
-                        .is_none_or(|s| self.custom.contains(s))));
+                    || ev.event.subclass().is_none_or(|s| self.custom.contains(s))));
         if send && !self.filters.is_empty() {
             send = false;
             for (name, value) in &self.filters {
@@ -451,11 +449,7 @@ impl Session {
             return;
         }
         let t = self.linger.unwrap_or(-1);
-        let name = self
-            .channel
-            .as_ref()
-            .map(|c| c.name())
-            .unwrap_or_default();
+        let name = self.channel.as_ref().map(|c| c.name()).unwrap_or_default();
         let uuid = self.session_uuid().unwrap_or_default().to_owned();
         self.out.extend_from_slice(
             format!(
@@ -466,12 +460,14 @@ impl Session {
         if t >= 0 {
             // FreeSWITCH checks whole seconds against its clock, so the close
             // comes between N and N+1 s after the notice (traces: N + ~0.4 s).
-            self.linger_deadline = Some(Instant::now() + Duration::from_millis(t as u64 * 1000 + 300));
+            self.linger_deadline =
+                Some(Instant::now() + Duration::from_millis(t as u64 * 1000 + 300));
         }
     }
 
     fn reply(&mut self, text: &str) {
-        self.out.extend_from_slice(b"Content-Type: command/reply\nReply-Text: ");
+        self.out
+            .extend_from_slice(b"Content-Type: command/reply\nReply-Text: ");
         self.out.extend_from_slice(text.as_bytes());
         self.out.extend_from_slice(b"\n\n");
     }
@@ -488,9 +484,10 @@ impl Session {
             return After::Stop;
         }
         if !self.authed {
-            if let Some(pass) = cmd.strip_prefix("auth ").or_else(|| {
-                starts("auth ").then(|| &cmd[5..])
-            }) {
+            if let Some(pass) = cmd
+                .strip_prefix("auth ")
+                .or_else(|| starts("auth ").then(|| &cmd[5..]))
+            {
                 if pass == self.core.cfg.password {
                     self.authed = true;
                     self.reply("+OK accepted");
@@ -585,7 +582,11 @@ impl Session {
                 body
             };
             self.out.extend_from_slice(
-                format!("Content-Type: api/response\nContent-Length: {}\n\n", body.len()).as_bytes(),
+                format!(
+                    "Content-Type: api/response\nContent-Length: {}\n\n",
+                    body.len()
+                )
+                .as_bytes(),
             );
             self.out.extend_from_slice(body.as_bytes());
         } else if starts("bgapi ") {
@@ -603,7 +604,9 @@ impl Session {
             self.reply(&reply);
         } else if starts("linger") {
             let reply = if self.channel.is_some() {
-                let arg = cmd.get(7..).filter(|_| cmd.as_bytes().get(6) == Some(&b' '));
+                let arg = cmd
+                    .get(7..)
+                    .filter(|_| cmd.as_bytes().get(6) == Some(&b' '));
                 match arg.filter(|a| !a.is_empty()) {
                     Some(a) => {
                         let n = atoi(a);
@@ -669,7 +672,9 @@ impl Session {
             None => (rest.to_owned(), None),
         };
         let mut sub = lock(&self.entry.sub);
-        if name.eq_ignore_ascii_case("delete") && let Some(v) = val.take() {
+        if name.eq_ignore_ascii_case("delete")
+            && let Some(v) = val.take()
+        {
             let (n, v) = match v.split_once(' ') {
                 Some((n, v)) => (n.to_owned(), Some(v.to_owned())),
                 None => (v, None),
@@ -930,7 +935,10 @@ impl Session {
             self.reply("+OK");
             return After::Continue;
         }
-        match (!uuid.is_empty()).then(|| self.core.channel(&uuid)).flatten() {
+        match (!uuid.is_empty())
+            .then(|| self.core.channel(&uuid))
+            .flatten()
+        {
             Some(ch) => {
                 ch.send(ChanMsg::Private(msg, None)).await;
                 self.reply("+OK");

@@ -36,7 +36,9 @@ fn tone_length(spec: &str) -> PlayLength {
             loops = n.trim().parse().unwrap_or(1);
         } else if let Some(inner) = part.strip_prefix("%(") {
             let inner = inner.strip_suffix(')').unwrap_or(inner);
-            let mut nums = inner.split(',').map(|n| n.trim().parse::<u64>().unwrap_or(0));
+            let mut nums = inner
+                .split(',')
+                .map(|n| n.trim().parse::<u64>().unwrap_or(0));
             per_loop_ms += nums.next().unwrap_or(0) + nums.next().unwrap_or(0);
         }
     }
@@ -62,7 +64,13 @@ pub fn play_length(what: &str, media_dir: Option<&Path>, file_time: Duration) ->
         return tone_length(spec);
     }
     if let Some(ms) = what.strip_prefix("silence_stream://") {
-        let ms: i64 = ms.split(',').next().unwrap_or("0").trim().parse().unwrap_or(0);
+        let ms: i64 = ms
+            .split(',')
+            .next()
+            .unwrap_or("0")
+            .trim()
+            .parse()
+            .unwrap_or(0);
         return if ms < 0 {
             PlayLength::Forever
         } else {
@@ -149,7 +157,10 @@ mod tests {
             play_length("silence_stream://250", None, f),
             PlayLength::For(Duration::from_millis(250))
         );
-        assert_eq!(play_length("/definitely/not/here.wav", None, f), PlayLength::NotFound);
+        assert_eq!(
+            play_length("/definitely/not/here.wav", None, f),
+            PlayLength::NotFound
+        );
         assert_eq!(play_length("hello.wav", None, f), PlayLength::For(f));
         assert_eq!(file_type("tone_stream://x"), "tone_stream");
         assert_eq!(file_type("a/b.wav"), "wav");
