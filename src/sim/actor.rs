@@ -111,7 +111,7 @@ pub(crate) enum ChanMsg {
     /// `uuid_bridge`: become bridged to `other`.
     Bridge {
         other: ChannelHandle,
-        other_profile: Option<(crate::sim::channel::Profile, String)>,
+        other_profile: Option<Box<(crate::sim::channel::Profile, String)>>,
         originator: bool,
     },
     /// Profile exchange for a bridge.
@@ -1130,7 +1130,7 @@ impl Actor {
                         let mine = (self.st.profile.clone(), self.st.uuid.clone());
                         other.try_send(ChanMsg::Bridge {
                             other: self.me.clone(),
-                            other_profile: Some(mine),
+                            other_profile: Some(Box::new(mine)),
                             originator: false,
                         });
                         self.bridge(other, None, true);
@@ -1196,17 +1196,14 @@ impl Actor {
                     .vars
                     .set("current_application_response", "FILE PLAYED");
             }
-            Kind::Park | Kind::Socket => {
-                if matches!(frame.kind, Kind::Park) || self.socket.as_ref().is_some_and(|s| s.1) {
-                    self.fire("CHANNEL_UNPARK", at::UNPARK, &[], &[]);
-                }
+            // A static socket never parked, so it does not unpark.
+            Kind::Park | Kind::Socket
+                if matches!(frame.kind, Kind::Park)
+                    || self.socket.as_ref().is_some_and(|s| s.1) =>
+            {
+                self.fire("CHANNEL_UNPARK", at::UNPARK, &[], &[]);
             }
-            Kind::Eavesdrop => {
-                if let Some(t) = self.core.channel(&frame.arg) {
-                    let _ = t;
-                }
-                self.extra.eavesdrop = None;
-            }
+            Kind::Eavesdrop => self.extra.eavesdrop = None,
             Kind::Record { path, started, .. } => {
                 let ms = started.elapsed().as_millis() as u64;
                 let stereo = self.st.vars.get("RECORD_STEREO").is_some_and(is_true);
@@ -1428,7 +1425,7 @@ impl Actor {
     fn bridge(
         &mut self,
         other: ChannelHandle,
-        other_profile: Option<(crate::sim::channel::Profile, String)>,
+        other_profile: Option<Box<(crate::sim::channel::Profile, String)>>,
         originator: bool,
     ) {
         if self.hung_up() {
@@ -1450,7 +1447,7 @@ impl Actor {
             self.st.state = s;
             self.fire("CHANNEL_STATE", at::STATE, &[], &[]);
         }
-        self.st.other = other_profile.map(|(profile, uuid)| OtherLeg {
+        self.st.other = other_profile.map(|b| *b).map(|(profile, uuid)| OtherLeg {
             kind: if originator {
                 "originatee"
             } else {
@@ -1569,9 +1566,7 @@ impl Actor {
                 h.try_send(ChanMsg::EavesdropGone(me.clone()));
             }
         }
-        if let Some(ed) = self.extra.eavesdrop.take()
-            && let Some(_t) = self.core.channel(&ed.target)
-        {}
+        self.extra.eavesdrop = None;
         self.stop_media_bug();
         while !self.stack.is_empty() {
             self.finish_top(true);

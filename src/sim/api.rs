@@ -227,12 +227,12 @@ async fn uuid_bridge(core: &Core, args: &[&str]) -> String {
     format!("+OK {b}\n")
 }
 
-async fn profile(h: &actor::ChannelHandle) -> Option<(Profile, String)> {
+async fn profile(h: &actor::ChannelHandle) -> Option<Box<(Profile, String)>> {
     let (tx, rx) = oneshot::channel();
     if !h.send(ChanMsg::Profile(tx)).await {
         return None;
     }
-    rx.await.ok()
+    rx.await.ok().map(Box::new)
 }
 
 async fn uuid_record(core: &Core, args: &[&str]) -> String {
