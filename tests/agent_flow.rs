@@ -18,12 +18,20 @@ async fn happy_path_bridges_and_hangs_up_on_control() {
     f.expect("call-start").await;
     f.expect_where("answer-event", |v| v["side"] == 0).await;
     f.expect_where("answer-event", |v| v["side"] == 1).await;
-    let caller = stack.wait_leg(&dial_id, 0, "bridged", |c| c.bridged_to.is_some()).await;
+    let caller = stack
+        .wait_leg(&dial_id, 0, "bridged", |c| c.bridged_to.is_some())
+        .await;
     let callee = stack.leg(&dial_id, 1).expect("callee leg");
     assert_eq!(caller.bridged_to.as_deref(), Some(callee.uuid.as_str()));
     assert_eq!(caller.caller_id_number, "15550000001");
     assert_eq!(callee.caller_id_number, "15550000002");
-    assert_eq!(caller.variables.get("app_disable_expand_variables").map(String::as_str), Some("true"));
+    assert_eq!(
+        caller
+            .variables
+            .get("app_disable_expand_variables")
+            .map(String::as_str),
+        Some("true")
+    );
 
     let active_key = format!("redswitch.{dial_id}.org1.user1");
     let mut active = stack.lrange(&active_key).await;
@@ -32,8 +40,14 @@ async fn happy_path_bridges_and_hangs_up_on_control() {
 
     stack.publish(&dial_id, r#"{"type":"hangup"}"#).await;
     f.expect_where("ack", |v| v["event"] == "hangup").await;
-    f.expect_where("hangup-event", |v| v["side"] == 0 && v["cause"] == "NORMAL_CLEARING").await;
-    f.expect_where("hangup-event", |v| v["side"] == 1 && v["cause"] == "NORMAL_CLEARING").await;
+    f.expect_where("hangup-event", |v| {
+        v["side"] == 0 && v["cause"] == "NORMAL_CLEARING"
+    })
+    .await;
+    f.expect_where("hangup-event", |v| {
+        v["side"] == 1 && v["cause"] == "NORMAL_CLEARING"
+    })
+    .await;
     f.drain(Duration::from_millis(300)).await;
     assert_eq!(f.count("hangup-event"), 2, "{:#?}", f.seen);
     assert!(stack.lrange(&active_key).await.is_empty());
@@ -46,7 +60,10 @@ async fn happy_path_bridges_and_hangs_up_on_control() {
         .map(|s| serde_json::from_str(s).unwrap())
         .collect();
     assert_eq!(history, f.seen);
-    assert_eq!(history[0], json!({"type": "call-start", "dial_id": dial_id}));
+    assert_eq!(
+        history[0],
+        json!({"type": "call-start", "dial_id": dial_id})
+    );
 
     // A second hangup for the ended call gets an error, not silence.
     stack.publish(&dial_id, r#"{"type":"hangup"}"#).await;
@@ -60,7 +77,10 @@ async fn busy_callee_ends_both_sides() {
     let mut f = stack.push(&job("15105625882", "15554861234")).await;
     f.expect("call-start").await;
     f.expect_where("answer-event", |v| v["side"] == 0).await;
-    f.expect_where("hangup-event", |v| v["side"] == 1 && v["cause"] == "USER_BUSY").await;
+    f.expect_where("hangup-event", |v| {
+        v["side"] == 1 && v["cause"] == "USER_BUSY"
+    })
+    .await;
     f.expect_where("hangup-event", |v| v["side"] == 0).await;
     f.drain(Duration::from_millis(300)).await;
     assert_eq!(f.count("hangup-event"), 2, "{:#?}", f.seen);
@@ -73,7 +93,10 @@ async fn caller_who_never_answers_gets_no_answer() {
     let stack = Stack::start(1).await;
     let mut f = stack.push(&job("15554081234", "14157697098")).await;
     f.expect("call-start").await;
-    f.expect_where("hangup-event", |v| v["side"] == 0 && v["cause"] == "NO_ANSWER").await;
+    f.expect_where("hangup-event", |v| {
+        v["side"] == 0 && v["cause"] == "NO_ANSWER"
+    })
+    .await;
     f.drain(Duration::from_millis(300)).await;
     assert_eq!(f.count("hangup-event"), 1, "{:#?}", f.seen);
     assert_eq!(f.count("answer-event"), 0);
@@ -85,7 +108,10 @@ async fn far_end_hangup_ends_the_call() {
     let stack = Stack::start(1).await;
     let mut f = stack.push(&job("15105625882", "15554871234")).await;
     f.expect_where("answer-event", |v| v["side"] == 1).await;
-    f.expect_where("hangup-event", |v| v["side"] == 1 && v["cause"] == "NORMAL_CLEARING").await;
+    f.expect_where("hangup-event", |v| {
+        v["side"] == 1 && v["cause"] == "NORMAL_CLEARING"
+    })
+    .await;
     f.expect_where("hangup-event", |v| v["side"] == 0).await;
     stack.stop().await;
 }
@@ -93,7 +119,9 @@ async fn far_end_hangup_ends_the_call() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unknown_gateway_is_a_failure_and_nothing_rings() {
     let stack = Stack::start(1).await;
-    let mut f = stack.push(&job_with("15105625882", "14157697098", "nonexistent")).await;
+    let mut f = stack
+        .push(&job_with("15105625882", "14157697098", "nonexistent"))
+        .await;
     let failure = f.expect("failure").await;
     assert!(failure["cause"].as_str().unwrap().len() > 2, "{failure}");
     f.drain(Duration::from_millis(300)).await;
@@ -112,7 +140,10 @@ async fn hangup_while_ringing_cancels_with_originator_cancel() {
     stack.wait_leg(&dial_id, 1, "ringing", |_| true).await;
     stack.publish(&dial_id, r#"{"type":"hangup"}"#).await;
     f.expect_where("ack", |v| v["event"] == "hangup").await;
-    f.expect_where("hangup-event", |v| v["side"] == 1 && v["cause"] == "ORIGINATOR_CANCEL").await;
+    f.expect_where("hangup-event", |v| {
+        v["side"] == 1 && v["cause"] == "ORIGINATOR_CANCEL"
+    })
+    .await;
     f.expect_where("hangup-event", |v| v["side"] == 0).await;
     stack.stop().await;
 }

@@ -187,5 +187,4 @@ mod tests {
         assert_eq!(a.format, WireFormat::Plain);
         assert!(a.filter.is_empty());
     }
-
 }

@@ -23,7 +23,12 @@ pub struct Stack {
     pub media: tempfile::TempDir,
 }
 
-pub fn agent_config(redis_url: &str, sim: &SimHandle, recordings: &std::path::Path, media: &std::path::Path) -> AgentConfig {
+pub fn agent_config(
+    redis_url: &str,
+    sim: &SimHandle,
+    recordings: &std::path::Path,
+    media: &std::path::Path,
+) -> AgentConfig {
     let listen = SocketAddr::from(([127, 0, 0, 1], 0));
     AgentConfig {
         esl_addr: sim.esl_addr().to_string(),
@@ -66,7 +71,14 @@ impl Stack {
             let config = agent_config(&redis.url(), &sim, recordings.path(), media.path());
             started.push(Agent::start(config, cancel.child_token()).await.unwrap());
         }
-        Self { redis, sim, agents: started, cancel, recordings, media }
+        Self {
+            redis,
+            sim,
+            agents: started,
+            cancel,
+            recordings,
+            media,
+        }
     }
 
     pub async fn redis(&self) -> redis::aio::MultiplexedConnection {
@@ -87,17 +99,33 @@ impl Stack {
 
     pub async fn push_raw(&self, raw: &str) {
         let mut con = self.redis().await;
-        redis::cmd("RPUSH").arg(JOBS).arg(raw).query_async::<()>(&mut con).await.unwrap();
+        redis::cmd("RPUSH")
+            .arg(JOBS)
+            .arg(raw)
+            .query_async::<()>(&mut con)
+            .await
+            .unwrap();
     }
 
     pub async fn publish(&self, dial_id: &str, msg: &str) {
         let mut con = self.redis().await;
-        redis::cmd("PUBLISH").arg(dial_id).arg(msg).query_async::<()>(&mut con).await.unwrap();
+        redis::cmd("PUBLISH")
+            .arg(dial_id)
+            .arg(msg)
+            .query_async::<()>(&mut con)
+            .await
+            .unwrap();
     }
 
     pub async fn lrange(&self, key: &str) -> Vec<String> {
         let mut con = self.redis().await;
-        redis::cmd("LRANGE").arg(key).arg(0).arg(-1).query_async(&mut con).await.unwrap()
+        redis::cmd("LRANGE")
+            .arg(key)
+            .arg(0)
+            .arg(-1)
+            .query_async(&mut con)
+            .await
+            .unwrap()
     }
 
     /// The live simulator channel whose variable `redswitch_side` is `side`
@@ -110,7 +138,13 @@ impl Stack {
         })
     }
 
-    pub async fn wait_leg<F: Fn(&ChannelSnapshot) -> bool>(&self, dial_id: &str, side: u8, what: &str, check: F) -> ChannelSnapshot {
+    pub async fn wait_leg<F: Fn(&ChannelSnapshot) -> bool>(
+        &self,
+        dial_id: &str,
+        side: u8,
+        what: &str,
+        check: F,
+    ) -> ChannelSnapshot {
         let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
         loop {
             if let Some(c) = self.leg(dial_id, side)
@@ -118,7 +152,11 @@ impl Stack {
             {
                 return c;
             }
-            assert!(tokio::time::Instant::now() < deadline, "timed out waiting for side {side} of {dial_id}: {what}; channels: {:#?}", self.sim.channels());
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "timed out waiting for side {side} of {dial_id}: {what}; channels: {:#?}",
+                self.sim.channels()
+            );
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }
@@ -126,7 +164,9 @@ impl Stack {
     pub async fn stop(self) {
         self.cancel.cancel();
         for agent in self.agents {
-            tokio::time::timeout(Duration::from_secs(10), agent.stopped()).await.expect("agent stops");
+            tokio::time::timeout(Duration::from_secs(10), agent.stopped())
+                .await
+                .expect("agent stops");
         }
         self.sim.shutdown().await;
     }
@@ -174,7 +214,11 @@ impl Follower {
                 }
             }
         });
-        Self { dial_id: dial_id.to_owned(), rx, seen: Vec::new() }
+        Self {
+            dial_id: dial_id.to_owned(),
+            rx,
+            seen: Vec::new(),
+        }
     }
 
     /// The next message of `type` (others are kept in `seen`); panics after
@@ -193,7 +237,10 @@ impl Follower {
                         return v;
                     }
                 }
-                _ => panic!("no {kind:?} on {} within 10 s; seen: {:#?}", self.dial_id, self.seen),
+                _ => panic!(
+                    "no {kind:?} on {} within 10 s; seen: {:#?}",
+                    self.dial_id, self.seen
+                ),
             }
         }
     }
