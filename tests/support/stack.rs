@@ -245,6 +245,28 @@ impl Follower {
         }
     }
 
+    /// Waits until each of `sides` has had its `hangup-event` (in any
+    /// order) and returns their causes, by side.
+    pub async fn hangups(&mut self, sides: &[u64]) -> std::collections::BTreeMap<u64, String> {
+        let mut causes = std::collections::BTreeMap::new();
+        for v in &self.seen {
+            if v["type"] == "hangup-event" {
+                causes.insert(
+                    v["side"].as_u64().unwrap(),
+                    v["cause"].as_str().unwrap().to_owned(),
+                );
+            }
+        }
+        while !sides.iter().all(|s| causes.contains_key(s)) {
+            let v = self.expect("hangup-event").await;
+            causes.insert(
+                v["side"].as_u64().unwrap(),
+                v["cause"].as_str().unwrap().to_owned(),
+            );
+        }
+        causes
+    }
+
     /// Collects everything that arrives within `quiet` of the last message.
     pub async fn drain(&mut self, quiet: Duration) -> Vec<Value> {
         let mut out = Vec::new();
