@@ -115,8 +115,7 @@ pub async fn run_to<W: Write>(
         };
         drop(frame);
         first.get_or_insert_with(Instant::now);
-        serde_json::to_writer(&mut out, &event).map_err(std::io::Error::from)?;
-        out.write_all(b"\n")?;
+        event.write_json_line(&mut out)?;
         printed += 1;
     }
     out.flush()?;
