@@ -309,6 +309,18 @@ async fn send_dtmf_reaches_the_far_end() {
     stack.stop().await;
 }
 
+/// Waits for a WAV file and checks it is stereo (both parties, SPEC §5).
+async fn wav_written(path: &std::path::Path) {
+    support::wait_until(&format!("{path:?} written"), Duration::from_secs(3), || {
+        let p = path.to_owned();
+        async move { std::fs::metadata(&p).is_ok_and(|m| m.len() >= 44) }
+    })
+    .await;
+    let wav = std::fs::read(path).unwrap();
+    assert_eq!(&wav[..4], b"RIFF");
+    assert_eq!(u16::from_le_bytes([wav[22], wav[23]]), 2, "stereo");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn record_and_stop_record_write_the_file() {
     let stack = Stack::start(1).await;
@@ -335,7 +347,10 @@ async fn record_and_stop_record_write_the_file() {
     stack
         .wait_leg(&dial_id, 0, "not recording", |c| c.recording.is_none())
         .await;
-    assert!(path.exists(), "{path:?} was not written");
+    // Simulator gap: FreeSWITCH opens the file when the recording starts
+    // and has closed it when `uuid_record … stop` returns; the simulator
+    // writes the whole file from a task spawned at stop, so wait for it.
+    wav_written(&path).await;
     assert!(!stack.recordings.path().join("rec-2.wav").exists());
 
     // A recording still running at hangup ends with the call.
@@ -353,11 +368,7 @@ async fn record_and_stop_record_write_the_file() {
     f.hangups(&[0, 1]).await;
     exactly_one_answer_each(&mut f, 6).await;
     assert_eq!(f.count("record-done-event"), 2);
-    support::wait_until("rec-3 written", Duration::from_secs(3), || {
-        let p = path3.clone();
-        async move { p.exists() }
-    })
-    .await;
+    wav_written(&path3).await;
     stack.stop().await;
 }
 
