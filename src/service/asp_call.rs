@@ -43,6 +43,10 @@ use tokio_util::sync::CancellationToken;
 /// until broken).
 pub const RINGBACK: &str = "tone_stream://%(2000,4000,440,480);loops=-1";
 
+/// The `failure` cause of a job whose `dial_id` belongs to a call still
+/// live on this instance.
+pub const DIAL_ID_IN_USE: &str = "dial_id already has an active call on this instance";
+
 /// Settings of the flow that come from the command line.
 #[derive(Debug, Clone)]
 pub struct CallSettings {
@@ -77,6 +81,10 @@ impl Default for CallSettings {
 pub struct NotAttempted {
     /// The `cause` of the `failure` event.
     pub cause: String,
+    /// The job itself was refused (its `dial_id` belongs to a live call),
+    /// rather than FreeSWITCH refusing the call: it is kept on the
+    /// dead-letter list like a bad job.
+    pub refused: bool,
 }
 
 /// The dial string for `number` through `provider`.
@@ -263,13 +271,12 @@ impl AspCall {
         let control = match router.subscribe(&job.dial_id).await {
             Ok(sub) => Some(sub),
             Err(RouterError::InUse(_)) => {
-                // Two live calls on one channel would take each other's
-                // control messages: refuse the newcomer.
-                return Err(fail(
-                    &events,
-                    "dial_id already has an active call on this instance",
-                )
-                .await);
+                // Two live calls on one channel would both obey (and both
+                // answer) every control message: the newcomer is refused,
+                // the live call goes on untouched.
+                let mut refused = fail(&events, DIAL_ID_IN_USE).await;
+                refused.refused = true;
+                return Err(refused);
             }
             Err(error) => {
                 // Without pub/sub the call still works; it just cannot be
@@ -750,6 +757,7 @@ async fn fail(events: &CallEvents, cause: &str) -> NotAttempted {
     }
     NotAttempted {
         cause: cause.to_owned(),
+        refused: false,
     }
 }
 
