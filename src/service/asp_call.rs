@@ -24,8 +24,15 @@
 //! barger at a time. `play`, `stop-media`, `send-dtmf`, `record` and
 //! `stop-record` act on the answered sides; one recording at a time (a
 //! second `record` is an `error` while one runs). DTMF pressed on side 0 or
-//! 1 is published as `dtmf-event`; the barger's keys are eavesdrop
-//! controls and are not published.
+//! 1 is published as `dtmf-event`, one event per digit as FreeSWITCH
+//! reports them (`1234#` is five events; a controller joins them); the
+//! barger's keys are eavesdrop controls and are not published.
+//!
+//! `stop-media` ends the whole playlist of a side (`media-done-event`
+//! `stopped`), not just the file playing; a new `play` on a side replaces
+//! the one running there, which ends `stopped`. A play still running when
+//! the call ends reports `hangup`. An event a control message brings about
+//! (`record-done-event` of `stop-record`) is published after its `ack`.
 
 use crate::esl::Event as FsEvent;
 use crate::service::control::{ControlMessage, ControlRouter, PlaySide, RouterError, Subscription};
