@@ -18,8 +18,11 @@ use tokio::time::timeout;
 #[derive(Debug, thiserror::Error)]
 pub enum ToolError {
     /// The Redis URL does not parse.
-    #[error("invalid Redis URL: {0}")]
-    BadUrl(redis::RedisError),
+    #[error("invalid Redis URL {0:?}: {1}")]
+    BadUrl(String, redis::RedisError),
+    /// Redis refused the connection or could not be found.
+    #[error("cannot reach Redis at {0}: {1}")]
+    Unreachable(String, redis::RedisError),
     /// Redis did not answer within `--redis-timeout`.
     #[error("Redis at {0} did not answer within {1:?}")]
     Timeout(String, Duration),
@@ -69,11 +72,12 @@ pub fn redacted(url: &str) -> String {
 }
 
 async fn client(url: &str, wait: Duration) -> Result<redis::Client, ToolError> {
-    let client = redis::Client::open(url).map_err(ToolError::BadUrl)?;
+    let client = redis::Client::open(url).map_err(|e| ToolError::BadUrl(redacted(url), e))?;
     // Check reachability now, so an unreachable Redis is one clear line.
     let mut con = timeout(wait, client.get_multiplexed_async_connection())
         .await
-        .map_err(|_| ToolError::Timeout(redacted(url), wait))??;
+        .map_err(|_| ToolError::Timeout(redacted(url), wait))?
+        .map_err(|e| ToolError::Unreachable(redacted(url), e))?;
     let _: () = redis::cmd("PING").query_async(&mut con).await?;
     Ok(client)
 }

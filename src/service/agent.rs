@@ -9,7 +9,17 @@
 //!
 //! A job's fate is decided once FreeSWITCH accepted the first originate, or
 //! the job was refused (dead-lettered, `failure` published); only then is it
-//! removed from this instance's processing list. A job whose instance dies
+//! removed from this instance's processing list.
+//!
+//! A job whose `dial_id` is the channel of a call still live on this
+//! instance is refused: `failure` ("dial_id already has an active call on
+//! this instance") is published on that channel, the job is dead-lettered
+//! with that reason, nothing is dialled, and the live call goes on (its
+//! control messages keep getting exactly one answer). The guard is per
+//! instance: two instances each holding a live call with one `dial_id`
+//! would both obey, and both answer, its control messages. Once a call has
+//! ended (also while it lingers answering "call has ended"), its `dial_id`
+//! may be used again. A job whose instance dies
 //! before that goes back to the queue (see [`crate::service::queue`]); one
 //! whose call was already placed is not dialled twice.
 
@@ -266,8 +276,13 @@ async fn handle_job(
     let events = CallEvents::for_job(conn, &job);
     let dial_id = job.dial_id.clone();
     let started = AspCall::start(dialer, &router, settings, job, events).await;
-    // Placed, or answered with `failure`: either way the job is decided.
-    if let Err(error) = queue.ack(&taken).await {
+    // Placed, or answered with `failure`: either way the job is decided. A
+    // job refused for its reused dial_id is kept with the bad ones.
+    let decided = match &started {
+        Err(refused) if refused.refused => queue.dead_letter(&taken, &refused.cause).await,
+        _ => queue.ack(&taken).await.map(drop),
+    };
+    if let Err(error) = decided {
         tracing::error!(%dial_id, %error, "could not record the job's fate");
     }
     if let Ok(call) = started {

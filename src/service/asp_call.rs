@@ -24,8 +24,15 @@
 //! barger at a time. `play`, `stop-media`, `send-dtmf`, `record` and
 //! `stop-record` act on the answered sides; one recording at a time (a
 //! second `record` is an `error` while one runs). DTMF pressed on side 0 or
-//! 1 is published as `dtmf-event`; the barger's keys are eavesdrop
-//! controls and are not published.
+//! 1 is published as `dtmf-event`, one event per digit as FreeSWITCH
+//! reports them (`1234#` is five events; a controller joins them); the
+//! barger's keys are eavesdrop controls and are not published.
+//!
+//! `stop-media` ends the whole playlist of a side (`media-done-event`
+//! `stopped`), not just the file playing; a new `play` on a side replaces
+//! the one running there, which ends `stopped`. A play still running when
+//! the call ends reports `hangup`. An event a control message brings about
+//! (`record-done-event` of `stop-record`) is published after its `ack`.
 
 use crate::esl::Event as FsEvent;
 use crate::service::control::{ControlMessage, ControlRouter, PlaySide, RouterError, Subscription};
@@ -37,10 +44,15 @@ use crate::switch::{Call, CallEvents as LegEvents};
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
 
 /// What the caller hears while the callee rings (North American ringback,
 /// until broken).
 pub const RINGBACK: &str = "tone_stream://%(2000,4000,440,480);loops=-1";
+
+/// The `failure` cause of a job whose `dial_id` belongs to a call still
+/// live on this instance.
+pub const DIAL_ID_IN_USE: &str = "dial_id already has an active call on this instance";
 
 /// Settings of the flow that come from the command line.
 #[derive(Debug, Clone)]
@@ -76,6 +88,10 @@ impl Default for CallSettings {
 pub struct NotAttempted {
     /// The `cause` of the `failure` event.
     pub cause: String,
+    /// The job itself was refused (its `dial_id` belongs to a live call),
+    /// rather than FreeSWITCH refusing the call: it is kept on the
+    /// dead-letter list like a bad job.
+    pub refused: bool,
 }
 
 /// The dial string for `number` through `provider`.
@@ -192,7 +208,25 @@ fn hangup_cause(e: &FsEvent, call: &Call) -> String {
 
 /// Reports of the tasks a call spawns.
 enum Report {
-    MediaDone { side: Side, reason: MediaDoneReason },
+    /// A play task ended; `play` tells which one.
+    MediaDone {
+        side: Side,
+        play: u64,
+        reason: MediaDoneReason,
+    },
+}
+
+/// A `play` running on one side.
+///
+/// `uuid_break` alone does not stop a playlist: FreeSWITCH ends the broken
+/// `playback` with the same "FILE PLAYED" as a finished one, and the task
+/// would go on with the next item. So the task also watches `stop`, which
+/// `stop-media` (or a newer `play` on the side) cancels before breaking.
+struct Playing {
+    /// Which play this is (reports of older plays are told apart by it).
+    id: u64,
+    /// Cancelled to stop the playlist.
+    stop: CancellationToken,
 }
 
 /// A recording in progress.
@@ -221,8 +255,10 @@ pub struct AspCall {
     control: Option<Subscription>,
     legs: [Leg; 3],
     started: bool,
-    /// Plays that were asked to stop, per side, so their end reads `stopped`.
-    stopping: [bool; 2],
+    /// The play running on side 0 and side 1, if any.
+    playing: [Option<Playing>; 2],
+    /// Numbers the plays of this call.
+    plays: u64,
     recording: Option<Recording>,
     reports_tx: mpsc::Sender<Report>,
     reports: mpsc::Receiver<Report>,
@@ -242,13 +278,12 @@ impl AspCall {
         let control = match router.subscribe(&job.dial_id).await {
             Ok(sub) => Some(sub),
             Err(RouterError::InUse(_)) => {
-                // Two live calls on one channel would take each other's
-                // control messages: refuse the newcomer.
-                return Err(fail(
-                    &events,
-                    "dial_id already has an active call on this instance",
-                )
-                .await);
+                // Two live calls on one channel would both obey (and both
+                // answer) every control message: the newcomer is refused,
+                // the live call goes on untouched.
+                let mut refused = fail(&events, DIAL_ID_IN_USE).await;
+                refused.refused = true;
+                return Err(refused);
             }
             Err(error) => {
                 // Without pub/sub the call still works; it just cannot be
@@ -266,7 +301,8 @@ impl AspCall {
             control,
             legs: [Leg::Absent, Leg::Absent, Leg::Absent],
             started: false,
-            stopping: [false; 2],
+            playing: [None, None],
+            plays: 0,
             recording: None,
             reports_tx,
             reports,
@@ -334,9 +370,20 @@ impl AspCall {
             }
         }
         self.finish_recording(RecordDoneReason::Hangup).await;
-        // Plays still running report `hangup`: their legs are gone.
+        // Plays that reported before the end are published as they ended;
+        // any still running ends with its leg: `hangup` (their tasks'
+        // own reports, which may come later, are no longer read).
         while let Ok(report) = self.reports.try_recv() {
             self.on_report(report).await;
+        }
+        for side in [Side::Caller, Side::Callee] {
+            if self.playing[side.number() as usize].take().is_some() {
+                self.publish(Event::MediaDone {
+                    side,
+                    reason: MediaDoneReason::Hangup,
+                })
+                .await;
+            }
         }
         if let Some(sub) = self.control.take() {
             sub.linger(self.events.clone(), self.settings.linger);
@@ -447,23 +494,29 @@ impl AspCall {
 
     async fn on_report(&mut self, report: Report) {
         match report {
-            Report::MediaDone { side, mut reason } => {
-                let i = side.number() as usize;
-                if i < 2 && std::mem::take(&mut self.stopping[i]) && reason == MediaDoneReason::Done
-                {
-                    reason = MediaDoneReason::Stopped;
+            Report::MediaDone { side, play, reason } => {
+                let slot = &mut self.playing[side.number() as usize];
+                if slot.as_ref().is_some_and(|p| p.id == play) {
+                    *slot = None;
                 }
                 self.publish(Event::MediaDone { side, reason }).await;
             }
         }
     }
 
+    /// Carries out one control message and answers it. An event that the
+    /// message itself brings about (the `record-done-event` of a
+    /// `stop-record`) is published after the `ack`, as every other
+    /// consequence of a control message is.
     async fn on_control(&mut self, msg: ControlMessage) {
-        let answer = match self.control_result(&msg).await {
-            Ok(()) => msg.ack(),
-            Err(reason) => msg.error(reason),
+        let (answer, then) = match self.control_result(&msg).await {
+            Ok(then) => (msg.ack(), then),
+            Err(reason) => (msg.error(reason), None),
         };
         self.publish(answer).await;
+        if let Some(event) = then {
+            self.publish(event).await;
+        }
     }
 
     fn answered(&self, side: Side) -> Result<Call, String> {
@@ -488,7 +541,20 @@ impl AspCall {
         }
     }
 
-    async fn control_result(&mut self, msg: &ControlMessage) -> Result<(), String> {
+    /// Stops the play running on `side`, if any: its playlist ends at the
+    /// item being played, which `uuid_break` cuts short. The play reports
+    /// `stopped` through [`Report::MediaDone`].
+    async fn stop_play(&mut self, side: Side, call: &Call) -> Result<(), String> {
+        let Some(playing) = &self.playing[side.number() as usize] else {
+            return Ok(());
+        };
+        playing.stop.cancel();
+        self.api(format!("uuid_break {} all", call.uuid())).await
+    }
+
+    /// Does what `msg` asks. `Ok` carries an event to publish after the
+    /// `ack`; `Err` the reason of the `error`.
+    async fn control_result(&mut self, msg: &ControlMessage) -> Result<Option<Event>, String> {
         match msg {
             ControlMessage::Hangup => {
                 if !self.legs.iter().any(Leg::is_live) {
@@ -502,7 +568,7 @@ impl AspCall {
                     };
                     leg.hang_up(&self.dialer, cause).await;
                 }
-                Ok(())
+                Ok(None)
             }
             ControlMessage::Barge {
                 phone_number,
@@ -519,7 +585,7 @@ impl AspCall {
                     .await
                     .map_err(|e| e.to_string())?;
                 self.legs[2] = Leg::Ringing(ringing);
-                Ok(())
+                Ok(None)
             }
             ControlMessage::Whisper
             | ControlMessage::Mute
@@ -530,7 +596,8 @@ impl AspCall {
                     .map_err(|_| "no answered barger on the call".to_owned())?;
                 let digit = eavesdrop_digit(msg).unwrap_or('0');
                 self.api(format!("uuid_recv_dtmf {} {digit}", barger.uuid()))
-                    .await
+                    .await?;
+                Ok(None)
             }
             ControlMessage::Play { media, side } => {
                 let sides = Self::sides(*side);
@@ -540,22 +607,42 @@ impl AspCall {
                     .collect::<Result<Vec<_>, _>>()?;
                 let playlist: Vec<String> = media.iter().map(|m| self.media_path(m)).collect();
                 for (side, call) in sides.into_iter().zip(calls) {
-                    let tx = self.reports_tx.clone();
+                    // A new play replaces the one running on that side.
+                    self.stop_play(side, &call).await?;
+                    self.plays += 1;
+                    let playing = Playing {
+                        id: self.plays,
+                        stop: CancellationToken::new(),
+                    };
+                    let (tx, play_id, stop) =
+                        (self.reports_tx.clone(), playing.id, playing.stop.clone());
+                    self.playing[side.number() as usize] = Some(playing);
                     let playlist = playlist.clone();
                     tokio::spawn(async move {
-                        let reason = play(&call, &playlist).await;
-                        let _ = tx.send(Report::MediaDone { side, reason }).await;
+                        let reason = play(&call, &playlist, &stop).await;
+                        let _ = tx
+                            .send(Report::MediaDone {
+                                side,
+                                play: play_id,
+                                reason,
+                            })
+                            .await;
                     });
                 }
-                Ok(())
+                Ok(None)
             }
             ControlMessage::StopMedia { side } => {
-                for s in Self::sides(*side) {
-                    let call = self.answered(s)?;
-                    self.stopping[s.number() as usize] = true;
-                    self.api(format!("uuid_break {} all", call.uuid())).await?;
+                let sides = Self::sides(*side);
+                let calls = sides
+                    .iter()
+                    .map(|&s| self.answered(s))
+                    .collect::<Result<Vec<_>, _>>()?;
+                // Nothing playing is not an error: the play may have ended
+                // just before the stop arrived.
+                for (side, call) in sides.into_iter().zip(calls) {
+                    self.stop_play(side, &call).await?;
                 }
-                Ok(())
+                Ok(None)
             }
             ControlMessage::SendDtmf {
                 digits,
@@ -568,7 +655,8 @@ impl AspCall {
                     None => digits.to_string(),
                 };
                 self.api(format!("uuid_send_dtmf {} {digits}", call.uuid()))
-                    .await
+                    .await?;
+                Ok(None)
             }
             ControlMessage::Record { name } => {
                 if self.recording.is_some() {
@@ -587,15 +675,14 @@ impl AspCall {
                     started: Instant::now(),
                     uuid: caller.uuid().to_owned(),
                 });
-                Ok(())
+                Ok(None)
             }
-            ControlMessage::StopRecord => {
-                if self.recording.is_none() {
-                    return Err("no recording is running on this call".into());
-                }
-                self.finish_recording(RecordDoneReason::Stopped).await;
-                Ok(())
-            }
+            ControlMessage::StopRecord => match self.recording.take() {
+                None => Err("no recording is running on this call".into()),
+                Some(rec) => Ok(Some(
+                    self.end_recording(rec, RecordDoneReason::Stopped).await,
+                )),
+            },
         }
     }
 
@@ -612,10 +699,18 @@ impl AspCall {
         }
     }
 
+    /// Publishes the `record-done-event` of a recording still running
+    /// when the call ended.
     async fn finish_recording(&mut self, reason: RecordDoneReason) {
-        let Some(rec) = self.recording.take() else {
-            return;
-        };
+        if let Some(rec) = self.recording.take() {
+            let done = self.end_recording(rec, reason).await;
+            self.publish(done).await;
+        }
+    }
+
+    /// Stops a recording (unless the call already ended it) and returns its
+    /// `record-done-event`.
+    async fn end_recording(&self, rec: Recording, reason: RecordDoneReason) -> Event {
         let path = rec.path.to_string_lossy().into_owned();
         if reason == RecordDoneReason::Stopped
             && let Err(error) = self
@@ -624,19 +719,23 @@ impl AspCall {
         {
             tracing::warn!(%error, "uuid_record stop failed");
         }
-        self.publish(Event::RecordDone {
+        Event::RecordDone {
             path,
             reason,
-            duration_ms: rec.started.elapsed().as_millis() as u64,
-        })
-        .await;
+            duration_ms: u64::try_from(rec.started.elapsed().as_millis()).unwrap_or(u64::MAX),
+        }
     }
 }
 
-/// Plays a playlist on one leg, item by item.
-async fn play(call: &Call, playlist: &[String]) -> MediaDoneReason {
+/// Plays a playlist on one leg, item by item, until `stop` is cancelled.
+async fn play(call: &Call, playlist: &[String], stop: &CancellationToken) -> MediaDoneReason {
     for item in playlist {
+        if stop.is_cancelled() {
+            return MediaDoneReason::Stopped;
+        }
         match call.playback(item).await {
+            // A playback cut short by the hangup also reads "FILE PLAYED".
+            Ok(_) if call.hangup_cause().is_some() => return MediaDoneReason::Hangup,
             Ok(done) if done.response.as_deref() == Some("FILE PLAYED") => {}
             Ok(_) => return MediaDoneReason::Failed,
             Err(error) if error.is_hangup() || error.is_connection_dropped() => {
@@ -645,7 +744,12 @@ async fn play(call: &Call, playlist: &[String]) -> MediaDoneReason {
             Err(_) => return MediaDoneReason::Failed,
         }
     }
-    MediaDoneReason::Done
+    if stop.is_cancelled() {
+        // The last item was cut short.
+        MediaDoneReason::Stopped
+    } else {
+        MediaDoneReason::Done
+    }
 }
 
 /// Publishes `failure` and returns it as the reason.
@@ -660,6 +764,7 @@ async fn fail(events: &CallEvents, cause: &str) -> NotAttempted {
     }
     NotAttempted {
         cause: cause.to_owned(),
+        refused: false,
     }
 }
 

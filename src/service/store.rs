@@ -30,13 +30,21 @@ pub const DEFAULT_RESPONSE_TIMEOUT: Duration = Duration::from_secs(5);
 /// Errors reaching Redis.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
-    /// `--redis-url` is empty or not a Redis URL (the URL is not repeated,
-    /// it may hold a password).
+    /// `--redis-url` is empty or not a Redis URL (shown with any password
+    /// replaced by `***`).
     #[error("invalid Redis URL: {0}")]
     BadUrl(String),
     /// No node answered within the connect timeout.
     #[error("Redis unreachable within {0:?}")]
     Timeout(Duration),
+    /// No node could be connected to (the last node's error is shown).
+    #[error("cannot reach Redis at {url}: {source}")]
+    Unreachable {
+        /// The node's URL, password replaced by `***`.
+        url: String,
+        /// Why.
+        source: RedisError,
+    },
     /// Redis answered with an error or the connection failed.
     #[error("Redis: {0}")]
     Redis(#[from] RedisError),
@@ -98,7 +106,10 @@ impl RedisClient {
             .map(str::trim)
             .filter(|u| !u.is_empty())
             .map(|u| {
-                redis::Client::open(u).map_err(|e| StoreError::BadUrl(format!("{:?}", e.kind())))
+                redis::Client::open(u).map_err(|e| {
+                    let why = e.detail().map_or_else(|| e.to_string(), str::to_owned);
+                    StoreError::BadUrl(format!("{:?}: {why}", redact_url(u)))
+                })
             })
             .collect::<Result<Vec<_>, _>>()?;
         if clients.is_empty() {
@@ -106,7 +117,10 @@ impl RedisClient {
         }
         let probe = async {
             let mut last = None;
-            for c in &clients {
+            for (c, url) in clients
+                .iter()
+                .zip(urls.split(',').map(str::trim).filter(|u| !u.is_empty()))
+            {
                 match c.get_multiplexed_async_connection().await {
                     Ok(mut conn) => {
                         let info: String = redis::cmd("INFO")
@@ -115,10 +129,15 @@ impl RedisClient {
                             .await?;
                         return Ok(info.contains("cluster_enabled:1"));
                     }
-                    Err(e) => last = Some(e),
+                    Err(source) => {
+                        last = Some(StoreError::Unreachable {
+                            url: redact_url(url),
+                            source,
+                        })
+                    }
                 }
             }
-            Err(last.map_or_else(|| StoreError::BadUrl("no URL given".into()), Into::into))
+            Err(last.unwrap_or_else(|| StoreError::BadUrl("no URL given".into())))
         };
         let cluster = tokio::time::timeout(connect_timeout, probe)
             .await

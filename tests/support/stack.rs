@@ -7,6 +7,7 @@ use futures::StreamExt;
 use redswitch::service::agent::{Agent, AgentConfig};
 use redswitch::service::asp_call::CallSettings;
 use redswitch::sim::{ChannelSnapshot, SimConfig, SimHandle, Simulator};
+use redswitch::switch::{InboundClient, InboundConfig};
 use serde_json::{Value, json};
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -79,6 +80,61 @@ impl Stack {
             recordings,
             media,
         }
+    }
+
+    /// Starts one more agent on this stack (e.g. after a dead instance's
+    /// liveness key expired).
+    pub async fn add_agent(&mut self) {
+        let config = agent_config(
+            &self.redis.url(),
+            &self.sim,
+            self.recordings.path(),
+            self.media.path(),
+        );
+        self.agents.push(
+            Agent::start(config, self.cancel.child_token())
+                .await
+                .unwrap(),
+        );
+    }
+
+    /// Channels FreeSWITCH (the simulator) ever created: `api status`'s
+    /// "N session(s) since startup", asked over the event socket.
+    pub async fn sessions_since_startup(&self) -> u64 {
+        let mut esl = InboundConfig::new(self.sim.esl_addr().to_string(), "ClueCon");
+        esl.reconnect.max_attempts = Some(0);
+        let (client, _events) = InboundClient::connect(esl).await.unwrap();
+        let status = client.api("status").await.unwrap();
+        let _ = client.close().await;
+        status
+            .lines()
+            .find_map(|l| l.strip_suffix(" session(s) since startup"))
+            .and_then(|n| n.trim().parse().ok())
+            .unwrap_or_else(|| panic!("no session count in {status:?}"))
+    }
+
+    /// Pushes a job that rings through and waits until its two parties are
+    /// bridged in the simulator. Returns the follower (which has seen
+    /// call-start and both answer-events) and the dial_id.
+    pub async fn bridged_call(&self, caller: &str, callee: &str) -> (Follower, String) {
+        let job = job(caller, callee);
+        let dial_id = job["dial_id"].as_str().unwrap().to_owned();
+        let mut f = self.push(&job).await;
+        f.expect("call-start").await;
+        f.expect_where("answer-event", |v| v["side"] == 0).await;
+        f.expect_where("answer-event", |v| v["side"] == 1).await;
+        self.wait_leg(&dial_id, 0, "bridged", |c| c.bridged_to.is_some())
+            .await;
+        (f, dial_id)
+    }
+
+    /// The dead-letter list, parsed.
+    pub async fn dead_letters(&self) -> Vec<Value> {
+        self.lrange(&format!("{JOBS}.dead"))
+            .await
+            .iter()
+            .map(|s| serde_json::from_str(s).unwrap())
+            .collect()
     }
 
     pub async fn redis(&self) -> redis::aio::MultiplexedConnection {
@@ -243,6 +299,33 @@ impl Follower {
                 ),
             }
         }
+    }
+
+    /// The `ack` or `error` answering a control message of type `event`
+    /// (`None`: a message without a type, answered by an `error` without
+    /// `event`).
+    pub async fn answer(&mut self, event: Option<&str>) -> Value {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            match tokio::time::timeout_at(deadline, self.rx.recv()).await {
+                Ok(Some(v)) => {
+                    self.seen.push(v.clone());
+                    let kind = &v["type"];
+                    if (kind == "ack" || kind == "error") && v["event"].as_str() == event {
+                        return v;
+                    }
+                }
+                _ => panic!(
+                    "no ack/error for {event:?} on {} within 10 s; seen: {:#?}",
+                    self.dial_id, self.seen
+                ),
+            }
+        }
+    }
+
+    /// Answers (`ack` + `error`) seen so far.
+    pub fn answers(&self) -> usize {
+        self.count("ack") + self.count("error")
     }
 
     /// Waits until each of `sides` has had its `hangup-event` (in any
