@@ -15,7 +15,7 @@
 //!   redis-server: 1,000 concurrent calls pushed at 300 calls/s; sustained
 //!   calls/s, control round trip (publish → ack) p50/p99/max, RSS per call.
 //!
-//! CPU is read from `/proc/<pid>/schedstat` (nanoseconds on CPU) and memory
+//! CPU is read from `/proc/<pid>/task/*/schedstat` (nanoseconds on CPU) and memory
 //! from `/proc/<pid>/status` (VmRSS) of the process under test, so the load
 //! generator's own cost is not counted. Linux only.
 
@@ -71,12 +71,28 @@ impl Drop for Proc {
     }
 }
 
-/// Nanoseconds the process has spent on a CPU.
+/// Nanoseconds the process has spent on a CPU: the sum over its threads
+/// (`/proc/<pid>/schedstat` alone is the main thread only).
 fn cpu_ns(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/schedstat"))
-        .ok()
-        .and_then(|s| s.split_whitespace().next()?.parse().ok())
-        .unwrap_or(0)
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return 0;
+    };
+    tasks
+        .flatten()
+        .filter_map(|t| std::fs::read_to_string(t.path().join("schedstat")).ok())
+        .filter_map(|s| s.split_whitespace().next()?.parse::<u64>().ok())
+        .sum()
+}
+
+/// CPU time (user + system) of every child process reaped so far.
+fn children_cpu_ns() -> u64 {
+    // SAFETY: getrusage only writes into the struct it is given.
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    if unsafe { libc::getrusage(libc::RUSAGE_CHILDREN, &mut usage) } != 0 {
+        return 0;
+    }
+    let ns = |t: libc::timeval| t.tv_sec as u64 * 1_000_000_000 + t.tv_usec as u64 * 1000;
+    ns(usage.ru_utime) + ns(usage.ru_stime)
 }
 
 /// Resident set size in KiB.
@@ -193,22 +209,23 @@ fn bench_events() {
         .stderr(Stdio::piped())
         .spawn()
         .expect("redswitch events starts");
-    let pid = child.id();
     let mut child = Proc(child);
-    let cpu0 = cpu_ns(pid);
     let started = Instant::now();
     let mut stderr = String::new();
     if let Some(mut err) = child.0.stderr.take() {
         let _ = err.read_to_string(&mut stderr);
     }
-    let cpu = cpu_ns(pid).saturating_sub(cpu0);
+    // The child's whole CPU time (every thread), read once it has been
+    // reaped: the only child reaped in between is this one.
+    let cpu0 = children_cpu_ns();
     let _ = child.0.wait();
+    let cpu = children_cpu_ns().saturating_sub(cpu0);
     let wall = started.elapsed();
-    let events_per_event = recorded_event_frames().len() as f64 / 14.0;
+    let bytes_per_event = recorded_event_frames().len() as f64 / 14.0;
     println!("events: {}", stderr.trim());
     println!(
         "events: {count} recorded events (~{:.1} KiB each) in {:.2} s wall; {:.0} events/s; {:.2} µs CPU per event (redswitch events process, JSON output included)",
-        events_per_event / 1024.0,
+        bytes_per_event / 1024.0,
         wall.as_secs_f64(),
         count as f64 / wall.as_secs_f64(),
         cpu as f64 / 1000.0 / count as f64
