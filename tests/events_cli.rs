@@ -247,3 +247,45 @@ async fn against_the_simulator() {
     }
     sim.shutdown().await;
 }
+
+/// Throughput of `events --count` over loopback with recorded ~3 KiB plain
+/// events. A measurement, not a timed test: run it with
+/// `cargo test --release --test events_cli -- --ignored --nocapture`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "measurement; run in release with --ignored --nocapture"]
+async fn measure_events_rate() {
+    const N: usize = 100_000;
+    let fake = FakeFs::start("ClueCon").await;
+    // A queue as long as the run: nothing is dropped, so the rate is the
+    // whole pipeline's (socket, framing, decoding, JSON output).
+    let a = args(&[
+        "--esl-host",
+        &fake.addr.to_string(),
+        "--count",
+        &N.to_string(),
+        "--buffer",
+        &N.to_string(),
+    ]);
+    let f = fake.clone();
+    tokio::spawn(async move {
+        f.wait_command(0, "event plain ALL").await;
+        let one = recorded_event();
+        let mut batch = Vec::with_capacity(one.len() * 1000);
+        for _ in 0..1000 {
+            batch.extend_from_slice(&one);
+        }
+        let batch = bytes::Bytes::from(batch);
+        for _ in 0..N / 1000 {
+            f.send(batch.clone());
+        }
+    });
+    let sink = std::io::sink();
+    let s = run_to(a, sink).await.unwrap();
+    println!(
+        "{} events in {:.3} s: {:.0} events/s, {} dropped",
+        s.events,
+        s.seconds,
+        s.events as f64 / s.seconds,
+        s.dropped
+    );
+}

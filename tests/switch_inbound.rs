@@ -448,12 +448,14 @@ async fn close_says_exit_and_ends_the_stream() {
 #[tokio::test]
 async fn api_over_a_json_subscription_still_matches_replies() {
     let fake = FakeFs::start("ClueCon").await;
-    let (client, _events) = InboundClient::connect(config(&fake)).await.unwrap();
+    let (client, mut events) = InboundClient::connect(config(&fake)).await.unwrap();
     client.subscribe(EventFormat::Json, ["ALL"]).await.unwrap();
-    // An event between two replies does not disturb the FIFO.
-    fake.send(event("HEARTBEAT", &[], None));
+    // An unsolicited reply, then an event: once the event is out, the
+    // reply has been seen (the socket is read in order).
     fake.send(api_response("unsolicited?\n"));
-    tokio::time::sleep(Duration::from_millis(50)).await;
-    // An unsolicited reply is logged and ignored; requests go on.
+    fake.send(event("HEARTBEAT", &[], None));
+    let e = within("heartbeat", events.recv()).await.unwrap();
+    assert_eq!(e.name(), "HEARTBEAT");
+    // The unsolicited reply was logged and ignored; requests go on.
     assert_eq!(client.api("status").await.unwrap(), "UP 0 years, 0 days\n");
 }

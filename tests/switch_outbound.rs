@@ -411,3 +411,69 @@ async fn direction_and_caller_come_from_the_channel_data() {
     assert_eq!(dir, Some(Direction::Outbound));
     assert_eq!(dial.as_deref(), Some("d1"));
 }
+
+fn rss_bytes() -> u64 {
+    let statm = std::fs::read_to_string("/proc/self/statm").unwrap_or_default();
+    let pages: u64 = statm
+        .split_whitespace()
+        .nth(1)
+        .and_then(|p| p.parse().ok())
+        .unwrap_or(0);
+    pages * 4096
+}
+
+/// Memory per connected idle leg with the recorded 3.8 KB `connect` reply.
+/// A measurement, not a timed test: run it with
+/// `cargo test --release --test switch_outbound -- --ignored --nocapture`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "measurement; run in release with --ignored --nocapture"]
+async fn measure_idle_leg_memory() {
+    use tokio::io::AsyncWriteExt;
+    const LEGS: usize = 1000;
+    let connect = support::trace_chunks("02-outbound-socket", "outbound")
+        .into_iter()
+        .find(|(d, _)| *d == support::Dir::FromFs)
+        .unwrap()
+        .1;
+    let mut setup = connect.clone();
+    for r in [
+        "+OK Events Enabled",
+        "+OK will linger",
+        "+OK event listener enabled plain",
+    ] {
+        setup.extend_from_slice(&reply(r));
+    }
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    let handler = move |call: Call| {
+        let tx = tx.clone();
+        async move {
+            tx.send(())?;
+            call.closed().await;
+            Ok(())
+        }
+    };
+    let (addr, _stop) = listen(OutboundConfig::default(), handler).await;
+    // Warm up the allocator and the runtime with one leg.
+    let mut peers = Vec::with_capacity(LEGS + 1);
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    s.write_all(&setup).await.unwrap();
+    peers.push(s);
+    recv(&mut rx).await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let before = rss_bytes();
+    for _ in 0..LEGS {
+        let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+        s.write_all(&setup).await.unwrap();
+        peers.push(s);
+    }
+    for _ in 0..LEGS {
+        recv(&mut rx).await;
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let after = rss_bytes();
+    println!(
+        "{LEGS} idle legs: {} KB RSS, {:.1} KB per leg",
+        (after - before) / 1024,
+        (after - before) as f64 / 1024.0 / LEGS as f64
+    );
+}
