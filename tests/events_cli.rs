@@ -10,29 +10,21 @@ use redswitch::switch::{Error, InboundConfig};
 use std::time::Duration;
 use support::{FakeFs, event};
 
-#[derive(Parser)]
-struct Cli {
-    #[command(flatten)]
-    args: EventsArgs,
-}
-
-/// The subcommand's flags, and the event socket named by the global
-/// `--esl-host` / `--esl-password` flags among them.
+/// Parses `redswitch events <extra>` with the real command line, and
+/// returns the event socket its global `--esl-*` flags name plus the
+/// subcommand's flags.
 fn args(extra: &[&str]) -> (InboundConfig, EventsArgs) {
-    let (mut host, mut password) = ("127.0.0.1:8021".to_owned(), "ClueCon".to_owned());
-    let mut argv = vec!["events"];
-    let mut rest = extra.iter();
-    while let Some(&a) = rest.next() {
-        match a {
-            "--esl-host" => host = rest.next().unwrap().to_string(),
-            "--esl-password" => password = rest.next().unwrap().to_string(),
-            other => argv.push(other),
-        }
+    let mut argv = vec!["redswitch", "events"];
+    argv.extend_from_slice(extra);
+    let cli = redswitch::cli::Cli::try_parse_from(argv).unwrap();
+    let esl = InboundConfig::new(
+        cli.config.esl_address().unwrap(),
+        cli.config.esl_password.clone(),
+    );
+    match cli.command {
+        Some(redswitch::cli::Command::Events(a)) => (esl, a),
+        other => panic!("not the events command: {other:?}"),
     }
-    (
-        InboundConfig::new(host, password),
-        Cli::try_parse_from(argv).unwrap().args,
-    )
 }
 
 async fn run<W: std::io::Write>(a: (InboundConfig, EventsArgs), out: W) -> Result<Summary, Error> {
