@@ -279,9 +279,30 @@ async fn poll_exec(exec: Option<&mut ExecFuture>) -> crate::switch::Result<Execu
     }
 }
 
-fn exec_future(call: &Call, app: &'static str, arg: String) -> ExecFuture {
+/// Runs applications in their own task, so they reach FreeSWITCH at once
+/// (not when the app next awaits its handle) and `is_playing` tells the
+/// truth. The task ends with the execute: at its completion or when the
+/// channel hangs up.
+fn spawn_exec(call: &Call, steps: Vec<(&'static str, String)>) -> ExecFuture {
     let call = call.clone();
-    Box::pin(async move { call.execute(app, &arg).await })
+    let task = tokio::spawn(async move {
+        let mut last = None;
+        for (app, arg) in steps {
+            last = Some(call.execute(app, &arg).await?);
+        }
+        last.ok_or(Error::Closed)
+    });
+    Box::pin(async move {
+        task.await.unwrap_or_else(|e| {
+            Err(Error::CommandFailed {
+                reply: format!("the execute task failed: {e}"),
+            })
+        })
+    })
+}
+
+fn exec_future(call: &Call, app: &'static str, arg: String) -> ExecFuture {
+    spawn_exec(call, vec![(app, arg)])
 }
 
 /// Checks a value that goes into an application argument or API command:
@@ -367,29 +388,39 @@ impl<U: Send + 'static> Voice<U> {
         self.call.uuid()
     }
 
-    /// The calling party (`Caller-Caller-ID-Number` / `-Name`; Doug's
-    /// `getDialog().getCaller()`).
+    /// The calling party (Doug's `getDialog().getCaller()`). On an inbound
+    /// leg, `Caller-Caller-ID-Number` / `-Name`. On a leg FreeSWITCH
+    /// originated, the caller id it was placed with
+    /// (`Caller-Orig-Caller-ID-Number` / `-Name`): once such a leg is
+    /// answered FreeSWITCH swaps its caller and callee ids, so its
+    /// `Caller-Caller-ID-Number` is the far end (trace 06).
     pub fn caller(&self) -> Party {
         let d = self.call.channel_data();
+        let nonempty = |h: &str| d.header(h).filter(|v| !v.is_empty());
+        let (number, name) = if d.direction() == Some(Direction::Outbound) {
+            (
+                nonempty("Caller-Orig-Caller-ID-Number").or(d.caller_number()),
+                nonempty("Caller-Orig-Caller-ID-Name").or(d.caller_name()),
+            )
+        } else {
+            (d.caller_number(), d.caller_name())
+        };
         Party {
-            number: d.caller_number().unwrap_or_default().to_owned(),
-            name: d.caller_name().filter(|n| !n.is_empty()).map(str::to_owned),
+            number: number.unwrap_or_default().to_owned(),
+            name: name.filter(|n| !n.is_empty()).map(str::to_owned),
         }
     }
 
-    /// The called party (Doug's `getCallee()`): the callee id FreeSWITCH
-    /// presents (`Caller-Callee-ID-Number`) if there is one, else the dialled
-    /// number (`Caller-Destination-Number`).
+    /// The called party (Doug's `getCallee()`): the dialled number
+    /// (`Caller-Destination-Number`), the same on both directions.
     pub fn callee(&self) -> Party {
         let d = self.call.channel_data();
-        let number = d
-            .callee_number()
-            .filter(|n| !n.is_empty())
-            .or(d.destination())
-            .unwrap_or_default();
+        let name = (d.direction() == Some(Direction::Inbound))
+            .then(|| d.callee_name())
+            .flatten();
         Party {
-            number: number.to_owned(),
-            name: d.callee_name().filter(|n| !n.is_empty()).map(str::to_owned),
+            number: d.destination().unwrap_or_default().to_owned(),
+            name: name.filter(|n| !n.is_empty()).map(str::to_owned),
         }
     }
 
@@ -501,13 +532,13 @@ impl<U: Send + 'static> Voice<U> {
             return Err(VoiceError::EmptyPlaylist);
         };
         let terminators = if opts.barge_in { ALL_DIGITS } else { "none" };
-        let call = self.call.clone();
-        let arg = first.clone();
-        let exec: ExecFuture = Box::pin(async move {
-            call.execute("set", &format!("playback_terminators={terminators}"))
-                .await?;
-            call.execute("playback", &arg).await
-        });
+        let exec = spawn_exec(
+            &self.call,
+            vec![
+                ("set", format!("playback_terminators={terminators}")),
+                ("playback", first.clone()),
+            ],
+        );
         self.play = Some(PlayJob {
             item: first,
             rest: items,
