@@ -88,7 +88,7 @@ async fn a_panicking_inbound_app_hangs_up_its_call_only() {
     let router = AppRouter::new().route("socket", move |mut v: Voice| {
         let tx = tx.clone();
         // Every other call's app panics.
-        let panics = runs.fetch_add(1, Ordering::SeqCst) % 2 == 0;
+        let panics = runs.fetch_add(1, Ordering::SeqCst).is_multiple_of(2);
         async move {
             let uuid = v.uuid().to_owned();
             let _ = tx
