@@ -9,12 +9,13 @@
 //! `bgapi originate loopback/1000/default '&socket(127.0.0.1:8084 async full)'`
 //! (the single quotes matter: unquoted, the socket runs in static mode).
 //!
-//! The app is [`announce`]; everything else is the listener of
-//! `redswitch::switch::outbound`. The integration test `tests/announcement.rs`
+//! The app is [`announce`], written on `redswitch::switch::voice`; an
+//! [`AppRouter`] runs it for every call the outbound listener accepts. The integration test `tests/announcement.rs`
 //! runs this very file against the simulator.
 
 use clap::Parser;
-use redswitch::switch::{AppResult, Call, OutboundConfig, OutboundListener};
+use redswitch::switch::voice::{AppRouter, PlayOptions, PlayOutcome, Voice};
+use redswitch::switch::{AppResult, OutboundConfig, OutboundListener};
 use std::process::ExitCode;
 use std::sync::Arc;
 use tokio_util::sync::CancellationToken;
@@ -33,10 +34,18 @@ pub struct Args {
     pub allow: Vec<ipnet::IpNet>,
 }
 
-/// The call flow: answer, play, hang up with NORMAL_CLEARING.
-pub async fn announce(call: Call, media: &str) -> AppResult {
+/// The call flow: answer (`answer`), play (`playback`), hang up with
+/// NORMAL_CLEARING. A file that cannot be played is logged and the call
+/// still ends normally.
+pub async fn announce(mut call: Voice, media: &str) -> AppResult {
     call.answer().await?;
-    call.playback(media).await?;
+    match call.play(&[media], PlayOptions::default()).await? {
+        PlayOutcome::Failed { reason } => {
+            tracing::warn!(uuid = call.uuid(), %reason, "announcement not played")
+        }
+        PlayOutcome::RemoteClosed => return Ok(()),
+        _ => {}
+    }
     call.hangup("NORMAL_CLEARING").await?;
     Ok(())
 }
@@ -56,15 +65,11 @@ pub async fn run(args: Args, shutdown: CancellationToken) -> std::io::Result<()>
 /// Runs [`announce`] for every leg that connects to `listener`.
 pub async fn serve_on(listener: OutboundListener, media: &str, shutdown: CancellationToken) {
     let media: Arc<str> = media.into();
-    listener
-        .serve(
-            move |call: Call| {
-                let media = media.clone();
-                async move { announce(call, &media).await }
-            },
-            shutdown,
-        )
-        .await;
+    let router = AppRouter::new().fallback(move |call: Voice| {
+        let media = media.clone();
+        async move { announce(call, &media).await }
+    });
+    listener.serve(router, shutdown).await;
 }
 
 #[tokio::main]

@@ -25,6 +25,7 @@ pub mod error;
 pub mod inbound;
 mod link;
 pub mod outbound;
+pub mod voice;
 
 pub use call::{Call, CallEvents, ChannelData, Control, Direction, ExecuteComplete, SocketMode};
 pub use error::{Error, Result};
