@@ -552,6 +552,12 @@ fn main() {
         }
         return;
     }
+    // `cargo test --all-targets` runs bench targets without `--bench`:
+    // these scenarios take minutes and are measurements, not tests.
+    if !args.iter().any(|a| a == "--bench") {
+        println!("load benchmarks: run them with `cargo bench --bench load`");
+        return;
+    }
     let wanted: Vec<&str> = args
         .iter()
         .map(String::as_str)
