@@ -74,6 +74,33 @@ fn hex_val(b: u8) -> Option<u8> {
     }
 }
 
+/// Percent-decodes `buf[from..end]` in place (escapes only shrink it) and
+/// returns where the decoded value now ends. A `%` not followed by two hex
+/// digits is kept as it is, as FreeSWITCH's `switch_url_decode` does.
+fn decode_in_place(buf: &mut [u8], from: usize, end: usize) -> usize {
+    let (mut r, mut w) = (from, from);
+    while r < end {
+        let c = buf[r];
+        let escaped = if c == b'%' && r + 3 <= end {
+            hex_val(buf[r + 1]).zip(hex_val(buf[r + 2]))
+        } else {
+            None
+        };
+        match escaped {
+            Some((h, l)) => {
+                buf[w] = h << 4 | l;
+                r += 3;
+            }
+            None => {
+                buf[w] = c;
+                r += 1;
+            }
+        }
+        w += 1;
+    }
+    w
+}
+
 fn bad_line(line: &[u8]) -> EventError {
     EventError::BadLine(String::from_utf8_lossy(&line[..line.len().min(80)]).into_owned())
 }
@@ -133,29 +160,40 @@ impl TextBuilder {
 
     /// The same headers with bytes that are not UTF-8 replaced by U+FFFD,
     /// header by header, so one bad value does not cost the whole event.
-    fn repaired(self) -> Self {
-        let mut fixed = Self::with_capacity(self.bytes.len() + 64, self.headers.len());
-        for span in &self.headers {
-            let name = String::from_utf8_lossy(
-                &self.bytes[span.name.start as usize..span.name.end as usize],
-            );
-            let value = String::from_utf8_lossy(
-                &self.bytes[span.value.start as usize..span.value.end as usize],
-            );
+    fn repaired_parts(bytes: Vec<u8>, headers: Vec<Span>) -> (String, Vec<Span>) {
+        let mut fixed = Self::with_capacity(bytes.len() + 64, headers.len());
+        let slice = |r: &Range<u32>| &bytes[r.start as usize..r.end as usize];
+        for span in &headers {
+            let name = String::from_utf8_lossy(slice(&span.name));
+            let value = String::from_utf8_lossy(slice(&span.value));
             fixed.push(name.as_bytes(), value.as_bytes());
         }
-        fixed
+        // Every pushed piece came from a `str`.
+        let text = String::from_utf8(fixed.bytes)
+            .unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned());
+        (text, fixed.headers)
     }
 
+    /// Validates the text once; bytes that are not UTF-8 (or a span that
+    /// would cut a character) send the event through [`Self::repaired`].
     fn finish(self, body: Option<String>) -> Result<Event, EventError> {
-        let text = match String::from_utf8(self.bytes) {
-            Ok(text) => text,
-            // Only reachable if a caller skipped `repaired`; stay safe.
-            Err(e) => String::from_utf8_lossy(e.as_bytes()).into_owned(),
+        let headers = self.headers;
+        let (text, headers) = match String::from_utf8(self.bytes) {
+            Ok(text)
+                if headers.iter().all(|s| {
+                    [s.name.start, s.name.end, s.value.start, s.value.end]
+                        .iter()
+                        .all(|&i| text.is_char_boundary(i as usize))
+                }) =>
+            {
+                (text, headers)
+            }
+            Ok(text) => Self::repaired_parts(text.into_bytes(), headers),
+            Err(e) => Self::repaired_parts(e.into_bytes(), headers),
         };
         let event = Event {
             text,
-            headers: self.headers,
+            headers,
             body,
         };
         if event.header("Event-Name").is_none() {
@@ -189,62 +227,44 @@ impl Event {
     /// lines, a blank line, then the event's own body when it has a
     /// `Content-Length`.
     pub fn parse_plain(data: &[u8]) -> Result<Self, EventError> {
-        let mut b = TextBuilder::with_capacity(data.len(), data.len() / 32 + 4);
-        // One SIMD scan finds every structural byte: `:` ends a name, `%`
-        // starts an escape, `\n` ends a line. FreeSWITCH escapes `:` and
-        // line breaks inside values, so each line is `name:` + value.
-        let mut pos = 0; // next byte not yet copied
-        let mut name: Option<(u32, u32)> = None; // header in progress
+        // The event's text is one copy of the raw block, percent-decoded in
+        // place: escapes only shrink a value, and its span ends where its
+        // decoded bytes end. Lines are found with one SIMD scan; most values
+        // have no `%` and are not touched at all.
+        let mut b = TextBuilder {
+            bytes: data.to_vec(),
+            headers: Vec::with_capacity(data.len() / 32 + 4),
+        };
+        let mut line_start = 0;
         let mut body_start = None;
-        for at in memchr::memchr3_iter(b'\n', b':', b'%', data) {
-            if at < pos {
-                continue; // inside an escape already consumed
+        for line_end in memchr::memchr_iter(b'\n', data) {
+            let line = &data[line_start..line_end];
+            if line.is_empty() {
+                body_start = Some(line_end + 1);
+                break;
             }
-            match (data[at], name) {
-                (b':', None) => {
-                    let n0 = b.bytes.len() as u32;
-                    b.bytes.extend_from_slice(&data[pos..at]);
-                    name = Some((n0, b.bytes.len() as u32));
-                    pos = at + 1;
-                    if data.get(pos) == Some(&b' ') {
-                        pos += 1;
-                    }
-                }
-                (b'%', Some(_)) => {
-                    b.bytes.extend_from_slice(&data[pos..at]);
-                    let hex = |k: usize| data.get(at + k).and_then(|&c| hex_val(c));
-                    match (hex(1), hex(2)) {
-                        (Some(h), Some(l)) => {
-                            b.bytes.push(h << 4 | l);
-                            pos = at + 3;
-                        }
-                        // Not an escape: kept as is, like switch_url_decode.
-                        _ => {
-                            b.bytes.push(b'%');
-                            pos = at + 1;
-                        }
-                    }
-                }
-                (b'\n', Some((n0, v0))) => {
-                    b.bytes.extend_from_slice(&data[pos..at]);
-                    b.headers.push(Span {
-                        name: n0..v0,
-                        value: v0..b.bytes.len() as u32,
-                    });
-                    name = None;
-                    pos = at + 1;
-                }
-                (b'\n', None) if at == pos => {
-                    body_start = Some(at + 1);
-                    break;
-                }
-                (b'\n' | b'%', None) => return Err(bad_line(&data[pos..at])),
-                _ => {} // a raw `:` inside a value
+            let Some(colon) = memchr::memchr(b':', line) else {
+                return Err(bad_line(line));
+            };
+            let name_end = line_start + colon;
+            let mut v0 = name_end + 1;
+            if v0 < line_end && data[v0] == b' ' {
+                v0 += 1;
             }
+            let v1 = match memchr::memchr(b'%', &data[v0..line_end]) {
+                None => line_end,
+                Some(first) => decode_in_place(&mut b.bytes, v0 + first, line_end),
+            };
+            b.headers.push(Span {
+                name: line_start as u32..name_end as u32,
+                value: v0 as u32..v1 as u32,
+            });
+            line_start = line_end + 1;
         }
-        if body_start.is_none() && pos < data.len() {
-            return Err(bad_line(&data[pos..]));
+        if body_start.is_none() && line_start < data.len() {
+            return Err(bad_line(&data[line_start..]));
         }
+        b.bytes.truncate(line_start);
         let body = match (body_start, b.last_content_length()) {
             (Some(start), Some(len)) if start < data.len() => {
                 // The serialiser writes `Content-Length` as the last line
@@ -255,9 +275,6 @@ impl Event {
             }
             _ => None,
         };
-        if std::str::from_utf8(&b.bytes).is_err() {
-            b = b.repaired();
-        }
         b.finish(body)
     }
 
@@ -665,6 +682,45 @@ mod tests {
                 String::from_utf8(fast).unwrap(),
                 String::from_utf8(want).unwrap()
             );
+        }
+    }
+
+    /// The obvious parser, line by line, for comparison.
+    fn reference_headers(data: &[u8]) -> Vec<(String, String)> {
+        let mut out = Vec::new();
+        for line in data.split(|&b| b == b'\n') {
+            if line.is_empty() {
+                break;
+            }
+            let Some(colon) = line.iter().position(|&b| b == b':') else {
+                return Vec::new();
+            };
+            let value = &line[colon + 1..];
+            let value = value.strip_prefix(b" ").unwrap_or(value);
+            let mut decoded = value.to_vec();
+            let end = decode_in_place(&mut decoded, 0, value.len());
+            decoded.truncate(end);
+            out.push((
+                String::from_utf8_lossy(&line[..colon]).into_owned(),
+                String::from_utf8_lossy(&decoded).into_owned(),
+            ));
+        }
+        out
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn plain_parse_agrees_with_the_obvious_parser(
+            lines in proptest::collection::vec(("[A-Za-z_-]{1,12}", "[ -~]{0,40}"), 1..20),
+        ) {
+            let mut data = b"Event-Name: X\n".to_vec();
+            for (name, value) in &lines {
+                data.extend_from_slice(format!("{name}: {}\n", value.replace('\n', "")).as_bytes());
+            }
+            data.push(b'\n');
+            let event = Event::parse_plain(&data).unwrap();
+            let got: Vec<(String, String)> = event.headers().map(|(n, v)| (n.to_owned(), v.to_owned())).collect();
+            proptest::prop_assert_eq!(got, reference_headers(&data));
         }
     }
 
