@@ -5,10 +5,11 @@
 //! Everything that happens to a channel goes through its bounded mailbox
 //! ([`ChanMsg`]), so the channel's events come out in one well-defined order.
 
-use crate::esl::{Event, Frame};
+use crate::esl::Event;
 use crate::sim::channel::{ChanState, OtherLeg, SnapExtra, at, normalize_cause, set_cdr_vars};
 use crate::sim::event::now_micros;
 use crate::sim::numberplan::{Extension, Outcome};
+use crate::sim::packet::Packet;
 use crate::sim::session::{ListenerEntry, is_true};
 use crate::sim::wav::{PlayLength, file_type, play_length, write_recording};
 use crate::sim::{ChannelSnapshot, Core, EavesdropMode, EavesdropSnapshot, lock, outbound};
@@ -38,7 +39,7 @@ pub(crate) struct PrivateMsg {
 }
 
 impl PrivateMsg {
-    pub(crate) fn from_frame(frame: &Frame) -> Self {
+    pub(crate) fn from_frame(frame: &Packet) -> Self {
         let h = |n: &str| frame.header(n).map(str::to_owned);
         let mut raw = String::from_utf8_lossy(frame.head()).into_owned();
         raw.push('\n');

@@ -26,6 +26,7 @@ pub mod dialstring;
 pub mod event;
 pub mod numberplan;
 pub mod outbound;
+pub mod packet;
 pub mod server;
 pub mod session;
 pub mod wav;
@@ -76,6 +77,12 @@ pub struct SimConfig {
     pub recordings_dir: Option<PathBuf>,
     /// Events a connection may leave unread before events are dropped.
     pub event_queue_len: usize,
+    /// Header-block size at which a client's packet is cut and parsed as
+    /// it is (FreeSWITCH's `max_len` in `read_packet`, 10 MiB).
+    pub max_packet_head: usize,
+    /// Largest `Content-Length` a client may send; over it the connection
+    /// closes (FreeSWITCH would try to allocate it).
+    pub max_packet_body: usize,
     /// Dropped events after which the connection is killed (FreeSWITCH's
     /// `MAX_MISSED`, 500).
     pub max_missed: u32,
@@ -107,6 +114,8 @@ impl Default for SimConfig {
             file_play_time: Duration::from_millis(500),
             recordings_dir: None,
             event_queue_len: 10_000,
+            max_packet_head: packet::DEFAULT_MAX_PACKET_HEAD,
+            max_packet_body: packet::DEFAULT_MAX_PACKET_BODY,
             max_missed: 500,
             park_delay: Duration::from_millis(20),
             socket_extension: "127.0.0.1:8084".to_owned(),
