@@ -455,6 +455,8 @@ struct Conn {
     /// The local listener address, written back as the trace's
     /// `127.0.0.1:8084` in what the simulator sends.
     out_addr: String,
+    /// The trace's connection name (`inbound`, `outbound-A` …).
+    name: String,
     stream: TcpStream,
     buf: Vec<u8>,
     frames: Vec<WireFrame>,
@@ -472,21 +474,23 @@ impl Conn {
                     self.buf.extend_from_slice(&tmp[..n]);
                     let f = split_frames(&mut self.buf);
                     let a = self.out_addr.clone();
-                    self.frames.extend(f.into_iter().map(|mut f| {
-                        for (_, v) in &mut f.headers {
-                            *v = v
-                                .replace(&a, "127.0.0.1:8084")
-                                .replace(&a.replace(':', "%3A"), "127.0.0.1%3A8084");
-                        }
-                        let body = String::from_utf8_lossy(&f.body).into_owned();
-                        if body.contains(&a) || body.contains(&a.replace(':', "%3A")) {
-                            f.body = body
-                                .replace(&a, "127.0.0.1:8084")
-                                .replace(&a.replace(':', "%3A"), "127.0.0.1%3A8084")
-                                .into_bytes();
-                        }
-                        f
-                    }));
+                    let name = self.name.clone();
+                    self.frames
+                        .extend(f.into_iter().filter(|f| !racy(&name, f)).map(|mut f| {
+                            for (_, v) in &mut f.headers {
+                                *v = v
+                                    .replace(&a, "127.0.0.1:8084")
+                                    .replace(&a.replace(':', "%3A"), "127.0.0.1%3A8084");
+                            }
+                            let body = String::from_utf8_lossy(&f.body).into_owned();
+                            if body.contains(&a) || body.contains(&a.replace(':', "%3A")) {
+                                f.body = body
+                                    .replace(&a, "127.0.0.1:8084")
+                                    .replace(&a.replace(':', "%3A"), "127.0.0.1%3A8084")
+                                    .into_bytes();
+                            }
+                            f
+                        }));
                 }
                 Err(_) => return,
             }
@@ -502,7 +506,9 @@ impl Conn {
                 Ok(Ok(n)) => {
                     self.buf.extend_from_slice(&tmp[..n]);
                     let f = split_frames(&mut self.buf);
-                    self.frames.extend(f);
+                    let name = self.name.clone();
+                    self.frames
+                        .extend(f.into_iter().filter(|f| !racy(&name, f)));
                 }
                 Err(_) => return false,
             }
@@ -593,6 +599,7 @@ async fn replay(name: &str) -> Report {
                     c.conn.clone(),
                     Conn {
                         out_addr: out_addr.clone(),
+                        name: c.conn.clone(),
                         stream: s,
                         buf: Vec::new(),
                         frames: Vec::new(),
@@ -606,7 +613,10 @@ async fn replay(name: &str) -> Report {
             let buf = fs_bufs.entry(c.conn.clone()).or_default();
             buf.extend_from_slice(&c.data);
             let f = split_frames(buf);
-            fs_frames.entry(c.conn.clone()).or_default().extend(f);
+            fs_frames
+                .entry(c.conn.clone())
+                .or_default()
+                .extend(f.into_iter().filter(|f| !racy(&c.conn, f)));
             continue;
         }
         if !conns.contains_key(&c.conn) {
@@ -616,6 +626,7 @@ async fn replay(name: &str) -> Report {
                         c.conn.clone(),
                         Conn {
                             out_addr: out_addr.clone(),
+                            name: c.conn.clone(),
                             stream: s,
                             buf: Vec::new(),
                             frames: Vec::new(),
@@ -666,12 +677,6 @@ async fn replay(name: &str) -> Report {
             continue;
         };
         conn.fill_until(frames.len(), deadline).await;
-        // Give late frames (e.g. a CHANNEL_PARK we will drop) a moment.
-        let _ = timeout(Duration::from_millis(100), std::future::pending::<()>()).await;
-        let not_park = |f: &&WireFrame| frame_label(f) != "EV:CHANNEL_PARK";
-        let frames: Vec<WireFrame> = frames.iter().filter(not_park).cloned().collect();
-        conn.frames.retain(|f| frame_label(f) != "EV:CHANNEL_PARK");
-        let frames = &frames;
         let fs_names: Vec<String> = frames.iter().map(frame_label).collect();
         let sim_names: Vec<String> = conn.frames.iter().map(frame_label).collect();
         if fs_names != sim_names {
@@ -694,6 +699,14 @@ async fn replay(name: &str) -> Report {
     }
     sim.shutdown().await;
     report
+}
+
+/// CHANNEL_PARK on an outbound socket: FreeSWITCH fires it from the
+/// channel thread right after `connect` while the socket thread is still
+/// reading `myevents`, so whether the socket gets it is a race (see the top
+/// comment). Left out on both sides, before frames are counted or aligned.
+fn racy(conn: &str, f: &WireFrame) -> bool {
+    conn.starts_with("outbound") && frame_label(f) == "EV:CHANNEL_PARK"
 }
 
 fn frame_label(f: &WireFrame) -> String {
@@ -761,13 +774,11 @@ async fn trace_04_bridge_two_sockets() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "known difference: the target leg's socket gets CHANNEL_PARK (FreeSWITCH raced it away in this recording) and the frame sequence check counts it"]
 async fn trace_05_eavesdrop_dtmf() {
     check("05-eavesdrop-dtmf").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "known differences: sofia legs lack the SIP/RTP variables and codec headers FreeSWITCH adds at answer"]
 async fn trace_06_sofia_gateway() {
     check("06-sofia-gateway-sipp").await;
 }
@@ -784,7 +795,6 @@ async fn trace_08_inbound_misc() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "known difference: sendmsg is parsed at once, not on the park loop's next 20 ms tick, so a reply and an event swap places"]
 async fn trace_09_event_lock() {
     check("09-outbound-event-lock").await;
 }

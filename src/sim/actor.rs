@@ -275,6 +275,7 @@ pub(crate) fn spawn(core: Arc<Core>, handle: ChannelHandle, rx: mpsc::Receiver<C
         hangup_after_idle: false,
         answer_ack: None,
         parked: false,
+        pending_private: VecDeque::new(),
     };
     core.tasks.spawn(async move {
         actor.start(s.originate_timeout);
@@ -324,6 +325,9 @@ enum Timer {
     OriginateTimeout,
     Park,
     RecordLimit,
+    /// The media loop's next 20 ms frame: queued `sendmsg` messages are
+    /// parsed now (`switch_ivr_parse_all_events` runs once per frame).
+    Frame,
 }
 
 struct MediaBug {
@@ -366,6 +370,8 @@ struct Actor {
     /// sent before that wait, as in FreeSWITCH, where they are parsed from
     /// the park loop (CHANNEL_PARK precedes the first CHANNEL_EXECUTE).
     parked: bool,
+    /// Async `sendmsg` messages waiting for the next frame tick.
+    pending_private: VecDeque<PrivateMsg>,
 }
 
 impl Actor {
@@ -601,6 +607,11 @@ impl Actor {
                 }
             }
             Timer::RecordLimit => self.stop_media_bug(),
+            Timer::Frame => {
+                while let Some(pm) = self.pending_private.pop_front() {
+                    self.private(pm, None);
+                }
+            }
         }
     }
 
@@ -643,6 +654,27 @@ impl Actor {
         if self.st.profile.progress == 0 && matches!(self.role, Role::Remote(_)) {
             self.st.profile.progress = self.st.profile.answered;
         }
+        if self.st.codec.is_none() && self.st.name.starts_with("sofia/") {
+            // A sofia leg has no codec until SDP is negotiated: from the
+            // answer on, its events carry the PCMU codec block and the
+            // codec variables, as in trace 06.
+            self.st.codec = Some("PCMU");
+            for (n, v) in [
+                ("rtp_use_codec_name", "PCMU"),
+                ("rtp_use_codec_rate", "8000"),
+                ("rtp_use_codec_ptime", "20"),
+                ("rtp_use_codec_channels", "1"),
+                ("read_codec", "PCMU"),
+                ("original_read_codec", "PCMU"),
+                ("read_rate", "8000"),
+                ("original_read_rate", "8000"),
+                ("write_codec", "PCMU"),
+                ("write_rate", "8000"),
+                ("dtmf_type", "rfc2833"),
+            ] {
+                self.st.vars.set(n, v);
+            }
+        }
         self.st.vars.set_keep("endpoint_disposition", "ANSWER");
         self.fire("CHANNEL_ANSWER", at::ANSWER, &[], &[]);
         self.st.call_state = "ACTIVE";
@@ -679,7 +711,18 @@ impl Actor {
 
     fn handle(&mut self, msg: ChanMsg) {
         match msg {
-            ChanMsg::Private(pm, done) => self.private(pm, done),
+            // A static socket runs the application in its own turn (the
+            // reply waits for it); everything else is queued on the session
+            // and parsed by the channel thread on its next media frame, so
+            // two messages sent back to back are seen together (trace 09)
+            // and a hangup's CHANNEL_HANGUP follows its +OK by ~20 ms.
+            ChanMsg::Private(pm, Some(done)) => self.private(pm, Some(done)),
+            ChanMsg::Private(pm, None) => {
+                if self.pending_private.is_empty() {
+                    self.schedule(self.core.cfg.park_delay, Timer::Frame);
+                }
+                self.pending_private.push_back(pm);
+            }
             ChanMsg::Hangup(cause) => self.hangup(&cause, None),
             ChanMsg::Break { all } => self.break_media(all),
             ChanMsg::RecvDtmf(d) => self.queue_dtmf(&d),

@@ -86,8 +86,10 @@ pub struct SimConfig {
     /// Dropped events after which the connection is killed (FreeSWITCH's
     /// `MAX_MISSED`, 500).
     pub max_missed: u32,
-    /// Delay between an outbound socket's `connect` and the channel parking
-    /// (CHANNEL_PARK). FreeSWITCH's park loop runs on 20 ms frames.
+    /// A channel's media frame (20 ms): the delay between an outbound
+    /// socket's `connect` and the channel parking (CHANNEL_PARK), and
+    /// between an async `sendmsg` and the channel acting on it (the park
+    /// and playback loops parse queued messages once per frame).
     pub park_delay: Duration,
     /// Where the `socket` test extension connects (`127.0.0.1:8084` in the
     /// recorded dialplan).
