@@ -325,6 +325,9 @@ enum Timer {
     OriginateTimeout,
     Park,
     RecordLimit,
+    /// The bridged partner hung up: the bridge loop notices on its next
+    /// frame read.
+    BridgeGone(String, String),
     /// The media loop's next 20 ms frame: queued `sendmsg` messages are
     /// parsed now (`switch_ivr_parse_all_events` runs once per frame).
     Frame,
@@ -607,6 +610,7 @@ impl Actor {
                 }
             }
             Timer::RecordLimit => self.stop_media_bug(),
+            Timer::BridgeGone(uuid, cause) => self.partner_gone(&uuid, &cause),
             Timer::Frame => {
                 while let Some(pm) = self.pending_private.pop_front() {
                     self.private(pm, None);
@@ -776,6 +780,15 @@ impl Actor {
             ChanMsg::PartnerAnswered(ack) => {
                 self.answer();
                 let _ = ack.send(());
+            }
+            // FreeSWITCH's bridge loop sees its partner gone on its next
+            // frame, after the partner (and the partner's loopback twin)
+            // finished hanging up: their HANGUP_COMPLETE precede our
+            // UNBRIDGE (trace 04).
+            ChanMsg::PartnerGone(uuid, cause)
+                if self.bridged.as_ref().is_some_and(|b| *b.uuid == *uuid) =>
+            {
+                self.schedule(self.core.cfg.park_delay, Timer::BridgeGone(uuid, cause));
             }
             ChanMsg::PartnerGone(uuid, cause) => self.partner_gone(&uuid, &cause),
             ChanMsg::FarDtmf(d) => self.queue_dtmf(&d),
@@ -1475,22 +1488,19 @@ impl Actor {
         if self.hung_up() {
             return;
         }
-        // The channel leaves its applications (the socket completes, trace 04).
-        while let Some(f) = self.stack.last() {
-            if matches!(f.kind, Kind::Bridged) {
-                break;
-            }
-            self.finish_top(true);
-        }
-        self.dialplan.clear();
-        for s in [
-            crate::sim::channel::CState::Hibernate,
-            crate::sim::channel::CState::Reset,
-            crate::sim::channel::CState::SoftExecute,
-        ] {
-            self.st.state = s;
-            self.fire("CHANNEL_STATE", at::STATE, &[], &[]);
-        }
+        // switch_ivr_uuid_bridge records the transfer, sets the other leg's
+        // profile and asks for CS_HIBERNATE before the channel thread
+        // leaves its applications: UNPARK and the socket's
+        // EXECUTE_COMPLETE already carry them, with Channel-State-Number 8
+        // while Channel-State still says CS_EXECUTE (trace 04).
+        let epoch = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        let source = format!("{epoch}:{}:uuid_br:{}", uuid::Uuid::new_v4(), other.uuid);
+        self.st.vars.set("transfer_history", &source);
+        self.st.vars.set("transfer_source", &source);
+        self.st.profile.transfer_source = Some(source);
+        self.st.profile.profile_index += 1;
         self.st.other = other_profile.map(|b| *b).map(|(profile, uuid)| OtherLeg {
             kind: if originator {
                 "originatee"
@@ -1500,6 +1510,23 @@ impl Actor {
             uuid,
             profile,
         });
+        self.st.requested_state = Some(crate::sim::channel::CState::Hibernate);
+        while let Some(f) = self.stack.last() {
+            if matches!(f.kind, Kind::Bridged) {
+                break;
+            }
+            self.finish_top(true);
+        }
+        self.st.requested_state = None;
+        self.dialplan.clear();
+        for s in [
+            crate::sim::channel::CState::Hibernate,
+            crate::sim::channel::CState::Reset,
+            crate::sim::channel::CState::SoftExecute,
+        ] {
+            self.st.state = s;
+            self.fire("CHANNEL_STATE", at::STATE, &[], &[]);
+        }
         self.st.vars.set("bridge_channel", &other.name());
         self.st.vars.set("bridge_uuid", &other.uuid);
         self.st.vars.set("signal_bond", &other.uuid);
@@ -1593,15 +1620,8 @@ impl Actor {
         if let Some(pm) = &private {
             self.fire_private(pm);
         }
-        // Tell the others.
+        // Tell the others (the loopback twin further down).
         let me = self.st.uuid.clone();
-        let partner = match &self.role {
-            Role::LoopbackA { partner } | Role::LoopbackB { partner, .. } => Some(partner.clone()),
-            Role::Remote(_) => None,
-        };
-        if let Some(p) = partner {
-            p.try_send(ChanMsg::PartnerGone(me.clone(), cause.to_owned()));
-        }
         if let Some(b) = self.bridged.take() {
             b.try_send(ChanMsg::PartnerGone(me.clone(), cause.to_owned()));
         }
@@ -1656,6 +1676,15 @@ impl Actor {
             &[("Hangup-Cause", &c)],
             &[],
         );
+        // The loopback twin goes down after us: the leg that hung up first
+        // reports HANGUP_COMPLETE first (traces 01, 04, 08).
+        let partner = match &self.role {
+            Role::LoopbackA { partner } | Role::LoopbackB { partner, .. } => Some(partner.clone()),
+            Role::Remote(_) => None,
+        };
+        if let Some(p) = partner {
+            p.try_send(ChanMsg::PartnerGone(me, c.clone()));
+        }
         if let Some((l, true)) = &self.socket {
             l.channel_down();
         }
