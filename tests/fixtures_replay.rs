@@ -455,8 +455,12 @@ struct Conn {
     /// The local listener address, written back as the trace's
     /// `127.0.0.1:8084` in what the simulator sends.
     out_addr: String,
+    /// The trace's connection name (`inbound`, `outbound-A` …).
+    name: String,
     stream: TcpStream,
     buf: Vec<u8>,
+    /// Every byte the simulator sent, for `REDSWITCH_REPLAY_DUMP`.
+    raw: Vec<u8>,
     frames: Vec<WireFrame>,
     eof: bool,
 }
@@ -470,23 +474,26 @@ impl Conn {
                 Ok(Ok(0)) | Ok(Err(_)) => self.eof = true,
                 Ok(Ok(n)) => {
                     self.buf.extend_from_slice(&tmp[..n]);
+                    self.raw.extend_from_slice(&tmp[..n]);
                     let f = split_frames(&mut self.buf);
                     let a = self.out_addr.clone();
-                    self.frames.extend(f.into_iter().map(|mut f| {
-                        for (_, v) in &mut f.headers {
-                            *v = v
-                                .replace(&a, "127.0.0.1:8084")
-                                .replace(&a.replace(':', "%3A"), "127.0.0.1%3A8084");
-                        }
-                        let body = String::from_utf8_lossy(&f.body).into_owned();
-                        if body.contains(&a) || body.contains(&a.replace(':', "%3A")) {
-                            f.body = body
-                                .replace(&a, "127.0.0.1:8084")
-                                .replace(&a.replace(':', "%3A"), "127.0.0.1%3A8084")
-                                .into_bytes();
-                        }
-                        f
-                    }));
+                    let name = self.name.clone();
+                    self.frames
+                        .extend(f.into_iter().filter(|f| !racy(&name, f)).map(|mut f| {
+                            for (_, v) in &mut f.headers {
+                                *v = v
+                                    .replace(&a, "127.0.0.1:8084")
+                                    .replace(&a.replace(':', "%3A"), "127.0.0.1%3A8084");
+                            }
+                            let body = String::from_utf8_lossy(&f.body).into_owned();
+                            if body.contains(&a) || body.contains(&a.replace(':', "%3A")) {
+                                f.body = body
+                                    .replace(&a, "127.0.0.1:8084")
+                                    .replace(&a.replace(':', "%3A"), "127.0.0.1%3A8084")
+                                    .into_bytes();
+                            }
+                            f
+                        }));
                 }
                 Err(_) => return,
             }
@@ -501,8 +508,11 @@ impl Conn {
                 Ok(Ok(0)) | Ok(Err(_)) => self.eof = true,
                 Ok(Ok(n)) => {
                     self.buf.extend_from_slice(&tmp[..n]);
+                    self.raw.extend_from_slice(&tmp[..n]);
                     let f = split_frames(&mut self.buf);
-                    self.frames.extend(f);
+                    let name = self.name.clone();
+                    self.frames
+                        .extend(f.into_iter().filter(|f| !racy(&name, f)));
                 }
                 Err(_) => return false,
             }
@@ -593,8 +603,10 @@ async fn replay(name: &str) -> Report {
                     c.conn.clone(),
                     Conn {
                         out_addr: out_addr.clone(),
+                        name: c.conn.clone(),
                         stream: s,
                         buf: Vec::new(),
+                        raw: Vec::new(),
                         frames: Vec::new(),
                         eof: false,
                     },
@@ -606,7 +618,10 @@ async fn replay(name: &str) -> Report {
             let buf = fs_bufs.entry(c.conn.clone()).or_default();
             buf.extend_from_slice(&c.data);
             let f = split_frames(buf);
-            fs_frames.entry(c.conn.clone()).or_default().extend(f);
+            fs_frames
+                .entry(c.conn.clone())
+                .or_default()
+                .extend(f.into_iter().filter(|f| !racy(&c.conn, f)));
             continue;
         }
         if !conns.contains_key(&c.conn) {
@@ -616,8 +631,10 @@ async fn replay(name: &str) -> Report {
                         c.conn.clone(),
                         Conn {
                             out_addr: out_addr.clone(),
+                            name: c.conn.clone(),
                             stream: s,
                             buf: Vec::new(),
+                            raw: Vec::new(),
                             frames: Vec::new(),
                             eof: false,
                         },
@@ -666,12 +683,6 @@ async fn replay(name: &str) -> Report {
             continue;
         };
         conn.fill_until(frames.len(), deadline).await;
-        // Give late frames (e.g. a CHANNEL_PARK we will drop) a moment.
-        let _ = timeout(Duration::from_millis(100), std::future::pending::<()>()).await;
-        let not_park = |f: &&WireFrame| frame_label(f) != "EV:CHANNEL_PARK";
-        let frames: Vec<WireFrame> = frames.iter().filter(not_park).cloned().collect();
-        conn.frames.retain(|f| frame_label(f) != "EV:CHANNEL_PARK");
-        let frames = &frames;
         let fs_names: Vec<String> = frames.iter().map(frame_label).collect();
         let sim_names: Vec<String> = conn.frames.iter().map(frame_label).collect();
         if fs_names != sim_names {
@@ -692,8 +703,25 @@ async fn replay(name: &str) -> Report {
             ));
         }
     }
+    // For debugging a replay: the simulator's side, one file per connection.
+    if let Some(dir) = std::env::var_os("REDSWITCH_REPLAY_DUMP") {
+        for (cn, conn) in &conns {
+            let path = PathBuf::from(&dir).join(format!("{name}.{cn}.sim"));
+            if let Err(e) = std::fs::write(&path, &conn.raw) {
+                eprintln!("{}: {e}", path.display());
+            }
+        }
+    }
     sim.shutdown().await;
     report
+}
+
+/// CHANNEL_PARK on an outbound socket: FreeSWITCH fires it from the
+/// channel thread right after `connect` while the socket thread is still
+/// reading `myevents`, so whether the socket gets it is a race (see the top
+/// comment). Left out on both sides, before frames are counted or aligned.
+fn racy(conn: &str, f: &WireFrame) -> bool {
+    conn.starts_with("outbound") && frame_label(f) == "EV:CHANNEL_PARK"
 }
 
 fn frame_label(f: &WireFrame) -> String {
@@ -755,19 +783,16 @@ async fn trace_03_json_filter_break_badapp() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "known differences: after uuid_bridge the inbound listener sees the -b legs' HANGUP_COMPLETE in another order, and transfer variables/Other-Leg details differ"]
 async fn trace_04_bridge_two_sockets() {
     check("04-bridge-two-sockets").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "known difference: the target leg's socket gets CHANNEL_PARK (FreeSWITCH raced it away in this recording) and the frame sequence check counts it"]
 async fn trace_05_eavesdrop_dtmf() {
     check("05-eavesdrop-dtmf").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "known differences: sofia legs lack the SIP/RTP variables and codec headers FreeSWITCH adds at answer"]
 async fn trace_06_sofia_gateway() {
     check("06-sofia-gateway-sipp").await;
 }
@@ -784,7 +809,6 @@ async fn trace_08_inbound_misc() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "known difference: sendmsg is parsed at once, not on the park loop's next 20 ms tick, so a reply and an event swap places"]
 async fn trace_09_event_lock() {
     check("09-outbound-event-lock").await;
 }

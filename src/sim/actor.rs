@@ -5,10 +5,11 @@
 //! Everything that happens to a channel goes through its bounded mailbox
 //! ([`ChanMsg`]), so the channel's events come out in one well-defined order.
 
-use crate::esl::{Event, Frame};
+use crate::esl::Event;
 use crate::sim::channel::{ChanState, OtherLeg, SnapExtra, at, normalize_cause, set_cdr_vars};
 use crate::sim::event::now_micros;
 use crate::sim::numberplan::{Extension, Outcome};
+use crate::sim::packet::Packet;
 use crate::sim::session::{ListenerEntry, is_true};
 use crate::sim::wav::{PlayLength, file_type, play_length, write_recording};
 use crate::sim::{ChannelSnapshot, Core, EavesdropMode, EavesdropSnapshot, lock, outbound};
@@ -38,7 +39,7 @@ pub(crate) struct PrivateMsg {
 }
 
 impl PrivateMsg {
-    pub(crate) fn from_frame(frame: &Frame) -> Self {
+    pub(crate) fn from_frame(frame: &Packet) -> Self {
         let h = |n: &str| frame.header(n).map(str::to_owned);
         let mut raw = String::from_utf8_lossy(frame.head()).into_owned();
         raw.push('\n');
@@ -274,6 +275,7 @@ pub(crate) fn spawn(core: Arc<Core>, handle: ChannelHandle, rx: mpsc::Receiver<C
         hangup_after_idle: false,
         answer_ack: None,
         parked: false,
+        pending_private: VecDeque::new(),
     };
     core.tasks.spawn(async move {
         actor.start(s.originate_timeout);
@@ -323,6 +325,12 @@ enum Timer {
     OriginateTimeout,
     Park,
     RecordLimit,
+    /// The bridged partner hung up: the bridge loop notices on its next
+    /// frame read.
+    BridgeGone(String, String),
+    /// The media loop's next 20 ms frame: queued `sendmsg` messages are
+    /// parsed now (`switch_ivr_parse_all_events` runs once per frame).
+    Frame,
 }
 
 struct MediaBug {
@@ -365,6 +373,8 @@ struct Actor {
     /// sent before that wait, as in FreeSWITCH, where they are parsed from
     /// the park loop (CHANNEL_PARK precedes the first CHANNEL_EXECUTE).
     parked: bool,
+    /// Async `sendmsg` messages waiting for the next frame tick.
+    pending_private: VecDeque<PrivateMsg>,
 }
 
 impl Actor {
@@ -600,6 +610,12 @@ impl Actor {
                 }
             }
             Timer::RecordLimit => self.stop_media_bug(),
+            Timer::BridgeGone(uuid, cause) => self.partner_gone(&uuid, &cause),
+            Timer::Frame => {
+                while let Some(pm) = self.pending_private.pop_front() {
+                    self.private(pm, None);
+                }
+            }
         }
     }
 
@@ -642,6 +658,27 @@ impl Actor {
         if self.st.profile.progress == 0 && matches!(self.role, Role::Remote(_)) {
             self.st.profile.progress = self.st.profile.answered;
         }
+        if self.st.codec.is_none() && self.st.name.starts_with("sofia/") {
+            // A sofia leg has no codec until SDP is negotiated: from the
+            // answer on, its events carry the PCMU codec block and the
+            // codec variables, as in trace 06.
+            self.st.codec = Some("PCMU");
+            for (n, v) in [
+                ("rtp_use_codec_name", "PCMU"),
+                ("rtp_use_codec_rate", "8000"),
+                ("rtp_use_codec_ptime", "20"),
+                ("rtp_use_codec_channels", "1"),
+                ("read_codec", "PCMU"),
+                ("original_read_codec", "PCMU"),
+                ("read_rate", "8000"),
+                ("original_read_rate", "8000"),
+                ("write_codec", "PCMU"),
+                ("write_rate", "8000"),
+                ("dtmf_type", "rfc2833"),
+            ] {
+                self.st.vars.set(n, v);
+            }
+        }
         self.st.vars.set_keep("endpoint_disposition", "ANSWER");
         self.fire("CHANNEL_ANSWER", at::ANSWER, &[], &[]);
         self.st.call_state = "ACTIVE";
@@ -678,7 +715,18 @@ impl Actor {
 
     fn handle(&mut self, msg: ChanMsg) {
         match msg {
-            ChanMsg::Private(pm, done) => self.private(pm, done),
+            // A static socket runs the application in its own turn (the
+            // reply waits for it); everything else is queued on the session
+            // and parsed by the channel thread on its next media frame, so
+            // two messages sent back to back are seen together (trace 09)
+            // and a hangup's CHANNEL_HANGUP follows its +OK by ~20 ms.
+            ChanMsg::Private(pm, Some(done)) => self.private(pm, Some(done)),
+            ChanMsg::Private(pm, None) => {
+                if self.pending_private.is_empty() {
+                    self.schedule(self.core.cfg.park_delay, Timer::Frame);
+                }
+                self.pending_private.push_back(pm);
+            }
             ChanMsg::Hangup(cause) => self.hangup(&cause, None),
             ChanMsg::Break { all } => self.break_media(all),
             ChanMsg::RecvDtmf(d) => self.queue_dtmf(&d),
@@ -732,6 +780,15 @@ impl Actor {
             ChanMsg::PartnerAnswered(ack) => {
                 self.answer();
                 let _ = ack.send(());
+            }
+            // FreeSWITCH's bridge loop sees its partner gone on its next
+            // frame, after the partner (and the partner's loopback twin)
+            // finished hanging up: their HANGUP_COMPLETE precede our
+            // UNBRIDGE (trace 04).
+            ChanMsg::PartnerGone(uuid, cause)
+                if self.bridged.as_ref().is_some_and(|b| *b.uuid == *uuid) =>
+            {
+                self.schedule(self.core.cfg.park_delay, Timer::BridgeGone(uuid, cause));
             }
             ChanMsg::PartnerGone(uuid, cause) => self.partner_gone(&uuid, &cause),
             ChanMsg::FarDtmf(d) => self.queue_dtmf(&d),
@@ -1431,22 +1488,19 @@ impl Actor {
         if self.hung_up() {
             return;
         }
-        // The channel leaves its applications (the socket completes, trace 04).
-        while let Some(f) = self.stack.last() {
-            if matches!(f.kind, Kind::Bridged) {
-                break;
-            }
-            self.finish_top(true);
-        }
-        self.dialplan.clear();
-        for s in [
-            crate::sim::channel::CState::Hibernate,
-            crate::sim::channel::CState::Reset,
-            crate::sim::channel::CState::SoftExecute,
-        ] {
-            self.st.state = s;
-            self.fire("CHANNEL_STATE", at::STATE, &[], &[]);
-        }
+        // switch_ivr_uuid_bridge records the transfer, sets the other leg's
+        // profile and asks for CS_HIBERNATE before the channel thread
+        // leaves its applications: UNPARK and the socket's
+        // EXECUTE_COMPLETE already carry them, with Channel-State-Number 8
+        // while Channel-State still says CS_EXECUTE (trace 04).
+        let epoch = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        let source = format!("{epoch}:{}:uuid_br:{}", uuid::Uuid::new_v4(), other.uuid);
+        self.st.vars.set("transfer_history", &source);
+        self.st.vars.set("transfer_source", &source);
+        self.st.profile.transfer_source = Some(source);
+        self.st.profile.profile_index += 1;
         self.st.other = other_profile.map(|b| *b).map(|(profile, uuid)| OtherLeg {
             kind: if originator {
                 "originatee"
@@ -1456,6 +1510,23 @@ impl Actor {
             uuid,
             profile,
         });
+        self.st.requested_state = Some(crate::sim::channel::CState::Hibernate);
+        while let Some(f) = self.stack.last() {
+            if matches!(f.kind, Kind::Bridged) {
+                break;
+            }
+            self.finish_top(true);
+        }
+        self.st.requested_state = None;
+        self.dialplan.clear();
+        for s in [
+            crate::sim::channel::CState::Hibernate,
+            crate::sim::channel::CState::Reset,
+            crate::sim::channel::CState::SoftExecute,
+        ] {
+            self.st.state = s;
+            self.fire("CHANNEL_STATE", at::STATE, &[], &[]);
+        }
         self.st.vars.set("bridge_channel", &other.name());
         self.st.vars.set("bridge_uuid", &other.uuid);
         self.st.vars.set("signal_bond", &other.uuid);
@@ -1549,15 +1620,8 @@ impl Actor {
         if let Some(pm) = &private {
             self.fire_private(pm);
         }
-        // Tell the others.
+        // Tell the others (the loopback twin further down).
         let me = self.st.uuid.clone();
-        let partner = match &self.role {
-            Role::LoopbackA { partner } | Role::LoopbackB { partner, .. } => Some(partner.clone()),
-            Role::Remote(_) => None,
-        };
-        if let Some(p) = partner {
-            p.try_send(ChanMsg::PartnerGone(me.clone(), cause.to_owned()));
-        }
         if let Some(b) = self.bridged.take() {
             b.try_send(ChanMsg::PartnerGone(me.clone(), cause.to_owned()));
         }
@@ -1612,6 +1676,15 @@ impl Actor {
             &[("Hangup-Cause", &c)],
             &[],
         );
+        // The loopback twin goes down after us: the leg that hung up first
+        // reports HANGUP_COMPLETE first (traces 01, 04, 08).
+        let partner = match &self.role {
+            Role::LoopbackA { partner } | Role::LoopbackB { partner, .. } => Some(partner.clone()),
+            Role::Remote(_) => None,
+        };
+        if let Some(p) = partner {
+            p.try_send(ChanMsg::PartnerGone(me, c.clone()));
+        }
         if let Some((l, true)) = &self.socket {
             l.channel_down();
         }

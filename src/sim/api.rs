@@ -484,6 +484,7 @@ pub(crate) async fn originate(core: &Arc<Core>, arg: &str) -> String {
         profile: profile.clone(),
         other: None,
         vars,
+        requested_state: None,
     };
     let a_extra = SnapExtra {
         caller_id_number: cid_num.clone(),
@@ -554,6 +555,7 @@ pub(crate) async fn originate(core: &Arc<Core>, arg: &str) -> String {
             profile: b_profile,
             other: None,
             vars: b_vars,
+            requested_state: None,
         };
         let b_extra = SnapExtra {
             caller_id_number: cid_num.clone(),

@@ -290,6 +290,9 @@ pub(crate) struct ChanState {
     pub(crate) profile: Profile,
     pub(crate) other: Option<OtherLeg>,
     pub(crate) vars: Vars,
+    /// A state already requested (`channel->state`) while the channel
+    /// thread still runs the current one: `Channel-State-Number` shows it.
+    pub(crate) requested_state: Option<CState>,
 }
 
 impl ChanState {
@@ -331,7 +334,8 @@ impl ChanState {
         let hangup_number = self
             .hangup_cause
             .as_ref()
-            .and_then(|_| (self.state < CState::Hangup).then_some(CState::Hangup.number()));
+            .and_then(|_| (self.state < CState::Hangup).then_some(CState::Hangup.number()))
+            .or_else(|| self.requested_state.map(CState::number));
         self.push_basic(e, hangup_number);
         self.profile.push(e, "Caller", &self.uuid);
         if let Some(other) = &self.other {

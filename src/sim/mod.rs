@@ -26,6 +26,7 @@ pub mod dialstring;
 pub mod event;
 pub mod numberplan;
 pub mod outbound;
+pub mod packet;
 pub mod server;
 pub mod session;
 pub mod wav;
@@ -76,11 +77,19 @@ pub struct SimConfig {
     pub recordings_dir: Option<PathBuf>,
     /// Events a connection may leave unread before events are dropped.
     pub event_queue_len: usize,
+    /// Header-block size at which a client's packet is cut and parsed as
+    /// it is (FreeSWITCH's `max_len` in `read_packet`, 10 MiB).
+    pub max_packet_head: usize,
+    /// Largest `Content-Length` a client may send; over it the connection
+    /// closes (FreeSWITCH would try to allocate it).
+    pub max_packet_body: usize,
     /// Dropped events after which the connection is killed (FreeSWITCH's
     /// `MAX_MISSED`, 500).
     pub max_missed: u32,
-    /// Delay between an outbound socket's `connect` and the channel parking
-    /// (CHANNEL_PARK). FreeSWITCH's park loop runs on 20 ms frames.
+    /// A channel's media frame (20 ms): the delay between an outbound
+    /// socket's `connect` and the channel parking (CHANNEL_PARK), and
+    /// between an async `sendmsg` and the channel acting on it (the park
+    /// and playback loops parse queued messages once per frame).
     pub park_delay: Duration,
     /// Where the `socket` test extension connects (`127.0.0.1:8084` in the
     /// recorded dialplan).
@@ -107,6 +116,8 @@ impl Default for SimConfig {
             file_play_time: Duration::from_millis(500),
             recordings_dir: None,
             event_queue_len: 10_000,
+            max_packet_head: packet::DEFAULT_MAX_PACKET_HEAD,
+            max_packet_body: packet::DEFAULT_MAX_PACKET_BODY,
             max_missed: 500,
             park_delay: Duration::from_millis(20),
             socket_extension: "127.0.0.1:8084".to_owned(),

@@ -7,9 +7,10 @@
 //! loses events once the queue is full and is killed after `max_missed`
 //! losses, as FreeSWITCH does, so a slow client never stalls the switch.
 
-use crate::esl::{EslCodec, Event, EventFormat, Frame};
+use crate::esl::{Event, EventFormat};
 use crate::sim::actor::{ChanMsg, ChannelHandle, PrivateMsg};
 use crate::sim::event::{EVENT_ALL, EVENT_CUSTOM, EVENT_NAMES, FiredEvent, event_id, origin};
+use crate::sim::packet::{Packet, PacketDecoder, PacketError};
 use crate::sim::{Core, api, lock};
 use bytes::Bytes;
 use futures::StreamExt;
@@ -210,8 +211,15 @@ pub(crate) enum Kind {
 pub(crate) enum SessionError {
     #[error("socket error: {0}")]
     Io(#[from] std::io::Error),
-    #[error("protocol error: {0}")]
-    Codec(#[from] crate::esl::CodecError),
+    #[error("unreadable input: {0}")]
+    Input(#[from] PacketError),
+    /// Killed for leaving too many events unread (FreeSWITCH's
+    /// `kill_listener`).
+    #[error("killed: the client left more than max_missed events unread")]
+    Killed,
+    /// The simulator shut down while a write was blocked.
+    #[error("simulator shutting down")]
+    ShuttingDown,
 }
 
 /// One connection's state (mod_event_socket's `listener_t`).
@@ -315,28 +323,31 @@ impl Session {
     where
         S: AsyncRead + AsyncWrite + Unpin,
     {
-        let (rd, mut wr) = tokio::io::split(stream);
-        let mut frames = FramedRead::new(rd, EslCodec::server());
-        if matches!(self.kind, Kind::Inbound) {
-            wr.write_all(b"Content-Type: auth/request\n\n").await?;
-        }
+        let (rd, wr) = tokio::io::split(stream);
+        let decoder =
+            PacketDecoder::new(self.core.cfg.max_packet_head, self.core.cfg.max_packet_body);
+        let mut frames = FramedRead::new(rd, decoder);
         let shutdown = self.core.shutdown.clone();
         let kill = self.entry.kill.clone();
+        let mut wr = Writer {
+            wr,
+            kill: kill.clone(),
+            shutdown: shutdown.clone(),
+        };
+        if matches!(self.kind, Kind::Inbound) {
+            wr.write(b"Content-Type: auth/request\n\n").await?;
+        }
         while self.running {
             let linger_at = self.linger_deadline;
             tokio::select! {
                 biased;
                 () = shutdown.cancelled() => {
-                    self.flush_events();
-                    self.out.extend_from_slice(&disconnect_notice(self.session_uuid(), SHUTDOWN_MSG));
-                    let _ = wr.write_all(&self.out).await;
-                    let _ = wr.shutdown().await;
+                    self.say_shutdown(&mut wr).await;
                     return Ok(());
                 }
                 () = kill.cancelled() => {
                     // FreeSWITCH's kill_listener: no notice, just close.
-                    let _ = wr.shutdown().await;
-                    return Ok(());
+                    return Err(SessionError::Killed);
                 }
                 () = self.entry.down_notify.notified(), if !self.handle_disco => {
                     if self.entry.down.load(Ordering::Acquire) {
@@ -348,7 +359,7 @@ impl Session {
                             self.flush_events();
                         }
                         self.on_channel_down();
-                        wr.write_all(&self.out).await?;
+                        wr.write(&self.out).await?;
                         self.out.clear();
                     }
                 }
@@ -360,21 +371,34 @@ impl Session {
                     let frame = match frame {
                         Some(Ok(f)) => f,
                         Some(Err(e)) => {
-                            // Unparseable input: FreeSWITCH drops such a client.
+                            // Unreadable input (cut off mid-packet, a body
+                            // over the limit): read_packet fails and the
+                            // listener says goodbye and closes.
                             tracing::info!(error = %e, "closing event socket connection on bad input");
                             self.flush_events();
                             self.out.extend_from_slice(&disconnect_notice(self.session_uuid(), GOODBYE));
-                            let _ = wr.write_all(&self.out).await;
-                            let _ = wr.shutdown().await;
+                            let _ = wr.write(&self.out).await;
+                            wr.close().await;
                             return Err(e.into());
                         }
                         None => return Ok(()),
                     };
-                    if let After::Stop = self.command(&frame).await {
-                        self.running = false;
+                    // A command may wait (a blocking `api originate`, a
+                    // static socket's `sendmsg`): shutting down must not.
+                    let after = tokio::select! {
+                        a = self.command(&frame) => Some(a),
+                        () = shutdown.cancelled() => None,
+                    };
+                    match after {
+                        None => {
+                            self.say_shutdown(&mut wr).await;
+                            return Ok(());
+                        }
+                        Some(After::Stop) => self.running = false,
+                        Some(After::Continue) => {}
                     }
                     if !self.out.is_empty() {
-                        wr.write_all(&self.out).await?;
+                        wr.write(&self.out).await?;
                         self.out.clear();
                     }
                 }
@@ -387,12 +411,12 @@ impl Session {
                             Err(_) => break,
                         }
                     }
-                    wr.write_all(&self.out).await?;
+                    wr.write(&self.out).await?;
                     self.out.clear();
                 }
                 Some(line) = self.logs.recv() => {
                     if self.log_on {
-                        wr.write_all(&line.frame()).await?;
+                        wr.write(&line.frame()).await?;
                     }
                 }
             }
@@ -402,10 +426,23 @@ impl Session {
         self.flush_events();
         self.out
             .extend_from_slice(&disconnect_notice(self.session_uuid(), GOODBYE));
-        wr.write_all(&self.out).await?;
+        wr.write(&self.out).await?;
         self.out.clear();
-        let _ = wr.shutdown().await;
+        wr.close().await;
         Ok(())
+    }
+
+    /// The last words when the simulator stops: queued events, then the
+    /// shutdown notice. Best effort: the client may be gone or not reading.
+    async fn say_shutdown<W: AsyncWrite + Unpin>(&mut self, wr: &mut Writer<W>) {
+        self.flush_events();
+        self.out
+            .extend_from_slice(&disconnect_notice(self.session_uuid(), SHUTDOWN_MSG));
+        // The shutdown token is already cancelled; give a client that reads
+        // a moment to take the notice, but never wait on one that does not.
+        let _ = tokio::time::timeout(Duration::from_millis(200), wr.wr.write_all(&self.out)).await;
+        self.out.clear();
+        wr.close().await;
     }
 
     /// After the connection ends: an outbound socket that goes away hangs
@@ -473,8 +510,8 @@ impl Session {
     }
 
     /// mod_event_socket's `parse_command`.
-    async fn command(&mut self, frame: &Frame) -> After {
-        let line = frame.command_line().unwrap_or_default();
+    async fn command(&mut self, frame: &Packet) -> After {
+        let line = frame.command_line();
         let cmd = String::from_utf8_lossy(line).into_owned();
         let lower = cmd.to_ascii_lowercase();
         let starts = |p: &str| lower.starts_with(p);
@@ -876,7 +913,7 @@ impl Session {
         }
     }
 
-    fn sendevent(&mut self, frame: &Frame, cmd: &str) -> String {
+    fn sendevent(&mut self, frame: &Packet, cmd: &str) -> String {
         let event_uuid = uuid::Uuid::new_v4().to_string();
         let ename = cmd[9..].trim_start_matches([' ', '\t']).trim_end();
         let name = event_id(ename)
@@ -910,7 +947,7 @@ impl Session {
         format!("+OK {event_uuid}")
     }
 
-    async fn sendmsg(&mut self, frame: &Frame, cmd: &str) -> After {
+    async fn sendmsg(&mut self, frame: &Packet, cmd: &str) -> After {
         let mut uuid = cmd[7..].trim().to_owned();
         if uuid.is_empty() {
             uuid = frame.header("session-id").unwrap_or("").to_owned();
@@ -971,6 +1008,30 @@ pub(crate) fn disconnect_notice(session: Option<&str>, message: &str) -> Vec<u8>
     }
     out.extend_from_slice(message.as_bytes());
     out
+}
+
+/// The write half of a connection. Every write gives up when the
+/// connection is killed or the simulator stops: a client that stopped
+/// reading must not keep its task blocked in a write forever.
+struct Writer<W> {
+    wr: W,
+    kill: CancellationToken,
+    shutdown: CancellationToken,
+}
+
+impl<W: AsyncWrite + Unpin> Writer<W> {
+    async fn write(&mut self, buf: &[u8]) -> Result<(), SessionError> {
+        tokio::select! {
+            r = self.wr.write_all(buf) => Ok(r?),
+            () = self.kill.cancelled() => Err(SessionError::Killed),
+            () = self.shutdown.cancelled() => Err(SessionError::ShuttingDown),
+        }
+    }
+
+    /// Half-closes (FIN) after the last write; bounded like the writes.
+    async fn close(&mut self) {
+        let _ = tokio::time::timeout(Duration::from_millis(200), self.wr.shutdown()).await;
+    }
 }
 
 async fn sleep_until_opt(at: Option<Instant>) {
