@@ -26,10 +26,8 @@ for f in files:
 print(f"{len(files)} files ok")
 PY
 
+step "a third-party ESL client (greenswitch) against the simulator"
+bash ci/esl_client_check.sh
+
 step "cargo test"
 cargo test --all-targets
-
-if [ -f ci/esl_client_check.sh ]; then
-  step "third-party ESL client against the simulator"
-  bash ci/esl_client_check.sh
-fi
