@@ -99,6 +99,9 @@ pub enum IvrError {
     /// The recording failed.
     #[error("recording failed: {0}")]
     Record(String),
+    /// `--esl-host` is not a host or host:port.
+    #[error(transparent)]
+    Address(#[from] redswitch::cli::ConfigError),
     /// The listener could not bind.
     #[error("cannot listen on {addr}: {source}")]
     Listen {
@@ -175,12 +178,9 @@ pub async fn run(args: Args) -> Result<Report, IvrError> {
             source,
         })?
         .to_string();
-    let (inbound, events) = InboundClient::connect(InboundConfig::from_host_port(
-        &args.esl_host,
-        args.esl_port,
-        args.esl_password.clone(),
-    ))
-    .await?;
+    let esl_addr = redswitch::cli::esl_address(&args.esl_host, args.esl_port)?;
+    let (inbound, events) =
+        InboundClient::connect(InboundConfig::new(esl_addr, args.esl_password.clone())).await?;
     let owner = format!("ivr-dialer-{}", uuid::Uuid::new_v4().simple());
     let (dialer, _dispatch) = Dialer::start(inbound.clone(), events, &socket_addr, &owner)
         .await

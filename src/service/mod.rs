@@ -11,8 +11,13 @@
 //! - [`control`]: control messages from controllers, and the router that
 //!   delivers them from one pub/sub connection to each call's mailbox.
 //! - [`store`]: connections to Redis, standalone or cluster.
+//! - [`asp_call`]: the asp-call flow, written with the call API of
+//!   [`crate::switch`].
+//! - [`agent`]: `redswitch serve`: takes jobs, runs calls, routes control.
 //!
-//! This is the only part of Redswitch that talks to Redis.
+//! This is the only part of the agent that talks to Redis (the tester
+//! tools `push`, `control` and `demo` talk to it as any producer or
+//! controller would).
 //!
 //! # Redis keys
 //!

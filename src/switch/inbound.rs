@@ -88,7 +88,7 @@ impl ReconnectPolicy {
 /// How to reach and talk to FreeSWITCH.
 #[derive(Clone)]
 pub struct InboundConfig {
-    /// `host:port` of the event socket (see [`crate::switch::host_port`]).
+    /// `host:port` of the event socket (see [`crate::cli::esl_address`]).
     pub addr: String,
     /// The event-socket password (never logged: `Debug` hides it).
     pub password: String,
@@ -130,11 +130,6 @@ impl InboundConfig {
             event_buffer: 2048,
             reconnect: ReconnectPolicy::default(),
         }
-    }
-
-    /// From a host (which may carry its own `:port`) and a default port.
-    pub fn from_host_port(host: &str, port: u16, password: impl Into<String>) -> Self {
-        Self::new(crate::switch::host_port(host, port), password)
     }
 }
 

@@ -6,7 +6,11 @@
 //! - [`outbound`]: the listener the dialplan `socket` application connects
 //!   to, one task per call leg, an allow-list and a cap on legs.
 //! - [`call`]: the handle of one leg (answer, play, execute, hang up, its
-//!   events), on which the voice-application API grows.
+//!   events).
+//! - [`app`]: placing calls ([`app::Dialer`]): originate through the inbound
+//!   connection, and the new leg's socket handed to whoever placed it.
+//! - [`voice`]: the voice-application API (Doug parity): typed events,
+//!   media, recording, DTMF, timers, bridging, conferences, app routing.
 //! - [`error`]: the error type with its classifiers.
 //!
 //! Both kinds of connection follow one pattern (redis-rs's multiplexed
@@ -31,38 +35,3 @@ pub use call::{Call, CallEvents, ChannelData, Control, Direction, ExecuteComplet
 pub use error::{Error, Result};
 pub use inbound::{BgJobResult, EventStream, InboundClient, InboundConfig, ReconnectPolicy};
 pub use outbound::{AppResult, BoxError, CallHandler, OutboundConfig, OutboundListener};
-
-/// Joins a host and a port into `host:port`, accepting a host that already
-/// carries a port (`fs1:8021`, `[::1]:8021`) and bare IPv6 literals (`::1`).
-pub fn host_port(host: &str, port: u16) -> String {
-    let host = host.trim();
-    if host.parse::<std::net::SocketAddr>().is_ok() {
-        return host.to_owned();
-    }
-    if let Ok(ip) = host.parse::<std::net::IpAddr>() {
-        return std::net::SocketAddr::new(ip, port).to_string();
-    }
-    if let Some((name, p)) = host.rsplit_once(':')
-        && !name.contains(':')
-        && !p.is_empty()
-        && p.parse::<u16>().is_ok()
-    {
-        return host.to_owned();
-    }
-    format!("{host}:{port}")
-}
-
-#[cfg(test)]
-mod tests {
-    use super::host_port;
-
-    #[test]
-    fn host_port_accepts_every_spelling() {
-        assert_eq!(host_port("127.0.0.1", 8021), "127.0.0.1:8021");
-        assert_eq!(host_port("127.0.0.1:9000", 8021), "127.0.0.1:9000");
-        assert_eq!(host_port("fs.example", 8021), "fs.example:8021");
-        assert_eq!(host_port("fs.example:9000", 8021), "fs.example:9000");
-        assert_eq!(host_port("::1", 8021), "[::1]:8021");
-        assert_eq!(host_port("[::1]:9000", 8021), "[::1]:9000");
-    }
-}
