@@ -24,6 +24,7 @@
 mod announcement;
 
 use futures::StreamExt;
+use redswitch::commands::demo::RedisServer;
 use redswitch::esl::EventFormat;
 use redswitch::switch::{Call, InboundClient, InboundConfig, OutboundConfig, OutboundListener};
 use std::collections::HashMap;
@@ -363,29 +364,6 @@ fn bench_legs(rt: &tokio::runtime::Runtime) {
     );
 }
 
-fn start_redis() -> (Proc, String, tempfile::TempDir) {
-    let port = free_port();
-    let dir = tempfile::tempdir().expect("temp dir");
-    let child = Command::new("redis-server")
-        .args([
-            "--port",
-            &port.to_string(),
-            "--bind",
-            "127.0.0.1",
-            "--save",
-            "",
-            "--appendonly",
-            "no",
-        ])
-        .arg("--dir")
-        .arg(dir.path())
-        .stdout(Stdio::null())
-        .spawn()
-        .expect("redis-server starts (apt-get install redis-server)");
-    wait_port(SocketAddr::from(([127, 0, 0, 1], port)));
-    (Proc(child), format!("redis://127.0.0.1:{port}"), dir)
-}
-
 async fn agent_load(
     redis_url: &str,
     agent_pid: u32,
@@ -521,7 +499,10 @@ async fn agent_load(
 }
 
 fn bench_agent(rt: &tokio::runtime::Runtime) {
-    let (_redis, redis_url, _dir) = start_redis();
+    let redis = rt
+        .block_on(RedisServer::start())
+        .expect("redis-server starts (apt-get install redis-server)");
+    let redis_url = redis.url().to_owned();
     let (_sim, esl) = start_sim();
     let listen = SocketAddr::from(([127, 0, 0, 1], free_port()));
     let agent = Command::new(REDSWITCH)

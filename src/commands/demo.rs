@@ -46,8 +46,9 @@ pub enum DemoError {
     Timeout(u64),
 }
 
-/// A `redis-server` child process, stopped on drop.
-struct RedisServer {
+/// A throw-away `redis-server` on a free loopback port (for the demo and
+/// the load benchmarks), stopped and its folder removed on drop.
+pub struct RedisServer {
     child: Child,
     url: String,
     _dir: tempfile_dir::TempDir,
@@ -80,7 +81,8 @@ mod tempfile_dir {
 }
 
 impl RedisServer {
-    async fn start() -> Result<Self, DemoError> {
+    /// Starts `redis-server` from PATH and waits until it answers PING.
+    pub async fn start() -> Result<Self, DemoError> {
         let port = TcpListener::bind("127.0.0.1:0")
             .and_then(|l| l.local_addr())
             .map_err(DemoError::NoRedisServer)?
@@ -124,6 +126,13 @@ impl RedisServer {
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
+    }
+}
+
+impl RedisServer {
+    /// Its URL.
+    pub fn url(&self) -> &str {
+        &self.url
     }
 }
 
