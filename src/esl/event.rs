@@ -402,35 +402,30 @@ fn json_safe(s: &str) -> bool {
 
 impl Event {
     /// Writes the event as one JSON object (the same as its `Serialize`
-    /// form) followed by a newline. Most events need no escaping at all:
-    /// one vectorised check over the whole text lets them be copied
-    /// straight out; otherwise serde_json does the escaping.
+    /// form) followed by a newline. Most names and values need no escaping:
+    /// a vectorised check lets them be copied straight out, and serde_json
+    /// escapes the others (SDP bodies, quoted values).
     pub fn write_json_line<W: std::io::Write>(&self, out: &mut W) -> std::io::Result<()> {
-        if json_safe(&self.text) && self.body.as_deref().is_none_or(json_safe) {
-            out.write_all(b"{")?;
-            for (i, (name, value)) in self.headers().enumerate() {
-                if i > 0 {
-                    out.write_all(b",")?;
-                }
+        fn string<W: std::io::Write>(out: &mut W, s: &str) -> std::io::Result<()> {
+            if json_safe(s) {
                 out.write_all(b"\"")?;
-                out.write_all(name.as_bytes())?;
-                out.write_all(b"\":\"")?;
-                out.write_all(value.as_bytes())?;
-                out.write_all(b"\"")?;
+                out.write_all(s.as_bytes())?;
+                out.write_all(b"\"")
+            } else {
+                serde_json::to_writer(&mut *out, s).map_err(std::io::Error::from)
             }
-            if let Some(body) = &self.body {
-                if !self.headers.is_empty() {
-                    out.write_all(b",")?;
-                }
-                out.write_all(b"\"_body\":\"")?;
-                out.write_all(body.as_bytes())?;
-                out.write_all(b"\"")?;
-            }
-            out.write_all(b"}\n")
-        } else {
-            serde_json::to_writer(&mut *out, self).map_err(std::io::Error::from)?;
-            out.write_all(b"\n")
         }
+        out.write_all(b"{")?;
+        let body = self.body.as_deref().map(|b| ("_body", b));
+        for (i, (name, value)) in self.headers().chain(body).enumerate() {
+            if i > 0 {
+                out.write_all(b",")?;
+            }
+            string(out, name)?;
+            out.write_all(b":")?;
+            string(out, value)?;
+        }
+        out.write_all(b"}\n")
     }
 }
 
