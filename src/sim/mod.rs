@@ -24,6 +24,7 @@ pub mod api;
 pub mod channel;
 pub mod dialstring;
 pub mod event;
+pub(crate) mod fslog;
 pub mod numberplan;
 pub mod outbound;
 pub mod packet;

@@ -403,6 +403,11 @@ impl Session {
                     }
                 }
                 Some(ev) = self.events.recv() => {
+                    // One turn of read_packet's loop: one queued log line,
+                    // then every queued event (trace 08's order).
+                    if self.log_on && let Ok(line) = self.logs.try_recv() {
+                        self.out.extend_from_slice(&line.frame());
+                    }
                     self.write_event(&ev);
                     // Batch whatever else is queued into the same write.
                     while self.out.len() < 256 * 1024 {
@@ -416,7 +421,12 @@ impl Session {
                 }
                 Some(line) = self.logs.recv() => {
                     if self.log_on {
-                        wr.write(&line.frame()).await?;
+                        self.out.extend_from_slice(&line.frame());
+                    }
+                    self.flush_events();
+                    if !self.out.is_empty() {
+                        wr.write(&self.out).await?;
+                        self.out.clear();
                     }
                 }
             }
