@@ -76,7 +76,8 @@ pub struct SimConfig {
     pub file_play_time: Duration,
     /// Where `record` with a relative path writes.
     pub recordings_dir: Option<PathBuf>,
-    /// Events a connection may leave unread before events are dropped.
+    /// Events a connection may leave unread before events are dropped
+    /// (FreeSWITCH's `MAX_QUEUE_LEN`, 100,000).
     pub event_queue_len: usize,
     /// Header-block size at which a client's packet is cut and parsed as
     /// it is (FreeSWITCH's `max_len` in `read_packet`, 10 MiB).
@@ -116,7 +117,7 @@ impl Default for SimConfig {
             media_dir: None,
             file_play_time: Duration::from_millis(500),
             recordings_dir: None,
-            event_queue_len: 10_000,
+            event_queue_len: 100_000,
             max_packet_head: packet::DEFAULT_MAX_PACKET_HEAD,
             max_packet_body: packet::DEFAULT_MAX_PACKET_BODY,
             max_missed: 500,
