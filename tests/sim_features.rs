@@ -270,3 +270,81 @@ async fn bridge_to_a_failing_dial_string_completes_with_the_cause() {
     assert!(sim.channel(&uuid).is_some_and(|s| s.hangup_cause.is_none()));
     sim.shutdown().await;
 }
+
+#[tokio::test]
+async fn conference_members_mute_unmute_kick() {
+    let sim = sim().await;
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let mut watch = Client::login(&sim).await;
+    watch
+        .cmd("event plain CUSTOM conference::maintenance")
+        .await;
+    let mut api = Client::login(&sim).await;
+    let mut legs = Vec::new();
+    for _ in 0..2 {
+        api.cmd(&format!(
+            "bgapi originate loopback/answer-park/redswitch-test '&socket({addr} async full)'"
+        ))
+        .await;
+        let (mut leg, uuid) = socket_leg(&listener).await;
+        leg.cmd("event plain CHANNEL_EXECUTE_COMPLETE").await;
+        leg.cmd("sendmsg\ncall-command: execute\nexecute-app-name: conference\nexecute-app-arg: room1@default")
+            .await;
+        legs.push((leg, uuid));
+    }
+    let deadline = Instant::now() + WAIT;
+    for (i, (_, uuid)) in legs.iter().enumerate() {
+        let add = watch.event("CUSTOM", deadline).await;
+        assert_eq!(
+            add.ev("Event-Subclass").as_deref(),
+            Some("conference::maintenance")
+        );
+        assert_eq!(add.ev("Action").as_deref(), Some("add-member"));
+        assert_eq!(add.ev("Conference-Name").as_deref(), Some("room1"));
+        assert_eq!(add.ev("Member-ID"), Some((i + 1).to_string()));
+        assert_eq!(add.ev("Conference-Size"), Some((i + 1).to_string()));
+        assert_eq!(add.ev("Unique-ID").as_deref(), Some(uuid.as_str()));
+    }
+    let list = api.cmd("api conference room1 list").await.body;
+    assert_eq!(list.lines().count(), 2, "{list}");
+    assert_eq!(
+        api.cmd("api conference room1 mute 1").await.body,
+        "OK mute 1\n"
+    );
+    let m = watch.event("CUSTOM", deadline).await;
+    assert_eq!(m.ev("Action").as_deref(), Some("mute-member"));
+    assert_eq!(m.ev("Speak").as_deref(), Some("false"));
+    assert_eq!(
+        api.cmd("api conference room1 unmute 1").await.body,
+        "OK unmute 1\n"
+    );
+    let m = watch.event("CUSTOM", deadline).await;
+    assert_eq!(m.ev("Action").as_deref(), Some("unmute-member"));
+    assert_eq!(m.ev("Speak").as_deref(), Some("true"));
+    assert_eq!(
+        api.cmd("api conference room1 kick 7").await.body,
+        "Non-Existant ID 7\n"
+    );
+    assert_eq!(
+        api.cmd("api conference room1 kick 2").await.body,
+        "OK kicked 2\n"
+    );
+    let k = watch.event("CUSTOM", deadline).await;
+    assert_eq!(k.ev("Action").as_deref(), Some("kick-member"));
+    let d = watch.event("CUSTOM", deadline).await;
+    assert_eq!(d.ev("Action").as_deref(), Some("del-member"));
+    assert_eq!(d.ev("Member-ID").as_deref(), Some("2"));
+    assert_eq!(d.ev("Conference-Size").as_deref(), Some("1"));
+    let done = legs[1].0.event("CHANNEL_EXECUTE_COMPLETE", deadline).await;
+    assert_eq!(done.ev("Application").as_deref(), Some("conference"));
+    // The last member hanging up ends the conference.
+    api.cmd(&format!("api uuid_kill {}", legs[0].1)).await;
+    let d = watch.event("CUSTOM", deadline).await;
+    assert_eq!(d.ev("Action").as_deref(), Some("del-member"));
+    assert_eq!(
+        api.cmd("api conference room1 list").await.body,
+        "Conference room1 not found\n"
+    );
+    sim.shutdown().await;
+}

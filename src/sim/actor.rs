@@ -13,6 +13,7 @@ use crate::sim::packet::Packet;
 use crate::sim::session::{ListenerEntry, is_true};
 use crate::sim::wav::{PlayLength, file_type, play_length, write_recording};
 use crate::sim::{ChannelSnapshot, Core, EavesdropMode, EavesdropSnapshot, lock, outbound};
+use crate::sim::{Conference, ConferenceMember};
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -73,6 +74,14 @@ impl PrivateMsg {
     }
 }
 
+/// What the `conference` API does to a member.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum ConferenceOp {
+    Mute,
+    Unmute,
+    Kick,
+}
+
 /// Messages a channel handles.
 pub(crate) enum ChanMsg {
     /// A `sendmsg` (with a completion for static sockets).
@@ -117,6 +126,8 @@ pub(crate) enum ChanMsg {
         originator: bool,
         transfer: bool,
     },
+    /// `conference <name> mute|unmute|kick <member>` for this member.
+    ConferenceOp(ConferenceOp),
     /// The leg the `bridge` application dialled answered, or failed with a
     /// cause.
     BridgeDialled(Result<ChannelHandle, String>),
@@ -303,6 +314,11 @@ enum Kind {
     Echo,
     Eavesdrop,
     Bridged,
+    /// In a conference as this member.
+    Conference {
+        name: String,
+        member: u32,
+    },
     /// `answer` on a loopback `-b` leg, waiting for the `-a` half.
     AnswerWait,
     Record {
@@ -793,6 +809,7 @@ impl Actor {
                 transfer,
             } => self.bridge(other, other_profile, originator, transfer),
             ChanMsg::BridgeDialled(result) => self.bridge_dialled(result),
+            ChanMsg::ConferenceOp(op) => self.conference_op(op),
             ChanMsg::Profile(tx) => {
                 let _ = tx.send((self.st.profile.clone(), self.st.uuid.clone()));
             }
@@ -917,7 +934,11 @@ impl Actor {
                     !f.locked
                         || matches!(
                             f.kind,
-                            Kind::Park | Kind::Socket | Kind::Echo | Kind::Bridged
+                            Kind::Park
+                                | Kind::Socket
+                                | Kind::Echo
+                                | Kind::Bridged
+                                | Kind::Conference { .. }
                         )
                 }
             };
@@ -944,7 +965,11 @@ impl Actor {
                         !f.locked
                             || matches!(
                                 f.kind,
-                                Kind::Park | Kind::Socket | Kind::Echo | Kind::Bridged
+                                Kind::Park
+                                    | Kind::Socket
+                                    | Kind::Echo
+                                    | Kind::Bridged
+                                    | Kind::Conference { .. }
                             )
                     }
                 };
@@ -1011,6 +1036,7 @@ impl Actor {
             "info",
             "log",
             "bridge",
+            "conference",
         ];
         let app = req.app.to_ascii_lowercase();
         if !APPS.contains(&app.as_str()) {
@@ -1193,6 +1219,37 @@ impl Actor {
                     until: limit.map(|s| now + Duration::from_secs(s)),
                 };
             }
+            "conference" => {
+                // `name[@profile][+flags{…}]`: the name is what counts.
+                let name = arg.split(['@', '+']).next().unwrap_or_default().to_owned();
+                if name.is_empty() || self.hung_up() {
+                    return self.complete(frame);
+                }
+                let member = {
+                    let mut confs = lock(&self.core.conferences);
+                    let conf = confs.entry(name.clone()).or_insert_with(|| Conference {
+                        uuid: uuid::Uuid::new_v4().to_string(),
+                        ..Conference::default()
+                    });
+                    conf.last_id += 1;
+                    conf.members.push(ConferenceMember {
+                        id: conf.last_id,
+                        channel: self.me.clone(),
+                    });
+                    conf.last_id
+                };
+                self.st.vars.set("conference_name", &name);
+                self.st
+                    .vars
+                    .set("conference_member_id", &member.to_string());
+                frame.kind = Kind::Conference {
+                    name: name.clone(),
+                    member,
+                };
+                self.stack.push(frame);
+                self.conference_event(&name, member, "add-member", false);
+                return;
+            }
             "bridge" => {
                 frame.kind = Kind::Bridged;
                 match self.core.channel(&arg) {
@@ -1287,6 +1344,20 @@ impl Actor {
                 self.fire("CHANNEL_UNPARK", at::UNPARK, &[], &[]);
             }
             Kind::Eavesdrop => self.extra.eavesdrop = None,
+            Kind::Conference { name, member } => {
+                let (name, member) = (name.clone(), *member);
+                {
+                    let mut confs = lock(&self.core.conferences);
+                    if let Some(conf) = confs.get_mut(&name) {
+                        conf.members.retain(|m| m.id != member);
+                        if conf.members.is_empty() {
+                            confs.remove(&name);
+                        }
+                    }
+                }
+                self.conference_event(&name, member, "del-member", false);
+                self.st.vars.set("current_application_response", "_none_");
+            }
             Kind::Record { path, started, .. } => {
                 let ms = started.elapsed().as_millis() as u64;
                 let stereo = self.st.vars.get("RECORD_STEREO").is_some_and(is_true);
@@ -1505,6 +1576,86 @@ impl Actor {
     }
 
     /// `uuid_bridge` / `bridge`: this channel joins `other`.
+    /// A `conference::maintenance` event for this member
+    /// (conference_member_add_event_data: conference, channel, member).
+    fn conference_event(&self, name: &str, member: u32, action: &str, muted: bool) {
+        let (size, uuid) = {
+            let confs = lock(&self.core.conferences);
+            confs
+                .get(name)
+                .map_or((0, String::new()), |c| (c.members.len(), c.uuid.clone()))
+        };
+        let mut e = Event::default();
+        e.push_header("Event-Subclass", "conference::maintenance");
+        e.push_header("Event-Name", "CUSTOM");
+        self.core.info.push_core(
+            &mut e,
+            crate::sim::event::origin(
+                "mod_conference.c",
+                "conference_member_add_event_data",
+                "1045",
+            ),
+        );
+        e.push_header("Conference-Name", name);
+        e.push_header("Conference-Size", &size.to_string());
+        e.push_header("Conference-Ghosts", "0");
+        e.push_header("Conference-Profile-Name", "default");
+        e.push_header("Conference-Unique-ID", &uuid);
+        self.st.push_data(&mut e, true);
+        let speak = if muted { "false" } else { "true" };
+        for (n, v) in [
+            ("Hear", "true"),
+            ("See", "true"),
+            ("Speak", speak),
+            ("Talking", "false"),
+            ("Mute-Detect", "false"),
+        ] {
+            e.push_header(n, v);
+        }
+        e.push_header("Member-ID", &member.to_string());
+        e.push_header("Member-Type", "member");
+        e.push_header("Member-Ghost", "false");
+        e.push_header("Energy-Level", "100");
+        e.push_header("Current-Energy", "0");
+        e.push_header("Action", action);
+        self.core.fire(e);
+    }
+
+    /// The `conference` API acting on this channel's membership.
+    fn conference_op(&mut self, op: ConferenceOp) {
+        let Some(i) = self
+            .stack
+            .iter()
+            .rposition(|f| matches!(f.kind, Kind::Conference { .. }))
+        else {
+            return;
+        };
+        let Kind::Conference { name, member } = &self.stack[i].kind else {
+            return;
+        };
+        let (name, member) = (name.clone(), *member);
+        match op {
+            ConferenceOp::Mute => {
+                self.extra.conference_muted = true;
+                self.conference_event(&name, member, "mute-member", true);
+            }
+            ConferenceOp::Unmute => {
+                self.extra.conference_muted = false;
+                self.conference_event(&name, member, "unmute-member", false);
+            }
+            ConferenceOp::Kick => {
+                let muted = self.extra.conference_muted;
+                self.conference_event(&name, member, "kick-member", muted);
+                // The application returns; whatever was nested inside ends
+                // with it.
+                while self.stack.len() > i + 1 {
+                    self.finish_top(true);
+                }
+                self.finish_top(false);
+            }
+        }
+    }
+
     /// The `bridge` application joins this channel (the originator) to
     /// `other`.
     fn bridge_to(&mut self, other: ChannelHandle) {

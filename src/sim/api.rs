@@ -42,6 +42,7 @@ pub(crate) async fn execute(core: &Arc<Core>, line: &str) -> String {
             Some(u) if core.channel(u).is_some() => "true".into(),
             _ => "false".into(),
         },
+        "conference" => conference(core, &args).await,
         "uuid_kill" => match args.first().and_then(|u| core.channel(u)) {
             Some(ch) => {
                 let cause = args.get(1).map_or("NORMAL_CLEARING".to_owned(), |c| {
@@ -713,4 +714,67 @@ async fn originate_inner(core: &Arc<Core>, arg: &str, no_app: bool) -> String {
         }
         Err(_) => "-ERR SYSTEM_SHUTDOWN\n".into(),
     }
+}
+
+/// mod_conference's API, the member commands: `conference <name>
+/// mute|unmute|kick <member-id|all|last>`, and `conference <name> list`
+/// (one line per member: id;channel name;uuid;caller id;…;flags).
+async fn conference(core: &Arc<Core>, args: &[&str]) -> String {
+    use crate::sim::actor::ConferenceOp;
+    let (Some(name), Some(cmd)) = (args.first(), args.get(1)) else {
+        return "-USAGE: conference <name> <command> [args]\n".into();
+    };
+    let members: Vec<(u32, ChannelHandle)> = {
+        let confs = crate::sim::lock(&core.conferences);
+        match confs.get(*name) {
+            Some(c) => c
+                .members
+                .iter()
+                .map(|m| (m.id, m.channel.clone()))
+                .collect(),
+            None => return format!("Conference {name} not found\n"),
+        }
+    };
+    let op = match *cmd {
+        "mute" => ConferenceOp::Mute,
+        "unmute" => ConferenceOp::Unmute,
+        "kick" => ConferenceOp::Kick,
+        "list" => {
+            let mut out = String::new();
+            for (id, ch) in &members {
+                let snap = ch.snapshot();
+                out.push_str(&format!(
+                    "{id};{};{};{};{};{}\n",
+                    snap.name, snap.uuid, snap.caller_id_number, snap.destination, "hear|speak"
+                ));
+            }
+            return out;
+        }
+        _ => return format!("-ERR Unknown command {cmd}\n"),
+    };
+    let Some(target) = args.get(2) else {
+        return format!("-USAGE: conference <name> {cmd} <[member_id|all|last]>\n");
+    };
+    let chosen: Vec<&(u32, ChannelHandle)> = match *target {
+        "all" => members.iter().collect(),
+        "last" => members.last().into_iter().collect(),
+        id => match id.parse::<u32>() {
+            Ok(id) => members.iter().filter(|(m, _)| *m == id).collect(),
+            Err(_) => Vec::new(),
+        },
+    };
+    if chosen.is_empty() {
+        return format!("Non-Existant ID {target}\n");
+    }
+    let verb = match op {
+        ConferenceOp::Mute => "mute",
+        ConferenceOp::Unmute => "unmute",
+        ConferenceOp::Kick => "kicked",
+    };
+    let mut out = String::new();
+    for (id, ch) in chosen {
+        ch.send(ChanMsg::ConferenceOp(op)).await;
+        out.push_str(&format!("OK {verb} {id}\n"));
+    }
+    out
 }
