@@ -13,6 +13,7 @@ use crate::sim::packet::Packet;
 use crate::sim::session::{ListenerEntry, is_true};
 use crate::sim::wav::{PlayLength, file_type, play_length, write_recording};
 use crate::sim::{ChannelSnapshot, Core, EavesdropMode, EavesdropSnapshot, lock, outbound};
+use crate::sim::{Conference, ConferenceMember};
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -73,6 +74,14 @@ impl PrivateMsg {
     }
 }
 
+/// What the `conference` API does to a member.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum ConferenceOp {
+    Mute,
+    Unmute,
+    Kick,
+}
+
 /// Messages a channel handles.
 pub(crate) enum ChanMsg {
     /// A `sendmsg` (with a completion for static sockets).
@@ -109,12 +118,19 @@ pub(crate) enum ChanMsg {
     PartnerGone(String, String),
     /// DTMF arriving from the far end.
     FarDtmf(String),
-    /// `uuid_bridge`: become bridged to `other`.
+    /// `uuid_bridge` (`transfer`) or the `bridge` application: become
+    /// bridged to `other`.
     Bridge {
         other: ChannelHandle,
         other_profile: Option<Box<(crate::sim::channel::Profile, String)>>,
         originator: bool,
+        transfer: bool,
     },
+    /// `conference <name> mute|unmute|kick <member>` for this member.
+    ConferenceOp(ConferenceOp),
+    /// The leg the `bridge` application dialled answered, or failed with a
+    /// cause.
+    BridgeDialled(Result<ChannelHandle, String>),
     /// Profile exchange for a bridge.
     Profile(oneshot::Sender<(crate::sim::channel::Profile, String)>),
     /// Someone eavesdrops on us.
@@ -276,6 +292,7 @@ pub(crate) fn spawn(core: Arc<Core>, handle: ChannelHandle, rx: mpsc::Receiver<C
         answer_ack: None,
         parked: false,
         pending_private: VecDeque::new(),
+        socket_closed: None,
     };
     core.tasks.spawn(async move {
         actor.start(s.originate_timeout);
@@ -297,6 +314,11 @@ enum Kind {
     Echo,
     Eavesdrop,
     Bridged,
+    /// In a conference as this member.
+    Conference {
+        name: String,
+        member: u32,
+    },
     /// `answer` on a loopback `-b` leg, waiting for the `-a` half.
     AnswerWait,
     Record {
@@ -325,9 +347,13 @@ enum Timer {
     OriginateTimeout,
     Park,
     RecordLimit,
+    /// The channel thread runs the rest of a hangup begun from outside.
+    HangupFinish(String),
     /// The bridged partner hung up: the bridge loop notices on its next
     /// frame read.
     BridgeGone(String, String),
+    /// The originate loop's pass after the answer.
+    OriginatePoll,
     /// The media loop's next 20 ms frame: queued `sendmsg` messages are
     /// parsed now (`switch_ivr_parse_all_events` runs once per frame).
     Frame,
@@ -375,6 +401,8 @@ struct Actor {
     parked: bool,
     /// Async `sendmsg` messages waiting for the next frame tick.
     pending_private: VecDeque<PrivateMsg>,
+    /// The socket closed (with `resume`); acted on at the next frame tick.
+    socket_closed: Option<bool>,
 }
 
 impl Actor {
@@ -420,58 +448,7 @@ impl Actor {
             Role::LoopbackB { ext, .. } => {
                 self.st.state = crate::sim::channel::CState::Execute;
                 self.st.call_state = "RINGING";
-                let cfg = &self.core.cfg;
-                let ms = |d: Duration| d.as_millis().to_string();
-                let steps: Vec<(&str, String)> = match ext {
-                    Extension::AnswerPark => {
-                        vec![("answer", String::new()), ("park", String::new())]
-                    }
-                    Extension::AnswerEcho => {
-                        vec![("answer", String::new()), ("echo", String::new())]
-                    }
-                    Extension::AnswerTone => vec![
-                        ("answer", String::new()),
-                        (
-                            "playback",
-                            format!("tone_stream://%({},0,440)", ms(cfg.answer_tone_time)),
-                        ),
-                        ("hangup", String::new()),
-                    ],
-                    Extension::Busy => vec![("hangup", "USER_BUSY".into())],
-                    Extension::NoAnswer => vec![
-                        ("sleep", ms(cfg.noanswer_time)),
-                        ("hangup", "NO_ANSWER".into()),
-                    ],
-                    Extension::Socket => vec![
-                        ("answer", String::new()),
-                        ("socket", format!("{} async full", cfg.socket_extension)),
-                    ],
-                    Extension::Plan(Outcome::Reject(cause)) => vec![("hangup", (*cause).into())],
-                    Extension::Plan(Outcome::RingForever) => {
-                        vec![("ring_ready", String::new()), ("park", String::new())]
-                    }
-                    Extension::Plan(Outcome::Answer) => vec![
-                        ("ring_ready", String::new()),
-                        ("sleep", ms(ring)),
-                        ("answer", String::new()),
-                        ("park", String::new()),
-                    ],
-                    Extension::Plan(Outcome::AnswerThenHangup(after)) => vec![
-                        ("ring_ready", String::new()),
-                        ("sleep", ms(ring)),
-                        ("answer", String::new()),
-                        ("sleep", ms(*after)),
-                        ("hangup", "NORMAL_CLEARING".into()),
-                    ],
-                    Extension::Plan(Outcome::AnswerThenDtmf(after, digits)) => vec![
-                        ("ring_ready", String::new()),
-                        ("sleep", ms(ring)),
-                        ("answer", String::new()),
-                        ("sleep", ms(*after)),
-                        ("send_dtmf", (*digits).into()),
-                        ("park", String::new()),
-                    ],
-                };
+                let steps = extension_steps(ext, &self.core.cfg);
                 for (app, arg) in steps {
                     self.dialplan.push_back(ExecReq::new(app, &arg));
                 }
@@ -507,6 +484,10 @@ impl Actor {
 
     fn next_deadline(&self) -> Option<Instant> {
         let mut d = self.timers.iter().map(|(t, _)| *t).min();
+        if self.hung_up() {
+            // Media, DTMF and recordings stopped with the hangup.
+            return d;
+        }
         let mut consider = |t: Option<Instant>| {
             if let Some(t) = t {
                 d = Some(d.map_or(t, |x: Instant| x.min(t)));
@@ -547,6 +528,16 @@ impl Actor {
             });
             due
         };
+        if self.hung_up() {
+            // Only the rest of a hangup is still to happen.
+            if let Some(Timer::HangupFinish(cause)) = due
+                .into_iter()
+                .find(|t| matches!(t, Timer::HangupFinish(_)))
+            {
+                self.hangup_finish(&cause);
+            }
+            return;
+        }
         for t in due {
             self.on_timer(t);
         }
@@ -597,7 +588,15 @@ impl Actor {
                 }
             }
             Timer::FarHangup(cause) => self.hangup(&cause, None),
-            Timer::FarDtmf(digits) => self.queue_dtmf(&digits),
+            Timer::FarDtmf(digits) => {
+                self.queue_dtmf(&digits);
+                // Across a bridge the digits reach the leg that dialled
+                // this one, which sees them as DTMF events too (what the
+                // agent's socket on that leg relies on).
+                if let Some(b) = &self.bridged {
+                    b.try_send(ChanMsg::FarDtmf(digits));
+                }
+            }
             Timer::OriginateTimeout => {
                 if self.originate.is_some() {
                     self.hangup("NO_ANSWER", None);
@@ -611,9 +610,15 @@ impl Actor {
             }
             Timer::RecordLimit => self.stop_media_bug(),
             Timer::BridgeGone(uuid, cause) => self.partner_gone(&uuid, &cause),
+            Timer::OriginatePoll => self.originate_succeeded(),
+            // Handled in on_time (the channel is hung up by then).
+            Timer::HangupFinish(_) => {}
             Timer::Frame => {
                 while let Some(pm) = self.pending_private.pop_front() {
                     self.private(pm, None);
+                }
+                if let Some(resume) = self.socket_closed.take() {
+                    self.socket_gone(resume);
                 }
             }
         }
@@ -682,7 +687,13 @@ impl Actor {
         self.st.vars.set_keep("endpoint_disposition", "ANSWER");
         self.fire("CHANNEL_ANSWER", at::ANSWER, &[], &[]);
         self.st.call_state = "ACTIVE";
-        self.originate_succeeded();
+        if self.originate.is_some() {
+            // The originate loop polls its legs every 20 ms: it sees the
+            // answer (and flips the caller id, starts the application) on
+            // its next pass, and a leg that hung up meanwhile fails the
+            // originate with its cause (trace 08, the `socket` extension).
+            self.schedule(self.core.cfg.park_delay, Timer::OriginatePoll);
+        }
     }
 
     fn originate_succeeded(&mut self) {
@@ -722,12 +733,12 @@ impl Actor {
             // and a hangup's CHANNEL_HANGUP follows its +OK by ~20 ms.
             ChanMsg::Private(pm, Some(done)) => self.private(pm, Some(done)),
             ChanMsg::Private(pm, None) => {
-                if self.pending_private.is_empty() {
+                if self.pending_private.is_empty() && self.socket_closed.is_none() {
                     self.schedule(self.core.cfg.park_delay, Timer::Frame);
                 }
                 self.pending_private.push_back(pm);
             }
-            ChanMsg::Hangup(cause) => self.hangup(&cause, None),
+            ChanMsg::Hangup(cause) => self.hangup_from_outside(&cause),
             ChanMsg::Break { all } => self.break_media(all),
             ChanMsg::RecvDtmf(d) => self.queue_dtmf(&d),
             ChanMsg::SendDtmf(d) => self.send_dtmf(&d),
@@ -763,18 +774,17 @@ impl Actor {
                     self.finish_top(false);
                 }
             }
+            // The socket application notices its listener is gone on the
+            // park loop's next frame, after any sendmsg still queued (an
+            // app's `hangup` then `exit` hangs up with its cause).
             ChanMsg::SocketClosed { resume } => {
-                let in_socket = self.stack.iter().any(|f| matches!(f.kind, Kind::Socket));
-                if resume && in_socket {
-                    while !matches!(
-                        self.stack.last().map(|f| &f.kind),
-                        Some(Kind::Socket) | None
-                    ) {
-                        self.finish_top(true);
+                if self.socket.as_ref().is_some_and(|s| s.1) {
+                    if self.pending_private.is_empty() && self.socket_closed.is_none() {
+                        self.schedule(self.core.cfg.park_delay, Timer::Frame);
                     }
-                    self.finish_top(false);
-                } else if !self.hung_up() {
-                    self.hangup("NORMAL_CLEARING", None);
+                    self.socket_closed = Some(resume);
+                } else {
+                    self.socket_gone(resume);
                 }
             }
             ChanMsg::PartnerAnswered(ack) => {
@@ -796,7 +806,10 @@ impl Actor {
                 other,
                 other_profile,
                 originator,
-            } => self.bridge(other, other_profile, originator),
+                transfer,
+            } => self.bridge(other, other_profile, originator, transfer),
+            ChanMsg::BridgeDialled(result) => self.bridge_dialled(result),
+            ChanMsg::ConferenceOp(op) => self.conference_op(op),
             ChanMsg::Profile(tx) => {
                 let _ = tx.send((self.st.profile.clone(), self.st.uuid.clone()));
             }
@@ -837,6 +850,24 @@ impl Actor {
                 };
                 let _ = reply.send(r);
             }
+        }
+    }
+
+    /// The socket application ends because its connection closed: with
+    /// `resume` the dialplan carries on, otherwise the channel hangs up
+    /// ("has executed the last dialplan instruction").
+    fn socket_gone(&mut self, resume: bool) {
+        let in_socket = self.stack.iter().any(|f| matches!(f.kind, Kind::Socket));
+        if resume && in_socket {
+            while !matches!(
+                self.stack.last().map(|f| &f.kind),
+                Some(Kind::Socket) | None
+            ) {
+                self.finish_top(true);
+            }
+            self.finish_top(false);
+        } else if !self.hung_up() {
+            self.hangup("NORMAL_CLEARING", None);
         }
     }
 
@@ -903,7 +934,11 @@ impl Actor {
                     !f.locked
                         || matches!(
                             f.kind,
-                            Kind::Park | Kind::Socket | Kind::Echo | Kind::Bridged
+                            Kind::Park
+                                | Kind::Socket
+                                | Kind::Echo
+                                | Kind::Bridged
+                                | Kind::Conference { .. }
                         )
                 }
             };
@@ -930,7 +965,11 @@ impl Actor {
                         !f.locked
                             || matches!(
                                 f.kind,
-                                Kind::Park | Kind::Socket | Kind::Echo | Kind::Bridged
+                                Kind::Park
+                                    | Kind::Socket
+                                    | Kind::Echo
+                                    | Kind::Bridged
+                                    | Kind::Conference { .. }
                             )
                     }
                 };
@@ -997,6 +1036,7 @@ impl Actor {
             "info",
             "log",
             "bridge",
+            "conference",
         ];
         let app = req.app.to_ascii_lowercase();
         if !APPS.contains(&app.as_str()) {
@@ -1179,18 +1219,61 @@ impl Actor {
                     until: limit.map(|s| now + Duration::from_secs(s)),
                 };
             }
+            "conference" => {
+                // `name[@profile][+flags{…}]`: the name is what counts.
+                let name = arg.split(['@', '+']).next().unwrap_or_default().to_owned();
+                if name.is_empty() || self.hung_up() {
+                    return self.complete(frame);
+                }
+                let member = {
+                    let mut confs = lock(&self.core.conferences);
+                    let conf = confs.entry(name.clone()).or_insert_with(|| Conference {
+                        uuid: uuid::Uuid::new_v4().to_string(),
+                        ..Conference::default()
+                    });
+                    conf.last_id += 1;
+                    conf.members.push(ConferenceMember {
+                        id: conf.last_id,
+                        channel: self.me.clone(),
+                    });
+                    conf.last_id
+                };
+                self.st.vars.set("conference_name", &name);
+                self.st
+                    .vars
+                    .set("conference_member_id", &member.to_string());
+                frame.kind = Kind::Conference {
+                    name: name.clone(),
+                    member,
+                };
+                self.stack.push(frame);
+                self.conference_event(&name, member, "add-member", false);
+                return;
+            }
             "bridge" => {
                 frame.kind = Kind::Bridged;
                 match self.core.channel(&arg) {
                     Some(other) if !self.hung_up() => {
                         self.stack.push(frame);
-                        let mine = (self.st.profile.clone(), self.st.uuid.clone());
-                        other.try_send(ChanMsg::Bridge {
-                            other: self.me.clone(),
-                            other_profile: Some(Box::new(mine)),
-                            originator: false,
+                        self.bridge_to(other);
+                        return;
+                    }
+                    // A dial string: dial it (without an application), and
+                    // bridge when it answers (BridgeDialled).
+                    None if arg.contains('/') => {
+                        self.stack.push(frame);
+                        let core = self.core.clone();
+                        let me = self.me.clone();
+                        self.core.tasks.spawn(async move {
+                            let result = crate::sim::api::originate_leg(&core, &arg).await;
+                            let leg = result.as_ref().ok().cloned();
+                            if !me.send(ChanMsg::BridgeDialled(result)).await
+                                && let Some(leg) = leg
+                            {
+                                // The caller is gone: nobody to bridge to.
+                                leg.send(ChanMsg::Hangup("ORIGINATOR_CANCEL".into())).await;
+                            }
                         });
-                        self.bridge(other, None, true);
                         return;
                     }
                     _ => {
@@ -1261,6 +1344,20 @@ impl Actor {
                 self.fire("CHANNEL_UNPARK", at::UNPARK, &[], &[]);
             }
             Kind::Eavesdrop => self.extra.eavesdrop = None,
+            Kind::Conference { name, member } => {
+                let (name, member) = (name.clone(), *member);
+                {
+                    let mut confs = lock(&self.core.conferences);
+                    if let Some(conf) = confs.get_mut(&name) {
+                        conf.members.retain(|m| m.id != member);
+                        if conf.members.is_empty() {
+                            confs.remove(&name);
+                        }
+                    }
+                }
+                self.conference_event(&name, member, "del-member", false);
+                self.st.vars.set("current_application_response", "_none_");
+            }
             Kind::Record { path, started, .. } => {
                 let ms = started.elapsed().as_millis() as u64;
                 let stereo = self.st.vars.get("RECORD_STEREO").is_some_and(is_true);
@@ -1479,13 +1576,171 @@ impl Actor {
     }
 
     /// `uuid_bridge` / `bridge`: this channel joins `other`.
+    /// A `conference::maintenance` event for this member
+    /// (conference_member_add_event_data: conference, channel, member).
+    fn conference_event(&self, name: &str, member: u32, action: &str, muted: bool) {
+        let (size, uuid) = {
+            let confs = lock(&self.core.conferences);
+            confs
+                .get(name)
+                .map_or((0, String::new()), |c| (c.members.len(), c.uuid.clone()))
+        };
+        let mut e = Event::default();
+        e.push_header("Event-Subclass", "conference::maintenance");
+        e.push_header("Event-Name", "CUSTOM");
+        self.core.info.push_core(
+            &mut e,
+            crate::sim::event::origin(
+                "mod_conference.c",
+                "conference_member_add_event_data",
+                "1045",
+            ),
+        );
+        e.push_header("Conference-Name", name);
+        e.push_header("Conference-Size", &size.to_string());
+        e.push_header("Conference-Ghosts", "0");
+        e.push_header("Conference-Profile-Name", "default");
+        e.push_header("Conference-Unique-ID", &uuid);
+        self.st.push_data(&mut e, true);
+        let speak = if muted { "false" } else { "true" };
+        for (n, v) in [
+            ("Hear", "true"),
+            ("See", "true"),
+            ("Speak", speak),
+            ("Talking", "false"),
+            ("Mute-Detect", "false"),
+        ] {
+            e.push_header(n, v);
+        }
+        e.push_header("Member-ID", &member.to_string());
+        e.push_header("Member-Type", "member");
+        e.push_header("Member-Ghost", "false");
+        e.push_header("Energy-Level", "100");
+        e.push_header("Current-Energy", "0");
+        e.push_header("Action", action);
+        self.core.fire(e);
+    }
+
+    /// The `conference` API acting on this channel's membership.
+    fn conference_op(&mut self, op: ConferenceOp) {
+        let Some(i) = self
+            .stack
+            .iter()
+            .rposition(|f| matches!(f.kind, Kind::Conference { .. }))
+        else {
+            return;
+        };
+        let Kind::Conference { name, member } = &self.stack[i].kind else {
+            return;
+        };
+        let (name, member) = (name.clone(), *member);
+        match op {
+            ConferenceOp::Mute => {
+                self.extra.conference_muted = true;
+                self.conference_event(&name, member, "mute-member", true);
+            }
+            ConferenceOp::Unmute => {
+                self.extra.conference_muted = false;
+                self.conference_event(&name, member, "unmute-member", false);
+            }
+            ConferenceOp::Kick => {
+                let muted = self.extra.conference_muted;
+                self.conference_event(&name, member, "kick-member", muted);
+                // The application returns; whatever was nested inside ends
+                // with it.
+                while self.stack.len() > i + 1 {
+                    self.finish_top(true);
+                }
+                self.finish_top(false);
+            }
+        }
+    }
+
+    /// The `bridge` application joins this channel (the originator) to
+    /// `other`.
+    fn bridge_to(&mut self, other: ChannelHandle) {
+        let mine = (self.st.profile.clone(), self.st.uuid.clone());
+        other.try_send(ChanMsg::Bridge {
+            other: self.me.clone(),
+            other_profile: Some(Box::new(mine)),
+            originator: false,
+            transfer: false,
+        });
+        self.bridge(other, None, true, false);
+    }
+
+    /// The outcome of the leg a `bridge <dial string>` dialled.
+    fn bridge_dialled(&mut self, result: Result<ChannelHandle, String>) {
+        let waiting = !self.hung_up()
+            && self.bridged.is_none()
+            && matches!(self.stack.last().map(|f| &f.kind), Some(Kind::Bridged));
+        match result {
+            Ok(other) if waiting => self.bridge_to(other),
+            Ok(other) => {
+                other.try_send(ChanMsg::Hangup("ORIGINATOR_CANCEL".into()));
+            }
+            Err(cause) => {
+                if !waiting {
+                    return;
+                }
+                // switch_ivr_originate's dispositions; the application
+                // returns and the dialplan (or the socket) carries on.
+                let status = match cause.as_str() {
+                    "USER_BUSY" => "BUSY",
+                    "NO_ANSWER" | "NO_USER_RESPONSE" | "ALLOTTED_TIMEOUT" => "NOANSWER",
+                    "ORIGINATOR_CANCEL" => "CANCEL",
+                    "UNALLOCATED_NUMBER" | "INVALID_NUMBER_FORMAT" => "INVALIDARGS",
+                    _ => "CHANUNAVAIL",
+                };
+                self.st.vars.set("originate_disposition", &cause);
+                self.st.vars.set("DIALSTATUS", status);
+                self.st.vars.set("last_bridge_hangup_cause", &cause);
+                self.finish_top(false);
+            }
+        }
+    }
+
     fn bridge(
         &mut self,
         other: ChannelHandle,
         other_profile: Option<Box<(crate::sim::channel::Profile, String)>>,
         originator: bool,
+        transfer: bool,
     ) {
         if self.hung_up() {
+            return;
+        }
+        if !transfer {
+            // The `bridge` application: no transfer, no state dance; the
+            // called leg leaves its originate wait and exchanges media.
+            self.st.other = other_profile.map(|b| *b).map(|(profile, uuid)| OtherLeg {
+                kind: if originator {
+                    "originatee"
+                } else {
+                    "originator"
+                },
+                uuid,
+                profile,
+            });
+            self.st.vars.set("bridge_channel", &other.name());
+            self.st.vars.set("bridge_uuid", &other.uuid);
+            self.st.vars.set("signal_bond", &other.uuid);
+            let uuid = other.uuid.to_string();
+            self.extra.bridged_to = Some(uuid.clone());
+            self.bridged = Some(other);
+            if originator {
+                self.st.profile.bridged = now_micros();
+                let me = self.st.uuid.clone();
+                self.fire(
+                    "CHANNEL_BRIDGE",
+                    at::BRIDGE,
+                    &[("Bridge-A-Unique-ID", &me), ("Bridge-B-Unique-ID", &uuid)],
+                    &[],
+                );
+            } else {
+                self.st.state = crate::sim::channel::CState::ExchangeMedia;
+                self.fire("CHANNEL_STATE", at::STATE, &[], &[]);
+            }
             return;
         }
         // switch_ivr_uuid_bridge records the transfer, sets the other leg's
@@ -1604,10 +1859,32 @@ impl Actor {
     }
 
     /// The hangup sequence of FreeSWITCH, event for event (traces 02–05).
+    /// A hangup on the channel's own thread (an application, a sendmsg,
+    /// the far end): every event at once.
     fn hangup(&mut self, cause: &str, private: Option<PrivateMsg>) {
         if self.hung_up() {
             return;
         }
+        self.hangup_begin(cause, private);
+        self.hangup_finish(cause);
+    }
+
+    /// A hangup from outside (`uuid_kill`): FreeSWITCH fires CHANNEL_HANGUP
+    /// in the caller's thread; the channel thread runs the hangup and
+    /// reporting states when its media loop next wakes, a frame later, so
+    /// the `api` reply precedes HANGUP_COMPLETE by ~20 ms (traces 01, 08).
+    fn hangup_from_outside(&mut self, cause: &str) {
+        if self.hung_up() {
+            return;
+        }
+        self.hangup_begin(cause, None);
+        self.schedule(
+            self.core.cfg.park_delay,
+            Timer::HangupFinish(cause.to_owned()),
+        );
+    }
+
+    fn hangup_begin(&mut self, cause: &str, private: Option<PrivateMsg>) {
         self.st.hangup_cause = Some(cause.to_owned());
         self.st.answer_state = "hangup";
         self.fire("CHANNEL_HANGUP", at::HANGUP, &[], &[]);
@@ -1620,6 +1897,9 @@ impl Actor {
         if let Some(pm) = &private {
             self.fire_private(pm);
         }
+    }
+
+    fn hangup_finish(&mut self, cause: &str) {
         // Tell the others (the loopback twin further down).
         let me = self.st.uuid.clone();
         if let Some(b) = self.bridged.take() {
@@ -1712,5 +1992,61 @@ async fn sleep_opt(at: Option<Instant>) {
     match at {
         Some(at) => tokio::time::sleep_until(at).await,
         None => std::future::pending().await,
+    }
+}
+
+/// The dialplan of a test extension (the `redswitch-test` context and the
+/// number plan), as (application, argument) steps.
+pub(crate) fn extension_steps(
+    ext: &Extension,
+    cfg: &crate::sim::SimConfig,
+) -> Vec<(&'static str, String)> {
+    let ring = cfg.ring_time;
+    let ms = |d: Duration| d.as_millis().to_string();
+    match ext {
+        Extension::AnswerPark => vec![("answer", String::new()), ("park", String::new())],
+        Extension::AnswerEcho => vec![("answer", String::new()), ("echo", String::new())],
+        Extension::AnswerTone => vec![
+            ("answer", String::new()),
+            (
+                "playback",
+                format!("tone_stream://%({},0,440)", ms(cfg.answer_tone_time)),
+            ),
+            ("hangup", String::new()),
+        ],
+        Extension::Busy => vec![("hangup", "USER_BUSY".into())],
+        Extension::NoAnswer => vec![
+            ("sleep", ms(cfg.noanswer_time)),
+            ("hangup", "NO_ANSWER".into()),
+        ],
+        Extension::Socket => vec![
+            ("answer", String::new()),
+            ("socket", format!("{} async full", cfg.socket_extension)),
+        ],
+        Extension::Plan(Outcome::Reject(cause)) => vec![("hangup", (*cause).into())],
+        Extension::Plan(Outcome::RingForever) => {
+            vec![("ring_ready", String::new()), ("park", String::new())]
+        }
+        Extension::Plan(Outcome::Answer) => vec![
+            ("ring_ready", String::new()),
+            ("sleep", ms(ring)),
+            ("answer", String::new()),
+            ("park", String::new()),
+        ],
+        Extension::Plan(Outcome::AnswerThenHangup(after)) => vec![
+            ("ring_ready", String::new()),
+            ("sleep", ms(ring)),
+            ("answer", String::new()),
+            ("sleep", ms(*after)),
+            ("hangup", "NORMAL_CLEARING".into()),
+        ],
+        Extension::Plan(Outcome::AnswerThenDtmf(after, digits)) => vec![
+            ("ring_ready", String::new()),
+            ("sleep", ms(ring)),
+            ("answer", String::new()),
+            ("sleep", ms(*after)),
+            ("send_dtmf", (*digits).into()),
+            ("park", String::new()),
+        ],
     }
 }

@@ -2,12 +2,12 @@
 //! reply texts), `originate` among them.
 
 use crate::sim::Core;
-use crate::sim::actor::{self, ChanMsg, ExecReq, Role, Spawn};
+use crate::sim::actor::{self, ChanMsg, ChannelHandle, ExecReq, Role, Spawn};
 use crate::sim::channel::{CState, ChanState, Profile, SnapExtra, Vars};
 use crate::sim::dialstring::{Endpoint, OriginateApp, parse_originate};
 use crate::sim::event::{format_local, now_micros, origin};
-use crate::sim::numberplan;
 use crate::sim::session::LogLine;
+use crate::sim::{fslog, numberplan};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::oneshot;
@@ -42,6 +42,7 @@ pub(crate) async fn execute(core: &Arc<Core>, line: &str) -> String {
             Some(u) if core.channel(u).is_some() => "true".into(),
             _ => "false".into(),
         },
+        "conference" => conference(core, &args).await,
         "uuid_kill" => match args.first().and_then(|u| core.channel(u)) {
             Some(ch) => {
                 let cause = args.get(1).map_or("NORMAL_CLEARING".to_owned(), |c| {
@@ -216,12 +217,14 @@ async fn uuid_bridge(core: &Core, args: &[&str]) -> String {
         other: hb.clone(),
         other_profile: pb,
         originator: true,
+        transfer: true,
     })
     .await;
     hb.send(ChanMsg::Bridge {
         other: ha.clone(),
         other_profile: pa,
         originator: false,
+        transfer: true,
     })
     .await;
     format!("+OK {b}\n")
@@ -307,6 +310,30 @@ fn log(
 /// `originate <dial string> <&app(args)|extension> [dialplan] [context]
 /// [cid_name] [cid_num] [timeout]`: blocks until the leg answers or fails.
 pub(crate) async fn originate(core: &Arc<Core>, arg: &str) -> String {
+    originate_inner(core, arg, false).await
+}
+
+/// Dials one leg for the `bridge` application: no application runs on it
+/// once it answers (the bridge takes it over). Returns the answered leg or
+/// the cause it failed with.
+pub(crate) async fn originate_leg(core: &Arc<Core>, dial: &str) -> Result<ChannelHandle, String> {
+    let reply = originate_inner(core, &format!("{dial} &park()"), true).await;
+    match reply.trim_end().strip_prefix("+OK ") {
+        Some(uuid) => core
+            .channel(uuid)
+            .ok_or_else(|| "NORMAL_CLEARING".to_owned()),
+        None => Err(reply
+            .trim_end()
+            .strip_prefix("-ERR ")
+            .unwrap_or("DESTINATION_OUT_OF_ORDER")
+            .split_whitespace()
+            .next()
+            .unwrap_or("DESTINATION_OUT_OF_ORDER")
+            .to_owned()),
+    }
+}
+
+async fn originate_inner(core: &Arc<Core>, arg: &str, no_app: bool) -> String {
     let Ok(o) = parse_originate(arg) else {
         return ORIGINATE_USAGE.into();
     };
@@ -362,6 +389,7 @@ pub(crate) async fn originate(core: &Arc<Core>, arg: &str) -> String {
         .or_else(|| o.cid_num.clone())
         .unwrap_or_else(|| "0000000000".into());
     let cid_name = var("origination_caller_id_name").or_else(|| o.cid_name.clone());
+    let cid_name_log = cid_name.clone();
     let number = leg.endpoint.number().to_owned();
     let callee_num = leg.target.rsplit('/').next().unwrap_or(&number).to_owned();
     let now = now_micros();
@@ -494,18 +522,48 @@ pub(crate) async fn originate(core: &Arc<Core>, arg: &str) -> String {
     let Some((a_handle, a_rx)) = actor::handle_for(core, &a_state, &a_extra) else {
         return "-ERR DESTINATION_OUT_OF_ORDER\n".into();
     };
-    log(
-        core,
-        5,
-        "switch_channel.c",
-        "switch_channel_set_name",
-        1142,
-        &uuid,
-        format!("New Channel {name} [{uuid}]"),
-    );
-    let app = match &o.app {
-        OriginateApp::App { name, args } => Some(ExecReq::new(name, args)),
-        OriginateApp::Extension(_) => Some(ExecReq::new("park", "")),
+    if !loopback {
+        log(
+            core,
+            5,
+            "switch_channel.c",
+            "switch_channel_set_name",
+            1142,
+            &uuid,
+            format!("New Channel {name} [{uuid}]"),
+        );
+    }
+    let (app_name, app_arg) = match &o.app {
+        OriginateApp::App { name, args } => (name.as_str(), args.as_str()),
+        OriginateApp::Extension(_) => ("park", ""),
+    };
+    let app = (!no_app).then(|| ExecReq::new(app_name, app_arg));
+    // A loopback originate logs FreeSWITCH's full debug trace (trace 08);
+    // the lines are written once the outcome is known.
+    let loopback_log = match &leg.endpoint {
+        Endpoint::Loopback { number, context } => {
+            let steps = actor::extension_steps(&numberplan::extension(number, context), &core.cfg);
+            let target = leg.target.strip_prefix("loopback/").unwrap_or(&leg.target);
+            Some(fslog::loopback_originate(&fslog::LoopbackOriginate {
+                target,
+                number,
+                context,
+                a: &name,
+                a_uuid: &uuid,
+                b: &format!("loopback/{number}-b"),
+                b_uuid: &b_uuid,
+                chosen_uuid: has_uuid,
+                cid_name: cid_name_log.as_deref().unwrap_or(""),
+                cid_num: &cid_num,
+                callee: &callee_num,
+                steps: &steps,
+                app: app_name,
+                app_arg,
+                cur: core.channel_count() + 1,
+                total: core.sessions_since_startup() + 1,
+            }))
+        }
+        _ => None,
     };
     let (tx, rx) = oneshot::channel();
     let originate_timeout = Duration::from_secs(timeout);
@@ -620,12 +678,13 @@ pub(crate) async fn originate(core: &Arc<Core>, arg: &str) -> String {
             },
         );
     }
+    // The channel answers the originate on the originate loop's next pass
+    // after the answer (20 ms), as FreeSWITCH's loop polls its legs.
     let result = rx.await;
-    // FreeSWITCH's originate loop polls its legs every 20 ms, so the result
-    // (and a BACKGROUND_JOB) follows the answer events by about that much.
-    tokio::time::sleep(Duration::from_millis(20)).await;
     match result {
         Ok(Ok(())) => {
+            let (before, after) = loopback_log.unzip();
+            fslog::emit(core, before.unwrap_or_default());
             log(
                 core,
                 7,
@@ -635,6 +694,7 @@ pub(crate) async fn originate(core: &Arc<Core>, arg: &str) -> String {
                 "",
                 format!("Originate Resulted in Success: [{name}] Peer UUID: {uuid}"),
             );
+            fslog::emit(core, after.unwrap_or_default());
             format!("+OK {uuid}\n")
         }
         Ok(Err(cause)) => {
@@ -654,4 +714,67 @@ pub(crate) async fn originate(core: &Arc<Core>, arg: &str) -> String {
         }
         Err(_) => "-ERR SYSTEM_SHUTDOWN\n".into(),
     }
+}
+
+/// mod_conference's API, the member commands: `conference <name>
+/// mute|unmute|kick <member-id|all|last>`, and `conference <name> list`
+/// (one line per member: id;channel name;uuid;caller id;…;flags).
+async fn conference(core: &Arc<Core>, args: &[&str]) -> String {
+    use crate::sim::actor::ConferenceOp;
+    let (Some(name), Some(cmd)) = (args.first(), args.get(1)) else {
+        return "-USAGE: conference <name> <command> [args]\n".into();
+    };
+    let members: Vec<(u32, ChannelHandle)> = {
+        let confs = crate::sim::lock(&core.conferences);
+        match confs.get(*name) {
+            Some(c) => c
+                .members
+                .iter()
+                .map(|m| (m.id, m.channel.clone()))
+                .collect(),
+            None => return format!("Conference {name} not found\n"),
+        }
+    };
+    let op = match *cmd {
+        "mute" => ConferenceOp::Mute,
+        "unmute" => ConferenceOp::Unmute,
+        "kick" => ConferenceOp::Kick,
+        "list" => {
+            let mut out = String::new();
+            for (id, ch) in &members {
+                let snap = ch.snapshot();
+                out.push_str(&format!(
+                    "{id};{};{};{};{};{}\n",
+                    snap.name, snap.uuid, snap.caller_id_number, snap.destination, "hear|speak"
+                ));
+            }
+            return out;
+        }
+        _ => return format!("-ERR Unknown command {cmd}\n"),
+    };
+    let Some(target) = args.get(2) else {
+        return format!("-USAGE: conference <name> {cmd} <[member_id|all|last]>\n");
+    };
+    let chosen: Vec<&(u32, ChannelHandle)> = match *target {
+        "all" => members.iter().collect(),
+        "last" => members.last().into_iter().collect(),
+        id => match id.parse::<u32>() {
+            Ok(id) => members.iter().filter(|(m, _)| *m == id).collect(),
+            Err(_) => Vec::new(),
+        },
+    };
+    if chosen.is_empty() {
+        return format!("Non-Existant ID {target}\n");
+    }
+    let verb = match op {
+        ConferenceOp::Mute => "mute",
+        ConferenceOp::Unmute => "unmute",
+        ConferenceOp::Kick => "kicked",
+    };
+    let mut out = String::new();
+    for (id, ch) in chosen {
+        ch.send(ChanMsg::ConferenceOp(op)).await;
+        out.push_str(&format!("OK {verb} {id}\n"));
+    }
+    out
 }

@@ -427,6 +427,8 @@ pub(crate) struct SnapExtra {
     pub(crate) recording: Option<String>,
     pub(crate) received_dtmf: String,
     pub(crate) sent_dtmf: String,
+    /// Muted by `conference … mute` (not part of the snapshot).
+    pub(crate) conference_muted: bool,
 }
 
 /// Whether FreeSWITCH adds the channel variables to an event of this type

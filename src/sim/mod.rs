@@ -8,14 +8,43 @@
 //! application is `socket(host:port …)` connects out and speaks the outbound
 //! protocol ([`outbound`], which reuses [`session`]).
 //!
+//! # Timing model
+//! FreeSWITCH does much of its work on 20 ms media frames, and the traces
+//! show it; the simulator reproduces that with one frame delay
+//! ([`SimConfig::park_delay`]) measured from the triggering event of each
+//! channel: an async `sendmsg` is parsed on the channel's next frame; a
+//! socket that closed is noticed on the next frame; `uuid_kill` fires
+//! CHANNEL_HANGUP at once and the rest of the hangup a frame later; the
+//! originate loop sees an answer a frame later; a bridged leg notices its
+//! partner's hangup a frame later. FreeSWITCH's frames come from one global
+//! clock, so two channels can land on the same tick; the simulator's
+//! per-channel frames cannot (see trace 08's remaining difference in
+//! `tests/fixtures_replay.rs`).
+//!
 //! # Known simplifications
 //! - A dial string with several legs (`,`) or failover groups (`|`) dials
 //!   only the first leg of the first group.
-//! - Media is not real: playback and tones take their computed duration;
-//!   `record` writes a silent 8 kHz 16-bit WAV of the recorded length.
+//! - Media is not real: playback and tones take their computed duration
+//!   (`loops=-1` plays until broken); `record` writes a silent 8 kHz 16-bit
+//!   WAV of the recorded length.
+//! - `bridge <dial string>` dials the leg without an application and
+//!   bridges when it answers; far-end DTMF on the dialled leg is also
+//!   delivered to the leg that bridged (as DTMF events on its socket).
+//! - `ignore_early_media` is accepted (it is set on the channel), but no
+//!   simulated destination sends early media, so it changes nothing.
+//! - Conferences (`conference <name>` application, `conference <name>
+//!   list|mute|unmute|kick <id|all|last>` API) keep members and fire
+//!   `conference::maintenance` events (add/del/mute/unmute/kick-member)
+//!   with mod_conference's headers; there is no audio mixing, no floor or
+//!   talking detection, and no recorded trace to check the events against.
+//! - Log lines (`log <level>`) follow FreeSWITCH's text for a loopback
+//!   originate (`sim::fslog`); other scenarios log a few lines only.
 //! - Event filters whose value starts with `/` (regular expressions) are
 //!   compared literally (case-insensitively), without the slashes.
 //! - The local time zone in `Event-Date-Local` is UTC.
+//! - Client input is read as `read_packet` does ([`packet`]), except that a
+//!   `Content-Length` over [`SimConfig::max_packet_body`] closes the
+//!   connection instead of being allocated.
 //!
 //! Use [`Simulator::start`] and the returned [`SimHandle`].
 
@@ -24,6 +53,7 @@ pub mod api;
 pub mod channel;
 pub mod dialstring;
 pub mod event;
+pub(crate) mod fslog;
 pub mod numberplan;
 pub mod outbound;
 pub mod packet;
@@ -75,7 +105,8 @@ pub struct SimConfig {
     pub file_play_time: Duration,
     /// Where `record` with a relative path writes.
     pub recordings_dir: Option<PathBuf>,
-    /// Events a connection may leave unread before events are dropped.
+    /// Events a connection may leave unread before events are dropped
+    /// (FreeSWITCH's `MAX_QUEUE_LEN`, 100,000).
     pub event_queue_len: usize,
     /// Header-block size at which a client's packet is cut and parsed as
     /// it is (FreeSWITCH's `max_len` in `read_packet`, 10 MiB).
@@ -115,7 +146,7 @@ impl Default for SimConfig {
             media_dir: None,
             file_play_time: Duration::from_millis(500),
             recordings_dir: None,
-            event_queue_len: 10_000,
+            event_queue_len: 100_000,
             max_packet_head: packet::DEFAULT_MAX_PACKET_HEAD,
             max_packet_body: packet::DEFAULT_MAX_PACKET_BODY,
             max_missed: 500,
@@ -185,11 +216,30 @@ pub struct ChannelSnapshot {
     pub hangup_cause: Option<String>,
 }
 
+/// A conference (the `conference` application): its members in joining
+/// order. It exists while it has members.
+#[derive(Default)]
+pub(crate) struct Conference {
+    /// `Conference-Unique-ID`.
+    pub(crate) uuid: String,
+    /// The last `Member-ID` handed out (they start at 1).
+    pub(crate) last_id: u32,
+    pub(crate) members: Vec<ConferenceMember>,
+}
+
+/// One channel in a conference.
+pub(crate) struct ConferenceMember {
+    pub(crate) id: u32,
+    pub(crate) channel: ChannelHandle,
+}
+
 /// State shared by every task of one running simulator.
 pub(crate) struct Core {
     pub(crate) cfg: SimConfig,
     pub(crate) info: CoreInfo,
     channels: Mutex<HashMap<String, ChannelHandle>>,
+    /// mod_conference's conferences: name → members.
+    pub(crate) conferences: Mutex<HashMap<String, Conference>>,
     listeners: Mutex<Vec<Arc<ListenerEntry>>>,
     /// Cancelled when the simulator stops: every task watches it.
     pub(crate) shutdown: CancellationToken,
@@ -212,6 +262,7 @@ impl Core {
             cfg,
             info,
             channels: Mutex::new(HashMap::new()),
+            conferences: Mutex::new(HashMap::new()),
             listeners: Mutex::new(Vec::new()),
             shutdown: CancellationToken::new(),
             tasks: TaskTracker::new(),

@@ -13,7 +13,7 @@ use crate::sim::event::{EVENT_ALL, EVENT_CUSTOM, EVENT_NAMES, FiredEvent, event_
 use crate::sim::packet::{Packet, PacketDecoder, PacketError};
 use crate::sim::{Core, api, lock};
 use bytes::Bytes;
-use futures::StreamExt;
+use futures::{FutureExt, StreamExt};
 use std::collections::HashSet;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
@@ -368,34 +368,50 @@ impl Session {
                     self.running = false;
                 }
                 frame = frames.next() => {
-                    let frame = match frame {
-                        Some(Ok(f)) => f,
-                        Some(Err(e)) => {
-                            // Unreadable input (cut off mid-packet, a body
-                            // over the limit): read_packet fails and the
-                            // listener says goodbye and closes.
-                            tracing::info!(error = %e, "closing event socket connection on bad input");
-                            self.flush_events();
-                            self.out.extend_from_slice(&disconnect_notice(self.session_uuid(), GOODBYE));
-                            let _ = wr.write(&self.out).await;
-                            wr.close().await;
-                            return Err(e.into());
+                    let mut frame = Some(frame);
+                    let mut handled = 0;
+                    // Commands a client pipelined are answered in one write
+                    // (a reply per syscall halves the rate of a `sendevent`
+                    // flood); the batch ends with the buffered input.
+                    while let Some(next) = frame.take() {
+                        let packet = match next {
+                            Some(Ok(f)) => f,
+                            Some(Err(e)) => {
+                                // Unreadable input (cut off mid-packet, a
+                                // body over the limit): read_packet fails
+                                // and the listener says goodbye and closes.
+                                tracing::info!(error = %e, "closing event socket connection on bad input");
+                                self.flush_events();
+                                self.out.extend_from_slice(&disconnect_notice(self.session_uuid(), GOODBYE));
+                                let _ = wr.write(&self.out).await;
+                                wr.close().await;
+                                return Err(e.into());
+                            }
+                            None => {
+                                if !self.out.is_empty() {
+                                    let _ = wr.write(&self.out).await;
+                                }
+                                return Ok(());
+                            }
+                        };
+                        // A command may wait (a blocking `api originate`, a
+                        // static socket's `sendmsg`): shutting down must not.
+                        let after = tokio::select! {
+                            a = self.command(&packet) => Some(a),
+                            () = shutdown.cancelled() => None,
+                        };
+                        match after {
+                            None => {
+                                self.say_shutdown(&mut wr).await;
+                                return Ok(());
+                            }
+                            Some(After::Stop) => self.running = false,
+                            Some(After::Continue) => {}
                         }
-                        None => return Ok(()),
-                    };
-                    // A command may wait (a blocking `api originate`, a
-                    // static socket's `sendmsg`): shutting down must not.
-                    let after = tokio::select! {
-                        a = self.command(&frame) => Some(a),
-                        () = shutdown.cancelled() => None,
-                    };
-                    match after {
-                        None => {
-                            self.say_shutdown(&mut wr).await;
-                            return Ok(());
+                        handled += 1;
+                        if self.running && handled < 256 && self.out.len() < 256 * 1024 {
+                            frame = frames.next().now_or_never();
                         }
-                        Some(After::Stop) => self.running = false,
-                        Some(After::Continue) => {}
                     }
                     if !self.out.is_empty() {
                         wr.write(&self.out).await?;
@@ -403,6 +419,11 @@ impl Session {
                     }
                 }
                 Some(ev) = self.events.recv() => {
+                    // One turn of read_packet's loop: one queued log line,
+                    // then every queued event (trace 08's order).
+                    if self.log_on && let Ok(line) = self.logs.try_recv() {
+                        self.out.extend_from_slice(&line.frame());
+                    }
                     self.write_event(&ev);
                     // Batch whatever else is queued into the same write.
                     while self.out.len() < 256 * 1024 {
@@ -416,7 +437,12 @@ impl Session {
                 }
                 Some(line) = self.logs.recv() => {
                     if self.log_on {
-                        wr.write(&line.frame()).await?;
+                        self.out.extend_from_slice(&line.frame());
+                    }
+                    self.flush_events();
+                    if !self.out.is_empty() {
+                        wr.write(&self.out).await?;
+                        self.out.clear();
                     }
                 }
             }
