@@ -15,7 +15,6 @@ use std::time::Duration;
 use voice_support::Harness;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "the simulator has no conference application/API yet"]
 async fn two_legs_in_a_conference_muted_unmuted_and_kicked() {
     let h = Harness::start(AppRouter::new()).await;
     let mut a: Voice = h.call("15551250001").await;

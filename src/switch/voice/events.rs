@@ -167,6 +167,9 @@ pub enum VoiceEvent<U = ()> {
     },
     /// The bridge ended (CHANNEL_UNBRIDGE).
     Unbridged,
+    /// The leg left its conference: its `conference` application ended
+    /// (kicked, or the conference ended).
+    ConferenceLeft,
     /// Application-specific: sent through [`super::Voice::app_sender`].
     App(U),
 }

@@ -877,6 +877,7 @@ impl<U: Send + 'static> Voice<U> {
                 if let Err(error) = r {
                     tracing::debug!(uuid = self.call.uuid(), %error, "conference application ended");
                 }
+                self.push(VoiceEvent::ConferenceLeft);
             }
             Some(u) = self.app_rx.recv(), if !self.socket_closed => self.push(VoiceEvent::App(u)),
             () = sleep_opt(wake), if wake.is_some() => self.on_deadlines().await,
