@@ -588,15 +588,10 @@ impl Actor {
                 }
             }
             Timer::FarHangup(cause) => self.hangup(&cause, None),
-            Timer::FarDtmf(digits) => {
-                self.queue_dtmf(&digits);
-                // Across a bridge the digits reach the leg that dialled
-                // this one, which sees them as DTMF events too (what the
-                // agent's socket on that leg relies on).
-                if let Some(b) = &self.bridged {
-                    b.try_send(ChanMsg::FarDtmf(digits));
-                }
-            }
+            // The DTMF event fires on the leg that received the digits
+            // (switch_channel_dequeue_dtmf); a bridged partner only sends
+            // them on to its own far end, with no event of its own.
+            Timer::FarDtmf(digits) => self.queue_dtmf(&digits),
             Timer::OriginateTimeout => {
                 if self.originate.is_some() {
                     self.hangup("NO_ANSWER", None);
