@@ -81,10 +81,15 @@ impl Harness {
     /// unanswered leg to the listener. Returns the originate's result
     /// (`+OK <uuid>` once the app answers, `-ERR <cause>` if it rejects).
     pub async fn inbound_call(&self) -> String {
-        self.inbound
+        match self
+            .inbound
             .api("originate loopback/socket/redswitch-test &park")
             .await
-            .expect("originate")
+        {
+            Ok(reply) => reply,
+            Err(redswitch::switch::Error::CommandFailed { reply }) => reply,
+            Err(other) => panic!("originate: {other}"),
+        }
     }
 
     pub fn channel(&self, uuid: &str) -> Option<ChannelSnapshot> {
