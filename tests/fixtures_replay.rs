@@ -770,7 +770,12 @@ fn frame_label(f: &WireFrame) -> String {
     f.get("Content-Type").unwrap_or("?").to_owned()
 }
 
+/// Replays run one at a time: each follows the trace's own timing (20 ms
+/// frames), which CPU contention from nine other simulators would blur.
+static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 async fn check(name: &str) {
+    let _turn = ONE_AT_A_TIME.lock().await;
     if !fixtures_dir().is_dir() {
         eprintln!(
             "fixtures not found at {}; skipping",
