@@ -1,5 +1,6 @@
 //! Replays the client side of every recorded FreeSWITCH 1.10 trace
-//! (`../shared/fixtures/freeswitch-1.10/*.raw.jsonl`, or `$REDSWITCH_FIXTURES`)
+//! (`tests/fixtures/freeswitch-1.10/*.raw.jsonl`, a copy of the project's
+//! shared recordings; or `$REDSWITCH_FIXTURES`)
 //! against the simulator and compares what the simulator sends with what
 //! FreeSWITCH sent.
 //!
@@ -86,7 +87,7 @@ fn fixtures_dir() -> PathBuf {
     std::env::var_os("REDSWITCH_FIXTURES")
         .map(PathBuf::from)
         .unwrap_or_else(|| {
-            PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../shared/fixtures/freeswitch-1.10")
+            PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/freeswitch-1.10")
         })
 }
 
@@ -776,13 +777,11 @@ static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(())
 
 async fn check(name: &str) {
     let _turn = ONE_AT_A_TIME.lock().await;
-    if !fixtures_dir().is_dir() {
-        eprintln!(
-            "fixtures not found at {}; skipping",
-            fixtures_dir().display()
-        );
-        return;
-    }
+    assert!(
+        fixtures_dir().is_dir(),
+        "fixtures not found at {}",
+        fixtures_dir().display()
+    );
     let r = replay(name).await;
     for n in &r.notes {
         eprintln!("{}: note: {n}", r.trace);
