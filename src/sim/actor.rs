@@ -1721,21 +1721,7 @@ impl Actor {
             self.st.vars.set("bridge_uuid", &other.uuid);
             self.st.vars.set("signal_bond", &other.uuid);
             let uuid = other.uuid.to_string();
-            self.extra.bridged_to = Some(uuid.clone());
-            self.bridged = Some(other);
-            if originator {
-                self.st.profile.bridged = now_micros();
-                let me = self.st.uuid.clone();
-                self.fire(
-                    "CHANNEL_BRIDGE",
-                    at::BRIDGE,
-                    &[("Bridge-A-Unique-ID", &me), ("Bridge-B-Unique-ID", &uuid)],
-                    &[],
-                );
-            } else {
-                self.st.state = crate::sim::channel::CState::ExchangeMedia;
-                self.fire("CHANNEL_STATE", at::STATE, &[], &[]);
-            }
+            self.join_bridge(other, uuid, originator);
             return;
         }
         // switch_ivr_uuid_bridge records the transfer, sets the other leg's
@@ -1792,6 +1778,12 @@ impl Actor {
             &[],
             &[("Application", "uuid_bridge"), ("Application-Data", &uuid)],
         );
+        self.join_bridge(other, uuid, originator);
+    }
+
+    /// Records the bridge and fires what each side of it sees: the
+    /// originator CHANNEL_BRIDGE, the other leg a state change.
+    fn join_bridge(&mut self, other: ChannelHandle, uuid: String, originator: bool) {
         self.extra.bridged_to = Some(uuid.clone());
         self.bridged = Some(other);
         if originator {
