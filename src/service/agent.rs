@@ -23,7 +23,7 @@
 //! before that goes back to the queue (see [`crate::service::queue`]); one
 //! whose call was already placed is not dialled twice.
 
-use crate::service::asp_call::{AspCall, CallSettings};
+use crate::service::asp_call::{AspCall, CallSettings, StartError};
 use crate::service::control::{ControlRouter, RouterConfig};
 use crate::service::events::CallEvents;
 use crate::service::job;
@@ -222,6 +222,13 @@ impl Worker {
             // `take` blocks for at most its timeout; letting it finish keeps
             // a job from being moved while nobody waits for it.
             let taken = match self.queue.take().await {
+                // The link dropped while `take` was blocked: the job waits.
+                Ok(Some(job)) if !self.inbound.is_connected() => {
+                    if let Err(error) = self.queue.give_back(&job).await {
+                        tracing::warn!(%error, "could not return a job to the queue; the reaper will");
+                    }
+                    continue;
+                }
                 Ok(Some(job)) => {
                     backoff = Duration::from_millis(100);
                     job
@@ -279,7 +286,15 @@ async fn handle_job(
     // Placed, or answered with `failure`: either way the job is decided. A
     // job refused for its reused dial_id is kept with the bad ones.
     let decided = match &started {
-        Err(refused) if refused.refused => queue.dead_letter(&taken, &refused.cause).await,
+        Err(StartError::NotAttempted(refused)) if refused.refused => {
+            queue.dead_letter(&taken, &refused.cause).await
+        }
+        Err(StartError::SwitchAway(error)) => {
+            // Not decided: another instance (or this one, once FreeSWITCH
+            // is back) will do it.
+            tracing::warn!(%dial_id, %error, "FreeSWITCH went away; job returned to the queue");
+            queue.give_back(&taken).await
+        }
         _ => queue.ack(&taken).await.map(drop),
     };
     if let Err(error) = decided {

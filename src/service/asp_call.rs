@@ -94,6 +94,18 @@ pub struct NotAttempted {
     pub refused: bool,
 }
 
+/// Why [`AspCall::start`] did not start a call.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// The call will not be attempted; `failure` was published.
+    #[error(transparent)]
+    NotAttempted(#[from] NotAttempted),
+    /// FreeSWITCH could not be asked (the link is down): nothing was
+    /// published, and the job should go back to the queue.
+    #[error("FreeSWITCH is not reachable: {0}")]
+    SwitchAway(crate::switch::app::DialError),
+}
+
 /// The dial string for `number` through `provider`.
 pub fn endpoint(template: &str, provider: &str, number: &PhoneNumber) -> String {
     template
@@ -274,7 +286,7 @@ impl AspCall {
         settings: CallSettings,
         job: AspCallJob,
         events: CallEvents,
-    ) -> Result<Self, NotAttempted> {
+    ) -> Result<Self, StartError> {
         let control = match router.subscribe(&job.dial_id).await {
             Ok(sub) => Some(sub),
             Err(RouterError::InUse(_)) => {
@@ -283,7 +295,7 @@ impl AspCall {
                 // the live call goes on untouched.
                 let mut refused = fail(&events, DIAL_ID_IN_USE).await;
                 refused.refused = true;
-                return Err(refused);
+                return Err(refused.into());
             }
             Err(error) => {
                 // Without pub/sub the call still works; it just cannot be
@@ -317,9 +329,14 @@ impl AspCall {
                 call.legs[0] = Leg::Ringing(ringing);
                 Ok(call)
             }
+            Err(crate::switch::app::DialError::Switch(e)) if e.is_connection_dropped() => {
+                Err(StartError::SwitchAway(e.into()))
+            }
             Err(error) => {
                 tracing::warn!(dial_id = %call.job.dial_id, %error, "originate refused");
-                Err(fail(&call.events, &format!("originate refused: {error}")).await)
+                Err(fail(&call.events, &format!("originate refused: {error}"))
+                    .await
+                    .into())
             }
         }
     }

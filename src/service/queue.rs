@@ -355,6 +355,23 @@ impl JobQueue {
         Ok(removed > 0)
     }
 
+    /// Puts an undecided job back at the head of the job list (FreeSWITCH
+    /// went away before the call could be placed), in one transaction so it
+    /// is never both queued and in flight, nor lost.
+    pub async fn give_back(&self, job: &TakenJob) -> Result<(), QueueError> {
+        let keys = &self.inner.keys;
+        let mut conn = self.inner.conn.clone();
+        redis::pipe()
+            .atomic()
+            .lrem(&keys.processing, 1, &job.raw)
+            .ignore()
+            .lpush(&keys.jobs, &job.raw)
+            .ignore()
+            .query_async::<()>(&mut conn)
+            .await?;
+        Ok(())
+    }
+
     /// Keeps `job` on the dead-letter list with `reason`, then acknowledges
     /// it. Written first, removed second: a crash in between leaves the job
     /// both dead-lettered and requeued, never lost.
