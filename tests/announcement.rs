@@ -112,13 +112,21 @@ async fn announcement_answers_plays_and_hangs_up_every_call() {
             "{uuid}: {steps:?}"
         );
     }
-    // The simulator agrees: none of the channels is left.
-    let live: Vec<_> = sim
-        .channels()
-        .into_iter()
-        .filter(|c| uuids.contains(&c.uuid))
-        .collect();
-    assert!(live.is_empty(), "still up: {live:?}");
+    // The simulator agrees: none of the channels is left (a channel is
+    // destroyed a frame after its CHANNEL_HANGUP_COMPLETE).
+    let deadline = std::time::Instant::now() + Duration::from_secs(3);
+    loop {
+        let live: Vec<_> = sim
+            .channels()
+            .into_iter()
+            .filter(|c| uuids.contains(&c.uuid))
+            .collect();
+        if live.is_empty() {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "still up: {live:?}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     stop.cancel();
     sim.shutdown().await;
 }
