@@ -7,6 +7,7 @@
 //! agent runs on a cluster.
 
 use crate::cli::{ControlArgs, PushArgs};
+use crate::service::store::redact_url;
 use futures::StreamExt;
 use serde_json::{Map, Value, json};
 use std::io::Write;
@@ -60,24 +61,13 @@ pub enum ToolError {
     Io(#[from] std::io::Error),
 }
 
-/// The Redis URL with any password replaced, for messages.
-pub fn redacted(url: &str) -> String {
-    match url.split_once("://").and_then(|(scheme, rest)| {
-        rest.rsplit_once('@')
-            .map(|(_, host)| format!("{scheme}://***@{host}"))
-    }) {
-        Some(r) => r,
-        None => url.to_owned(),
-    }
-}
-
 async fn client(url: &str, wait: Duration) -> Result<redis::Client, ToolError> {
-    let client = redis::Client::open(url).map_err(|e| ToolError::BadUrl(redacted(url), e))?;
+    let client = redis::Client::open(url).map_err(|e| ToolError::BadUrl(redact_url(url), e))?;
     // Check reachability now, so an unreachable Redis is one clear line.
     let mut con = timeout(wait, client.get_multiplexed_async_connection())
         .await
-        .map_err(|_| ToolError::Timeout(redacted(url), wait))?
-        .map_err(|e| ToolError::Unreachable(redacted(url), e))?;
+        .map_err(|_| ToolError::Timeout(redact_url(url), wait))?
+        .map_err(|e| ToolError::Unreachable(redact_url(url), e))?;
     let _: () = redis::cmd("PING").query_async(&mut con).await?;
     Ok(client)
 }
@@ -301,11 +291,5 @@ mod tests {
         assert!(t.observe(r#"{"type":"hangup-event","side":1,"cause":"NORMAL_CLEARING"}"#));
         let mut t = CallTracker::default();
         assert!(t.observe(r#"{"type":"failure","cause":"bad job"}"#));
-    }
-
-    #[test]
-    fn passwords_are_redacted() {
-        assert_eq!(redacted("redis://:secret@h:6379/0"), "redis://***@h:6379/0");
-        assert_eq!(redacted("redis://h:6379"), "redis://h:6379");
     }
 }
