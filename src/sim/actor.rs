@@ -918,30 +918,38 @@ impl Actor {
     /// A sendmsg execute: run now, nest inside the running application, or
     /// wait behind an event-locked one (trace 09).
     fn submit(&mut self, req: ExecReq) {
-        let top = self.stack.last();
-        let unparked_socket = matches!(top.map(|f| &f.kind), Some(Kind::Socket))
-            && self.socket.as_ref().is_some_and(|s| s.1)
-            && !self.parked;
-        let can_run = !unparked_socket
-            && match top {
-                None => self.dialplan.is_empty() || !self.run_dialplan,
-                Some(f) => {
-                    !f.locked
-                        || matches!(
-                            f.kind,
-                            Kind::Park
-                                | Kind::Socket
-                                | Kind::Echo
-                                | Kind::Bridged
-                                | Kind::Conference { .. }
-                        )
-                }
-            };
+        let can_run = self
+            .top_open()
+            .unwrap_or(self.dialplan.is_empty() || !self.run_dialplan);
         if can_run && self.waiting.is_empty() {
             self.exec(req);
         } else {
             self.waiting.push_back(req);
         }
+    }
+
+    /// Whether the running application lets another execute start now
+    /// (`None`: nothing runs). A socket app that has not parked yet holds
+    /// its messages until the next frame; a locked frame holds them unless
+    /// it is one that runs "forever" (park, socket, echo, bridge,
+    /// conference), which nested executes interrupt as in FreeSWITCH.
+    fn top_open(&self) -> Option<bool> {
+        let top = self.stack.last()?;
+        let unparked_socket = matches!(top.kind, Kind::Socket)
+            && self.socket.as_ref().is_some_and(|s| s.1)
+            && !self.parked;
+        Some(
+            !unparked_socket
+                && (!top.locked
+                    || matches!(
+                        top.kind,
+                        Kind::Park
+                            | Kind::Socket
+                            | Kind::Echo
+                            | Kind::Bridged
+                            | Kind::Conference { .. }
+                    )),
+        )
     }
 
     /// Starts whatever can start: waiting executes, then dialplan steps.
@@ -950,24 +958,7 @@ impl Actor {
             if self.hung_up() || self.done {
                 return;
             }
-            let unparked_socket = matches!(self.stack.last().map(|f| &f.kind), Some(Kind::Socket))
-                && self.socket.as_ref().is_some_and(|s| s.1)
-                && !self.parked;
-            let top_open = !unparked_socket
-                && match self.stack.last() {
-                    None => true,
-                    Some(f) => {
-                        !f.locked
-                            || matches!(
-                                f.kind,
-                                Kind::Park
-                                    | Kind::Socket
-                                    | Kind::Echo
-                                    | Kind::Bridged
-                                    | Kind::Conference { .. }
-                            )
-                    }
-                };
+            let top_open = self.top_open().unwrap_or(true);
             if top_open && let Some(req) = self.waiting.pop_front() {
                 self.exec(req);
                 continue;
