@@ -13,12 +13,15 @@
 //!   flow, control routing, published events and Redis state).
 //! - [`sim`]: a protocol-faithful FreeSWITCH simulator for tests, demos and
 //!   load tests. It depends only on [`esl`].
+//! - [`ops`]: metrics, health and readiness over HTTP, read from what
+//!   [`service`] and [`switch`] expose.
 //! - [`cli`]: the command line (flags and environment variables), and
 //!   [`commands`]: what each subcommand does.
 
 pub mod cli;
 pub mod commands;
 pub mod esl;
+pub mod ops;
 pub mod service;
 pub mod sim;
 pub mod switch;

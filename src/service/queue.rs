@@ -100,6 +100,8 @@ pub struct QueueConfig {
     pub take_timeout: Duration,
     /// How many dead letters are kept.
     pub dead_cap: usize,
+    /// Where jobs taken, requeued and dead-lettered are counted.
+    pub stats: super::stats::Stats,
 }
 
 impl QueueConfig {
@@ -114,6 +116,7 @@ impl QueueConfig {
             reap_every: Duration::from_secs(5),
             take_timeout: Duration::from_secs(1),
             dead_cap: DEFAULT_DEAD_CAP,
+            stats: super::stats::Stats::default(),
         }
     }
 
@@ -337,6 +340,9 @@ impl JobQueue {
             .arg(self.inner.config.take_timeout.as_secs_f64())
             .query_async(&mut conn)
             .await?;
+        if raw.is_some() {
+            self.inner.config.stats.jobs_taken.inc();
+        }
         Ok(raw.map(|raw| TakenJob { raw }))
     }
 
@@ -369,6 +375,7 @@ impl JobQueue {
             .ignore()
             .query_async::<()>(&mut conn)
             .await?;
+        self.inner.config.stats.jobs_requeued.inc();
         Ok(())
     }
 
@@ -388,6 +395,7 @@ impl JobQueue {
             .ignore()
             .query_async::<()>(&mut conn)
             .await?;
+        self.inner.config.stats.jobs_dead_lettered.inc();
         self.ack(job).await?;
         Ok(())
     }
@@ -428,7 +436,10 @@ impl JobQueue {
                 .query_async(&mut conn)
                 .await?;
             match job {
-                Some(_) => moved += 1,
+                Some(_) => {
+                    moved += 1;
+                    self.inner.config.stats.jobs_requeued.inc();
+                }
                 None => return Ok(moved),
             }
         }
