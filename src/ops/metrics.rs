@@ -90,17 +90,17 @@ impl Collector for Readings {
         let counters = [
             (
                 "esl_reconnects",
-                "Times the inbound connection to FreeSWITCH was re-established",
+                "Times the inbound connection to FreeSWITCH was re-established.",
                 self.0.esl_reconnects(),
             ),
             (
                 "redis_reconnects",
-                "Times the control pub/sub connection to Redis was re-established",
+                "Times the control pub/sub connection to Redis was re-established.",
                 self.0.redis_reconnects(),
             ),
             (
                 "events_dropped",
-                "FreeSWITCH events the inbound client dropped",
+                "FreeSWITCH events the inbound client dropped.",
                 self.0.events_dropped(),
             ),
         ];
