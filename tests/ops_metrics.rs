@@ -181,7 +181,7 @@ async fn stuck_clients_block_neither_scrapes_nor_calls() {
     let (addr, stop) = serve_ops(&stack).await;
     // One client connects and says nothing, another stops mid-request,
     // a third asks and never reads the answer.
-    let _silent = TcpStream::connect(addr).await.unwrap();
+    let mut silent = TcpStream::connect(addr).await.unwrap();
     let mut partial = TcpStream::connect(addr).await.unwrap();
     partial.write_all(b"GET /metr").await.unwrap();
     let mut deaf = TcpStream::connect(addr).await.unwrap();
@@ -195,6 +195,16 @@ async fn stuck_clients_block_neither_scrapes_nor_calls() {
     stack.publish(&dial_id, r#"{"type":"hangup"}"#).await;
     f.hangups(&[0, 1]).await;
     wait_sample(addr, "redswitch_calls_active", |v| v == 0.0).await;
+
+    // The silent client is let go once its time for a request is up.
+    let mut rest = Vec::new();
+    tokio::time::timeout(
+        redswitch::ops::server::HEADER_TIMEOUT + PATIENCE,
+        silent.read_to_end(&mut rest),
+    )
+    .await
+    .expect("the server closes a connection that sends nothing")
+    .ok();
     stop.cancel();
     stack.stop().await;
 }
