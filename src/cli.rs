@@ -205,6 +205,12 @@ pub enum Command {
     Sim(crate::commands::sim::SimArgs),
     /// Print FreeSWITCH events as JSON lines.
     Events(crate::commands::events::EventsArgs),
+    /// List the live calls from Redis (dial_id, org, user, sides, age);
+    /// --check-switch compares them with FreeSWITCH's channels.
+    Calls(crate::commands::calls::CallsArgs),
+    /// Print the JSON Schema of a message type (the job, an event, a
+    /// control message), or all of them.
+    Schema(crate::commands::schema::SchemaArgs),
     /// Everything on one machine: Redis, the simulator, the agent and a
     /// sample call whose events are printed as they flow.
     Demo(DemoArgs),

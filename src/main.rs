@@ -52,6 +52,17 @@ async fn run(cli: Cli) -> Result<(), BoxError> {
             commands::events::run(esl, args).await?
         }
         Command::Demo(args) => commands::demo::run(&config, args).await?,
+        Command::Calls(args) => {
+            let esl = match args.check_switch {
+                true => Some(InboundConfig::new(
+                    config.esl_address()?,
+                    config.esl_password.clone(),
+                )),
+                false => None,
+            };
+            commands::calls::run(&config.redis_url, config.redis_timeout(), esl, &args).await?
+        }
+        Command::Schema(args) => print!("{}", commands::schema::render(&args)?),
     }
     Ok(())
 }

@@ -386,6 +386,112 @@ impl RedisConn {
     }
 }
 
+impl RedisConn {
+    /// Every key matching `pattern`, in one `SCAN` pass; on a cluster, one
+    /// pass on each master, because a node's `SCAN` sees only its own slots.
+    /// Keys that come and go during the pass may be missed or seen twice
+    /// (`SCAN`'s own guarantee); callers read each key afterwards anyway.
+    pub async fn scan_match(&self, pattern: &str) -> Result<Vec<String>, StoreError> {
+        let (generation, conn) = self.current().await?;
+        let result = match conn {
+            Conn::Single(c) => {
+                scan_node(pattern, |cmd| {
+                    let mut c = c.clone();
+                    async move { cmd.query_async::<Value>(&mut c).await }
+                })
+                .await
+            }
+            Conn::Cluster(c) => scan_cluster(pattern, c).await,
+        };
+        if let Err(e) = &result {
+            self.discard(generation, e);
+        }
+        Ok(result?)
+    }
+}
+
+/// `SCAN 0 MATCH pattern` to the end on one node; `send` carries a command
+/// to that node.
+async fn scan_node<F, Fut>(pattern: &str, send: F) -> Result<Vec<String>, RedisError>
+where
+    F: Fn(Cmd) -> Fut,
+    Fut: std::future::Future<Output = Result<Value, RedisError>>,
+{
+    let mut keys = Vec::new();
+    let mut cursor = "0".to_owned();
+    loop {
+        let mut cmd = redis::cmd("SCAN");
+        cmd.arg(&cursor)
+            .arg("MATCH")
+            .arg(pattern)
+            .arg("COUNT")
+            .arg(1000);
+        let (next, batch): (String, Vec<String>) = redis::from_redis_value(send(cmd).await?)?;
+        keys.extend(batch);
+        if next == "0" {
+            return Ok(keys);
+        }
+        cursor = next;
+    }
+}
+
+/// [`scan_node`] on every master of a cluster, each reached through a slot
+/// it serves (from `CLUSTER SLOTS`), so the cluster client's own routing
+/// picks the connection.
+async fn scan_cluster(pattern: &str, conn: ClusterConnection) -> Result<Vec<String>, RedisError> {
+    use redis::cluster_routing::{Route, RoutingInfo, SingleNodeRoutingInfo, SlotAddr};
+    let slots = conn
+        .clone()
+        .route_command(
+            redis::cmd("CLUSTER").arg("SLOTS").clone(),
+            RoutingInfo::SingleNode(SingleNodeRoutingInfo::Random),
+        )
+        .await?;
+    let mut keys = Vec::new();
+    for slot in one_slot_per_master(slots)? {
+        let route = RoutingInfo::SingleNode(SingleNodeRoutingInfo::SpecificNode(Route::new(
+            slot,
+            SlotAddr::Master,
+        )));
+        keys.extend(
+            scan_node(pattern, |cmd| {
+                let mut conn = conn.clone();
+                let route = route.clone();
+                async move { conn.route_command(cmd, route).await }
+            })
+            .await?,
+        );
+    }
+    Ok(keys)
+}
+
+/// From a `CLUSTER SLOTS` reply (`[[start, end, [host, port, …], replicas…], …]`),
+/// the first slot of one range of each distinct master.
+fn one_slot_per_master(reply: Value) -> Result<Vec<u16>, RedisError> {
+    let ranges: Vec<Vec<Value>> = redis::from_redis_value(reply)?;
+    let mut seen = Vec::new();
+    let mut slots = Vec::new();
+    for range in ranges {
+        let (Some(start), Some(master)) = (range.first(), range.get(2)) else {
+            continue;
+        };
+        let start: u16 = redis::from_redis_value_ref(start)?;
+        let node: Vec<Value> = redis::from_redis_value_ref(master)?;
+        let address: (String, i64) = match node.as_slice() {
+            [host, port, ..] => (
+                redis::from_redis_value_ref(host)?,
+                redis::from_redis_value_ref(port)?,
+            ),
+            _ => continue,
+        };
+        if !seen.contains(&address) {
+            seen.push(address);
+            slots.push(start);
+        }
+    }
+    Ok(slots)
+}
+
 fn to_redis_error(e: StoreError) -> RedisError {
     match e {
         StoreError::Redis(e) => e,
