@@ -18,13 +18,15 @@
 //! which is exactly what an operator looking for stale entries wants to see.
 //!
 //! **`--check-switch`** asks FreeSWITCH for its channels (`show channels as
-//! json`) and each channel's `dial_id` variable (`uuid_getvar`), which the
-//! agent sets on every leg it creates. A call whose answered sides
-//! outnumber the channels carrying its `dial_id` is marked `missing`
-//! (FreeSWITCH no longer has its legs); a channel carrying a `dial_id` that
-//! no live call owns is listed as an orphan. The comparison is by `dial_id`
-//! and by count, because Redis records which sides are up, not which
-//! channel uuid each side is. Any mismatch makes the command exit 1.
+//! json`) and each channel's `dial_id` and `redswitch_side` variables
+//! (`uuid_getvar`), which the agent sets on every leg it creates. A call
+//! with an answered side that no channel carrying its `dial_id` and that
+//! side stands for is marked `missing`, with those sides (FreeSWITCH no
+//! longer has those legs); a channel carrying a `dial_id` that no live call
+//! owns is listed as an orphan. Redis records which sides are up, not the
+//! channel uuid of each, so legs are matched by `dial_id` and side; a
+//! channel without `redswitch_side` stands for any one side of its call.
+//! Any mismatch makes the command exit 1.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
@@ -96,10 +98,25 @@ pub struct LiveCall {
     /// `dial_id`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub switch_legs: Option<usize>,
-    /// With `--check-switch`: `ok`, or `missing` when fewer channels than
-    /// answered sides carry the `dial_id`.
+    /// With `--check-switch`: `ok`, or `missing` when an answered side has
+    /// no channel in FreeSWITCH.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub switch: Option<&'static str>,
+    /// With `--check-switch`: the answered sides FreeSWITCH has no channel
+    /// for.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub missing_sides: Vec<u8>,
+}
+
+/// A FreeSWITCH channel that carries a `dial_id`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SwitchLeg {
+    /// The channel's uuid.
+    pub uuid: String,
+    /// Its channel name.
+    pub name: String,
+    /// Its `redswitch_side` variable, when set.
+    pub side: Option<u8>,
 }
 
 /// A FreeSWITCH channel carrying a `dial_id` that no live call owns.
@@ -166,6 +183,7 @@ pub async fn live_calls(conn: &RedisConn) -> Result<Vec<LiveCall>, CallsError> {
                 age_s: age_from_ttl(ttl),
                 switch_legs: None,
                 switch: None,
+                missing_sides: Vec::new(),
             })
         })
     }))
@@ -187,29 +205,36 @@ pub async fn live_calls(conn: &RedisConn) -> Result<Vec<LiveCall>, CallsError> {
     Ok(calls)
 }
 
-/// FreeSWITCH's channels that carry a `dial_id` variable: `dial_id` →
-/// `(uuid, name)` of each.
+/// FreeSWITCH's channels that carry a `dial_id` variable, by `dial_id`.
 pub async fn switch_channels(
     esl: InboundConfig,
-) -> Result<BTreeMap<String, Vec<(String, String)>>, CallsError> {
+) -> Result<BTreeMap<String, Vec<SwitchLeg>>, CallsError> {
     let fail = |e: crate::switch::Error| CallsError::Switch(e.to_string());
     let mut esl = esl;
     esl.reconnect.max_attempts = Some(0);
     let (client, _events) = InboundClient::connect(esl).await.map_err(fail)?;
     let listing = client.api("show channels as json").await.map_err(fail)?;
     let rows = channel_rows(&listing)?;
-    let mut by_dial = BTreeMap::<String, Vec<(String, String)>>::new();
-    for (uuid, name) in rows {
-        // A channel that ended since the listing answers -ERR: skip it.
-        let value = match client.api(&format!("uuid_getvar {uuid} dial_id")).await {
-            Ok(v) => v.trim().to_owned(),
-            Err(e) if e.is_command_failed() => continue,
-            Err(e) => return Err(fail(e)),
-        };
-        if value.is_empty() || value == "_undef_" {
-            continue;
+    let getvar = async |uuid: &str, name: &str| {
+        // A channel that ended since the listing answers -ERR: no value.
+        match client.api(&format!("uuid_getvar {uuid} {name}")).await {
+            Ok(v) => Ok(Some(v.trim().to_owned()).filter(|v| !v.is_empty() && v != "_undef_")),
+            Err(e) if e.is_command_failed() => Ok(None),
+            Err(e) => Err(fail(e)),
         }
-        by_dial.entry(value).or_default().push((uuid, name));
+    };
+    let mut by_dial = BTreeMap::<String, Vec<SwitchLeg>>::new();
+    for (uuid, name) in rows {
+        let Some(dial_id) = getvar(&uuid, "dial_id").await? else {
+            continue;
+        };
+        let side = getvar(&uuid, "redswitch_side")
+            .await?
+            .and_then(|s| s.parse().ok());
+        by_dial
+            .entry(dial_id)
+            .or_default()
+            .push(SwitchLeg { uuid, name, side });
     }
     let _ = client.close().await;
     Ok(by_dial)
@@ -237,27 +262,41 @@ fn channel_rows(listing: &str) -> Result<Vec<(String, String)>, CallsError> {
         .unwrap_or_default())
 }
 
+/// The answered `sides` that no leg stands for: a leg with a side stands
+/// for that side, a leg without one for any one remaining side.
+fn missing_sides(sides: &[u8], legs: &[SwitchLeg]) -> Vec<u8> {
+    let mut missing: Vec<u8> = sides
+        .iter()
+        .copied()
+        .filter(|s| !legs.iter().any(|l| l.side == Some(*s)))
+        .collect();
+    let unsided = legs.iter().filter(|l| l.side.is_none()).count();
+    missing.drain(..unsided.min(missing.len()));
+    missing
+}
+
 /// Marks each call `ok` or `missing` against `channels`, and returns the
 /// channels no call owns.
 pub fn compare(
     calls: &mut [LiveCall],
-    mut channels: BTreeMap<String, Vec<(String, String)>>,
+    mut channels: BTreeMap<String, Vec<SwitchLeg>>,
 ) -> Vec<OrphanChannel> {
     for call in calls.iter_mut() {
-        let legs = channels.remove(&call.dial_id).map_or(0, |c| c.len());
-        call.switch_legs = Some(legs);
-        call.switch = Some(if legs < call.sides.len() {
-            "missing"
-        } else {
+        let legs = channels.remove(&call.dial_id).unwrap_or_default();
+        call.switch_legs = Some(legs.len());
+        call.missing_sides = missing_sides(&call.sides, &legs);
+        call.switch = Some(if call.missing_sides.is_empty() {
             "ok"
+        } else {
+            "missing"
         });
     }
     channels
         .into_iter()
         .flat_map(|(dial_id, legs)| {
-            legs.into_iter().map(move |(uuid, name)| OrphanChannel {
-                uuid,
-                name,
+            legs.into_iter().map(move |leg| OrphanChannel {
+                uuid: leg.uuid,
+                name: leg.name,
                 dial_id: dial_id.clone(),
             })
         })
@@ -299,8 +338,17 @@ pub fn table(calls: &[LiveCall], orphans: Option<&[OrphanChannel]>) -> String {
             sides(c),
             format_age(c.age_s),
         ];
-        if let (Some(state), Some(legs)) = (c.switch, c.switch_legs) {
-            row.push(format!("{state} ({legs} legs)"));
+        match (c.switch, c.switch_legs) {
+            (Some("ok"), Some(legs)) => row.push(format!("ok ({legs} legs)")),
+            (Some(state), Some(legs)) => row.push(format!(
+                "{state} side {} ({legs} legs)",
+                c.missing_sides
+                    .iter()
+                    .map(u8::to_string)
+                    .collect::<Vec<_>>()
+                    .join(",")
+            )),
+            _ => {}
         }
         rows.push(row);
     }
@@ -382,6 +430,15 @@ mod tests {
             age_s: Some(75),
             switch_legs: None,
             switch: None,
+            missing_sides: Vec::new(),
+        }
+    }
+
+    fn leg(uuid: &str, side: Option<u8>) -> SwitchLeg {
+        SwitchLeg {
+            uuid: uuid.into(),
+            name: format!("sofia/gateway/g/{uuid}"),
+            side,
         }
     }
 
@@ -425,38 +482,53 @@ mod tests {
     }
 
     #[test]
-    fn compare_marks_missing_legs_and_orphans() {
-        let mut calls = [call("a", &[0, 1]), call("b", &[0, 1]), call("c", &[0])];
+    fn compare_marks_missing_sides_and_orphans() {
+        let mut calls = [
+            call("a", &[0, 1]),
+            call("b", &[0, 1]),
+            call("c", &[0]),
+            call("d", &[0, 1]),
+        ];
         let mut channels = BTreeMap::new();
-        channels.insert(
-            "a".to_owned(),
-            vec![("u1".into(), "n1".into()), ("u2".into(), "n2".into())],
-        );
-        channels.insert("b".to_owned(), vec![("u3".into(), "n3".into())]);
-        channels.insert("z".to_owned(), vec![("u9".into(), "n9".into())]);
+        channels.insert("a".to_owned(), vec![leg("u1", Some(0)), leg("u2", Some(1))]);
+        channels.insert("b".to_owned(), vec![leg("u3", Some(0)), leg("u4", Some(2))]);
+        // Without redswitch_side, a leg stands for any one side.
+        channels.insert("d".to_owned(), vec![leg("u5", None), leg("u6", None)]);
+        channels.insert("z".to_owned(), vec![leg("u9", Some(0))]);
         let orphans = compare(&mut calls, channels);
-        let states: Vec<_> = calls.iter().map(|c| (c.switch, c.switch_legs)).collect();
+        let states: Vec<_> = calls
+            .iter()
+            .map(|c| {
+                (
+                    c.switch.unwrap(),
+                    c.switch_legs.unwrap(),
+                    c.missing_sides.clone(),
+                )
+            })
+            .collect();
         assert_eq!(
             states,
             [
-                (Some("ok"), Some(2)),
-                (Some("missing"), Some(1)),
-                (Some("missing"), Some(0))
+                ("ok", 2, vec![]),
+                ("missing", 2, vec![1]),
+                ("missing", 0, vec![0]),
+                ("ok", 2, vec![]),
             ]
         );
         assert_eq!(
             orphans,
             [OrphanChannel {
                 uuid: "u9".into(),
-                name: "n9".into(),
+                name: "sofia/gateway/g/u9".into(),
                 dial_id: "z".into()
             }]
         );
         let text = table(&calls, Some(&orphans));
-        assert!(text.contains("missing (1 legs)"), "{text}");
+        assert!(text.contains("missing side 1 (2 legs)"), "{text}");
         assert!(
-            text.contains("orphan channel u9 (n9) carries dial_id z"),
+            text.contains("orphan channel u9 (sofia/gateway/g/u9) carries dial_id z"),
             "{text}"
         );
+        assert_eq!(missing_sides(&[0, 1], &[leg("x", None)]), [1]);
     }
 }
