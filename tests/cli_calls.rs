@@ -90,6 +90,15 @@ async fn calls_lists_a_live_call_with_sides_and_age() {
     assert!(row.contains("org1") && row.contains("0,1"), "{row}");
     assert!(table.contains("1 live call(s)"), "{table}");
 
+    // A node list whose first entry is down: the standalone server that
+    // answered is the one used.
+    let dead = format!("redis://127.0.0.1:{}", support::redis::free_port(false));
+    let mut argv = calls_args(&stack, &["--json"]);
+    argv[1] = format!("{dead},{}", stack.redis.url());
+    let out = redswitch(argv).await;
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(call(&document(&out), &dial_id)["sides"], json!([0, 1]));
+
     // Once the call is over it is gone.
     stack.publish(&dial_id, r#"{"type":"hangup"}"#).await;
     f.hangups(&[0, 1]).await;

@@ -117,9 +117,10 @@ impl RedisClient {
         }
         let probe = async {
             let mut last = None;
-            for (c, url) in clients
+            for (i, (c, url)) in clients
                 .iter()
                 .zip(urls.split(',').map(str::trim).filter(|u| !u.is_empty()))
+                .enumerate()
             {
                 match c.get_multiplexed_async_connection().await {
                     Ok(mut conn) => {
@@ -127,7 +128,7 @@ impl RedisClient {
                             .arg("cluster")
                             .query_async(&mut conn)
                             .await?;
-                        return Ok(info.contains("cluster_enabled:1"));
+                        return Ok((i, info.contains("cluster_enabled:1")));
                     }
                     Err(source) => {
                         last = Some(StoreError::Unreachable {
@@ -139,7 +140,7 @@ impl RedisClient {
             }
             Err(last.unwrap_or_else(|| StoreError::BadUrl("no URL given".into())))
         };
-        let cluster = tokio::time::timeout(connect_timeout, probe)
+        let (reached, cluster) = tokio::time::timeout(connect_timeout, probe)
             .await
             .map_err(|_| StoreError::Timeout(connect_timeout))??;
         let kind = if cluster {
@@ -153,8 +154,9 @@ impl RedisClient {
                 seeds: clients,
             }
         } else {
+            // A standalone server: the node that answered.
             let mut clients = clients;
-            Kind::Single(Box::new(clients.swap_remove(0)))
+            Kind::Single(Box::new(clients.swap_remove(reached)))
         };
         Ok(Self {
             kind,
