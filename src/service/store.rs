@@ -571,6 +571,36 @@ mod tests {
         assert_eq!(ServerInfo::from_info("", true).version, "unknown");
     }
 
+    #[test]
+    fn one_slot_per_master_from_cluster_slots() {
+        let node = |host: &str, port: i64| {
+            Value::Array(vec![
+                Value::BulkString(host.as_bytes().to_vec()),
+                Value::Int(port),
+                Value::BulkString(b"id".to_vec()),
+            ])
+        };
+        let range = |start, end, master: Value, replica: Option<Value>| {
+            let mut v = vec![Value::Int(start), Value::Int(end), master];
+            v.extend(replica);
+            Value::Array(v)
+        };
+        // Three masters, one owning two ranges, one with a replica.
+        let reply = Value::Array(vec![
+            range(
+                0,
+                5460,
+                node("10.0.0.1", 7000),
+                Some(node("10.0.0.4", 7003)),
+            ),
+            range(5461, 10922, node("10.0.0.2", 7001), None),
+            range(10923, 12000, node("10.0.0.3", 7002), None),
+            range(12001, 16383, node("10.0.0.1", 7000), None),
+        ]);
+        assert_eq!(one_slot_per_master(reply).unwrap(), [0, 5461, 10923]);
+        assert!(one_slot_per_master(Value::Int(1)).is_err());
+    }
+
     #[tokio::test]
     async fn bad_urls_are_refused_without_echoing_them() {
         let e = RedisClient::connect("http://:pw@x", Duration::from_secs(1))
