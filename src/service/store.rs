@@ -388,6 +388,55 @@ impl RedisConn {
     }
 }
 
+fn to_redis_error(e: StoreError) -> RedisError {
+    match e {
+        StoreError::Redis(e) => e,
+        other => RedisError::from(std::io::Error::new(
+            std::io::ErrorKind::TimedOut,
+            other.to_string(),
+        )),
+    }
+}
+
+impl ConnectionLike for RedisConn {
+    fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
+        Box::pin(async move {
+            let (generation, mut conn) = self.current().await.map_err(to_redis_error)?;
+            let result = match &mut conn {
+                Conn::Single(c) => c.req_packed_command(cmd).await,
+                Conn::Cluster(c) => c.req_packed_command(cmd).await,
+            };
+            if let Err(e) = &result {
+                self.discard(generation, e);
+            }
+            result
+        })
+    }
+
+    fn req_packed_commands<'a>(
+        &'a mut self,
+        cmd: &'a Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> RedisFuture<'a, Vec<Value>> {
+        Box::pin(async move {
+            let (generation, mut conn) = self.current().await.map_err(to_redis_error)?;
+            let result = match &mut conn {
+                Conn::Single(c) => c.req_packed_commands(cmd, offset, count).await,
+                Conn::Cluster(c) => c.req_packed_commands(cmd, offset, count).await,
+            };
+            if let Err(e) = &result {
+                self.discard(generation, e);
+            }
+            result
+        })
+    }
+
+    fn get_db(&self) -> i64 {
+        0
+    }
+}
+
 impl RedisConn {
     /// Every key matching `pattern`, in one `SCAN` pass; on a cluster, one
     /// pass on each master, because a node's `SCAN` sees only its own slots.
@@ -492,55 +541,6 @@ fn one_slot_per_master(reply: Value) -> Result<Vec<u16>, RedisError> {
         }
     }
     Ok(slots)
-}
-
-fn to_redis_error(e: StoreError) -> RedisError {
-    match e {
-        StoreError::Redis(e) => e,
-        other => RedisError::from(std::io::Error::new(
-            std::io::ErrorKind::TimedOut,
-            other.to_string(),
-        )),
-    }
-}
-
-impl ConnectionLike for RedisConn {
-    fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
-        Box::pin(async move {
-            let (generation, mut conn) = self.current().await.map_err(to_redis_error)?;
-            let result = match &mut conn {
-                Conn::Single(c) => c.req_packed_command(cmd).await,
-                Conn::Cluster(c) => c.req_packed_command(cmd).await,
-            };
-            if let Err(e) = &result {
-                self.discard(generation, e);
-            }
-            result
-        })
-    }
-
-    fn req_packed_commands<'a>(
-        &'a mut self,
-        cmd: &'a Pipeline,
-        offset: usize,
-        count: usize,
-    ) -> RedisFuture<'a, Vec<Value>> {
-        Box::pin(async move {
-            let (generation, mut conn) = self.current().await.map_err(to_redis_error)?;
-            let result = match &mut conn {
-                Conn::Single(c) => c.req_packed_commands(cmd, offset, count).await,
-                Conn::Cluster(c) => c.req_packed_commands(cmd, offset, count).await,
-            };
-            if let Err(e) = &result {
-                self.discard(generation, e);
-            }
-            result
-        })
-    }
-
-    fn get_db(&self) -> i64 {
-        0
-    }
 }
 
 #[cfg(test)]
