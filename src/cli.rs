@@ -52,7 +52,8 @@ pub struct Config {
         global = true
     )]
     pub esl_password: String,
-    /// Redis URL: redis:// or rediss:// (TLS); a cluster is detected.
+    /// Redis URL: redis:// or rediss:// (TLS), or a comma-separated list of
+    /// cluster nodes; a cluster is detected.
     #[arg(
         long,
         env = "PUBSUB_REDIS_URL",

@@ -101,6 +101,41 @@ fn every_schema_is_valid_2020_12_and_every_type_has_one() {
     assert_eq!(acked, control_types().into_iter().collect());
 }
 
+#[test]
+fn the_schema_command_prints_them() {
+    let run = |args: &[&str]| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_redswitch"))
+            .args(args)
+            .output()
+            .expect("run redswitch")
+    };
+    let out = run(&["schema", "hangup-event"]);
+    assert!(out.status.success());
+    assert_eq!(
+        String::from_utf8(out.stdout).unwrap(),
+        schema("hangup-event").unwrap()
+    );
+    let out = run(&["schema"]);
+    let all: Value = serde_json::from_slice(&out.stdout).unwrap();
+    for (kind, text) in SCHEMAS {
+        assert_eq!(all[kind], serde_json::from_str::<Value>(text).unwrap());
+    }
+    let out = run(&["schema", "--list"]);
+    let listed: Vec<String> = String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .map(str::to_owned)
+        .collect();
+    assert_eq!(listed, SCHEMAS.iter().map(|(t, _)| *t).collect::<Vec<_>>());
+    let out = run(&["schema", "nope"]);
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8(out.stderr).unwrap();
+    assert!(
+        stderr.starts_with("redswitch: error: no schema for \"nope\"; known types: asp-call,"),
+        "{stderr}"
+    );
+}
+
 /// What the agent's own parser says of a message of `kind`.
 fn parser_accepts(kind: &str, message: &Value) -> bool {
     let raw = message.to_string();
