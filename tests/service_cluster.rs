@@ -1,7 +1,8 @@
 //! The queue, the events and the control router on a three-master Redis
 //! Cluster: the queue keys share one slot, the event keys do not and still
 //! work, pub/sub reaches the router from any node; and the real binary's
-//! `push`, `control` and `calls` given one node's URL or the node list.
+//! `push`, `control`, `calls`, `check` and `demo` given one node's URL or
+//! the node list.
 
 #[allow(dead_code)]
 mod support;
@@ -246,6 +247,35 @@ async fn push_control_and_calls_work_on_a_cluster_from_one_node_or_a_list() {
     .await;
     let doc: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(doc, serde_json::json!({"calls": []}));
+
+    // check and demo through one node.
+    let esl_port = sim.esl_addr().port().to_string();
+    let out = redswitch(
+        ["--redis-url", &one_node, "--esl-port", &esl_port, "check"]
+            .map(String::from)
+            .to_vec(),
+    )
+    .await;
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}");
+    assert!(
+        stdout.contains("redis: ok, Redis") && stdout.contains("(cluster"),
+        "{stdout}"
+    );
+    let out = redswitch(
+        ["demo", "--use-redis", &one_node, "--talk-time", "1"]
+            .map(String::from)
+            .to_vec(),
+    )
+    .await;
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout} {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("\"type\":\"hangup-event\""), "{stdout}");
+    assert!(stdout.contains("demo finished"), "{stdout}");
 
     cancel.cancel();
     agent.stopped().await;

@@ -173,11 +173,18 @@ impl RedisClient {
     /// node answering (any node, on a cluster).
     pub async fn server_info(&self) -> Result<ServerInfo, StoreError> {
         let mut conn = self.connection().await?;
-        let info: String = redis::cmd("INFO")
+        let reply: Value = redis::cmd("INFO")
             .arg("server")
             .arg("replication")
             .query_async(&mut conn)
             .await?;
+        // A cluster client sends INFO to every node and answers a map of
+        // node → text: report the first node's.
+        let reply = match reply {
+            Value::Map(nodes) => nodes.into_iter().next().map_or(Value::Nil, |(_, v)| v),
+            other => other,
+        };
+        let info: String = redis::from_redis_value(reply).map_err(RedisError::from)?;
         Ok(ServerInfo::from_info(&info, self.is_cluster()))
     }
 
