@@ -26,7 +26,9 @@
 //! owns is listed as an orphan. Redis records which sides are up, not the
 //! channel uuid of each, so legs are matched by `dial_id` and side; a
 //! channel without `redswitch_side` stands for any one side of its call.
-//! Any mismatch makes the command exit 1.
+//! Any mismatch makes the command exit 1. Only the one FreeSWITCH of
+//! `--esl-host` is asked: where several switches share a Redis, a call on
+//! another switch shows as `missing` here.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
