@@ -1,5 +1,5 @@
 //! The command line: clap definitions for every flag and environment
-//! variable of SPEC §2, shared by all subcommands.
+//! variable, shared by all subcommands.
 //!
 //! Every option has a flag and an environment variable, and the seed's
 //! variable names (`ESL_URL`, `ESL_PORT`, `ESL_PASSWORD`, `PUBSUB_REDIS_URL`,
@@ -33,7 +33,7 @@ pub enum LogFormat {
     Json,
 }
 
-/// The settings of SPEC §2.
+/// The settings shared by every subcommand.
 #[derive(Debug, Clone, Args)]
 pub struct Config {
     /// FreeSWITCH event-socket host (also accepts host:port).
