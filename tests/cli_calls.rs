@@ -66,6 +66,9 @@ fn call<'a>(doc: &'a Value, dial_id: &str) -> &'a Value {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn calls_lists_a_live_call_with_sides_and_age() {
     let stack = Stack::start(1).await;
+    // A key that only looks like an active-call list is not a call.
+    let mut redis = stack.redis().await;
+    let _: () = redis.set("redswitch.not.a.list", "x").await.unwrap();
     let out = redswitch(calls_args(&stack, &["--json"])).await;
     assert!(out.status.success(), "{}", text(&out.stderr));
     assert_eq!(document(&out), json!({"calls": []}));

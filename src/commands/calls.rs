@@ -6,8 +6,8 @@
 //! `ACTIVE.<side>` for every side that answered and has not hung up, and
 //! Redis deletes it when the last side hangs up. A call still ringing its
 //! first side has no such list yet and is not shown. The keys are found with
-//! one `SCAN` pass (on a cluster, one on every master), then each is read
-//! with `LRANGE` and `TTL`.
+//! one `SCAN … TYPE list` pass (on a cluster, one on every master), then
+//! each is read with `LRANGE` and `TTL`.
 //!
 //! **Age** is how long ago the call's state last changed: each write to the
 //! list (an answer or a hangup of any side) re-sets its expiry to 24 h, so
@@ -166,7 +166,7 @@ fn age_from_ttl(ttl: i64) -> Option<u64> {
 
 /// Every live call in Redis, sorted by `dial_id`.
 pub async fn live_calls(conn: &RedisConn) -> Result<Vec<LiveCall>, CallsError> {
-    let keys = conn.scan_match("redswitch.*.*.*").await?;
+    let keys = conn.scan_match("redswitch.*.*.*", "list").await?;
     let reads = futures::stream::iter(keys.into_iter().filter_map(|key| {
         let (dial_id, org_id, user_id) = parse_active_key(&key)?;
         let mut conn = conn.clone();
@@ -194,14 +194,8 @@ pub async fn live_calls(conn: &RedisConn) -> Result<Vec<LiveCall>, CallsError> {
         .collect::<Vec<_>>()
         .await
         .into_iter()
-        // A key that turns out to be another type is not an active-call
-        // list; a list that emptied since the SCAN is a call that ended.
-        .filter_map(|r| match r {
-            Ok(call) if !call.sides.is_empty() => Some(Ok(call)),
-            Ok(_) => None,
-            Err(e) if e.code() == Some("WRONGTYPE") => None,
-            Err(e) => Some(Err(e)),
-        })
+        // A list that emptied since the SCAN is a call that ended.
+        .filter(|r| r.as_ref().map_or(true, |call| !call.sides.is_empty()))
         .collect::<Result<_, _>>()?;
     calls.sort_by(|a, b| a.dial_id.cmp(&b.dial_id));
     Ok(calls)

@@ -445,21 +445,22 @@ impl ConnectionLike for RedisConn {
 }
 
 impl RedisConn {
-    /// Every key matching `pattern`, in one `SCAN` pass; on a cluster, one
-    /// pass on each master, because a node's `SCAN` sees only its own slots.
-    /// Keys that come and go during the pass may be missed or seen twice
-    /// (`SCAN`'s own guarantee); callers read each key afterwards anyway.
-    pub async fn scan_match(&self, pattern: &str) -> Result<Vec<String>, StoreError> {
+    /// Every key of type `kind` (`list` …) matching `pattern`, in one
+    /// `SCAN` pass (Redis 6 or later); on a cluster, one pass on each
+    /// master, because a node's `SCAN` sees only its own slots. Keys that
+    /// come and go during the pass may be missed or seen twice (`SCAN`'s own
+    /// guarantee); callers read each key afterwards anyway.
+    pub async fn scan_match(&self, pattern: &str, kind: &str) -> Result<Vec<String>, StoreError> {
         let (generation, conn) = self.current().await?;
         let result = match conn {
             Conn::Single(c) => {
-                scan_node(pattern, |cmd| {
+                scan_node(pattern, kind, |cmd| {
                     let mut c = c.clone();
                     async move { cmd.query_async::<Value>(&mut c).await }
                 })
                 .await
             }
-            Conn::Cluster(c) => scan_cluster(pattern, c).await,
+            Conn::Cluster(c) => scan_cluster(pattern, kind, c).await,
         };
         if let Err(e) = &result {
             self.discard(generation, e);
@@ -468,9 +469,9 @@ impl RedisConn {
     }
 }
 
-/// `SCAN 0 MATCH pattern` to the end on one node; `send` carries a command
-/// to that node.
-async fn scan_node<F, Fut>(pattern: &str, send: F) -> Result<Vec<String>, RedisError>
+/// `SCAN 0 MATCH pattern TYPE kind` to the end on one node; `send` carries
+/// a command to that node.
+async fn scan_node<F, Fut>(pattern: &str, kind: &str, send: F) -> Result<Vec<String>, RedisError>
 where
     F: Fn(Cmd) -> Fut,
     Fut: std::future::Future<Output = Result<Value, RedisError>>,
@@ -482,6 +483,8 @@ where
         cmd.arg(&cursor)
             .arg("MATCH")
             .arg(pattern)
+            .arg("TYPE")
+            .arg(kind)
             .arg("COUNT")
             .arg(1000);
         let (next, batch): (String, Vec<String>) = redis::from_redis_value(send(cmd).await?)?;
@@ -496,7 +499,11 @@ where
 /// [`scan_node`] on every master of a cluster, each reached through a slot
 /// it serves (from `CLUSTER SLOTS`), so the cluster client's own routing
 /// picks the connection.
-async fn scan_cluster(pattern: &str, conn: ClusterConnection) -> Result<Vec<String>, RedisError> {
+async fn scan_cluster(
+    pattern: &str,
+    kind: &str,
+    conn: ClusterConnection,
+) -> Result<Vec<String>, RedisError> {
     use redis::cluster_routing::{Route, RoutingInfo, SingleNodeRoutingInfo, SlotAddr};
     let slots = conn
         .clone()
@@ -512,7 +519,7 @@ async fn scan_cluster(pattern: &str, conn: ClusterConnection) -> Result<Vec<Stri
             SlotAddr::Master,
         )));
         keys.extend(
-            scan_node(pattern, |cmd| {
+            scan_node(pattern, kind, |cmd| {
                 let mut conn = conn.clone();
                 let route = route.clone();
                 async move { conn.route_command(cmd, route).await }
