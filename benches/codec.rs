@@ -3,7 +3,7 @@
 //! `data/04-outbound-A.fs-stream` is every byte FreeSWITCH sent on one
 //! outbound socket in trace 04 (connect reply, replies and 2–5 KiB plain
 //! events); `data/01-inbound.fs-stream` is an inbound session with JSON
-//! events. Targets (issue 2, one core): framing ≥ 1 GB/s, full decode of
+//! events. Targets (one core): framing ≥ 1 GB/s, full decode of
 //! plain events ≥ 500,000 events/s.
 
 use bytes::BytesMut;

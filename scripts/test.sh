@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The test suite: style, lints, config validation, unit and integration tests
+# The test suite: style, lints, API docs, config validation, unit and integration tests
 # (they start their own redis-server and FreeSWITCH simulator on loopback),
 # and a real third-party ESL client against the simulator.
 # Needs: a Rust toolchain, redis-server, redis-cli, docker-compose, python3.
@@ -13,6 +13,9 @@ cargo fmt --all -- --check
 
 step "cargo clippy --all-targets -- -D warnings"
 cargo clippy --all-targets --quiet -- -D warnings
+
+step "cargo doc --no-deps, warnings are errors"
+RUSTDOCFLAGS="-D warnings" cargo doc --no-deps --quiet
 
 step "docker-compose config (no engine needed)"
 docker-compose -f docker-compose.yml config -q

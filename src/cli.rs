@@ -1,5 +1,5 @@
 //! The command line: clap definitions for every flag and environment
-//! variable of SPEC §2, shared by all subcommands.
+//! variable, shared by all subcommands.
 //!
 //! Every option has a flag and an environment variable, and the seed's
 //! variable names (`ESL_URL`, `ESL_PORT`, `ESL_PASSWORD`, `PUBSUB_REDIS_URL`,
@@ -33,7 +33,7 @@ pub enum LogFormat {
     Json,
 }
 
-/// The settings of SPEC §2.
+/// The settings shared by every subcommand.
 #[derive(Debug, Clone, Args)]
 pub struct Config {
     /// FreeSWITCH event-socket host (also accepts host:port).
@@ -52,7 +52,8 @@ pub struct Config {
         global = true
     )]
     pub esl_password: String,
-    /// Redis URL: redis:// or rediss:// (TLS); a cluster is detected.
+    /// Redis URL: redis:// or rediss:// (TLS), or a comma-separated list of
+    /// cluster nodes; a cluster is detected.
     #[arg(
         long,
         env = "PUBSUB_REDIS_URL",
@@ -209,6 +210,12 @@ pub enum Command {
     Sim(crate::commands::sim::SimArgs),
     /// Print FreeSWITCH events as JSON lines.
     Events(crate::commands::events::EventsArgs),
+    /// List the live calls from Redis (dial_id, org, user, sides, age);
+    /// --check-switch compares them with FreeSWITCH's channels.
+    Calls(crate::commands::calls::CallsArgs),
+    /// Print the JSON Schema of a message type (the job, an event, a
+    /// control message), or all of them.
+    Schema(crate::commands::schema::SchemaArgs),
     /// Everything on one machine: Redis, the simulator, the agent and a
     /// sample call whose events are printed as they flow.
     Demo(DemoArgs),

@@ -65,6 +65,17 @@ async fn run(cli: Cli) -> Result<(), BoxError> {
             let reason = probe::probe(probe::target(listen), args.endpoint.path()).await?;
             println!("{reason}");
         }
+        Command::Calls(args) => {
+            let esl = match args.check_switch {
+                true => Some(InboundConfig::new(
+                    config.esl_address()?,
+                    config.esl_password.clone(),
+                )),
+                false => None,
+            };
+            commands::calls::run(&config.redis_url, config.redis_timeout(), esl, &args).await?
+        }
+        Command::Schema(args) => print!("{}", commands::schema::render(&args)?),
     }
     Ok(())
 }

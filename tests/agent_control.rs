@@ -1,4 +1,4 @@
-//! Every control message of SPEC §5, published through a real redis-server
+//! Every control message (docs/PROTOCOL.md), published through a real redis-server
 //! on a live call's channel the way a controller would, with its effect
 //! checked in the simulator's channel state (not just by the `ack`), and
 //! every bad control message answered by one `error` with nothing reaching
@@ -309,7 +309,7 @@ async fn send_dtmf_reaches_the_far_end() {
     stack.stop().await;
 }
 
-/// Waits for a WAV file and checks it is stereo (both parties, SPEC §5).
+/// Waits for a WAV file and checks it is stereo (both parties).
 async fn wav_written(path: &std::path::Path) {
     support::wait_until(&format!("{path:?} written"), Duration::from_secs(3), || {
         let p = path.to_owned();

@@ -1,4 +1,4 @@
-//! Every bad job of issue 3, pushed through a real redis-server: each is
+//! Every kind of bad job, pushed through a real redis-server: each is
 //! dead-lettered with its reason, a `failure` is published when its
 //! `dial_id` is valid, and none stops the queue.
 

@@ -1,6 +1,8 @@
 //! The queue, the events and the control router on a three-master Redis
 //! Cluster: the queue keys share one slot, the event keys do not and still
-//! work, pub/sub reaches the router from any node.
+//! work, pub/sub reaches the router from any node; and the real binary's
+//! `push`, `control`, `calls`, `check` and `demo` given one node's URL or
+//! the node list.
 
 #[allow(dead_code)]
 mod support;
@@ -97,4 +99,185 @@ async fn queue_events_and_control_work_on_a_cluster() {
     drop(sub);
     cancel.cancel();
     task.await.unwrap();
+}
+
+/// Runs the real binary with `args` (no configuration from the
+/// environment).
+async fn redswitch(args: Vec<String>) -> std::process::Output {
+    let run = tokio::task::spawn_blocking(move || {
+        std::process::Command::new(env!("CARGO_BIN_EXE_redswitch"))
+            .args(&args)
+            .env_remove("PUBSUB_REDIS_URL")
+            .env("RUST_LOG", "warn")
+            .stdin(std::process::Stdio::null())
+            .output()
+            .expect("run redswitch")
+    });
+    tokio::time::timeout(Duration::from_secs(30), run)
+        .await
+        .expect("redswitch finished in time")
+        .unwrap()
+}
+
+/// The node (of `cluster`) that owns `key`'s slot: the others answer MOVED.
+fn owner(cluster: &RedisCluster, key: &str) -> usize {
+    cluster
+        .nodes()
+        .iter()
+        .position(|n| !n.command(&format!("TYPE {key}")).starts_with("-MOVED"))
+        .expect("a node owns every slot")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn push_control_and_calls_work_on_a_cluster_from_one_node_or_a_list() {
+    use redswitch::service::agent::Agent;
+    use redswitch::sim::{SimConfig, Simulator};
+    use std::net::SocketAddr;
+
+    let cluster = RedisCluster::start();
+    let recordings = tempfile::tempdir().unwrap();
+    let media = tempfile::tempdir().unwrap();
+    let sim = Simulator::start(SimConfig {
+        esl_listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+        ring_time: Duration::from_millis(50),
+        ..SimConfig::default()
+    })
+    .await
+    .unwrap();
+    let cancel = CancellationToken::new();
+    let config =
+        support::stack::agent_config(&cluster.urls(), &sim, recordings.path(), media.path());
+    let agent = Agent::start(config, cancel.child_token()).await.unwrap();
+
+    // One node's URL: one that does NOT own the job list's slot, so a plain
+    // connection would get MOVED.
+    let jobs_owner = owner(&cluster, support::stack::JOBS);
+    let one_node = cluster.nodes()[(jobs_owner + 1) % 3].url();
+    let list = cluster.urls();
+    // Three calls whose active keys land on each of the three masters, so
+    // `calls` must scan every one.
+    let mut dial_ids = Vec::new();
+    for n in 0.. {
+        let dial_id = format!("cl-{n}");
+        if owner(&cluster, &format!("redswitch.{dial_id}.org1.user1")) == dial_ids.len() {
+            dial_ids.push(dial_id);
+        }
+        if dial_ids.len() == 3 {
+            break;
+        }
+    }
+    let mut followers = Vec::new();
+    for (i, dial_id) in dial_ids.iter().enumerate() {
+        let url = if i % 2 == 0 { &one_node } else { &list };
+        let follower = support::stack::Follower::start(&one_node, dial_id).await;
+        let out = redswitch(
+            [
+                "--redis-url",
+                url,
+                "push",
+                "--dial-id",
+                dial_id,
+                "--org-id",
+                "org1",
+                "--user-id",
+                "user1",
+            ]
+            .map(String::from)
+            .to_vec(),
+        )
+        .await;
+        assert!(
+            out.status.success(),
+            "push via {url}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        followers.push(follower);
+    }
+    for f in &mut followers {
+        f.expect_where("answer-event", |v| v["side"] == 0).await;
+        f.expect_where("answer-event", |v| v["side"] == 1).await;
+    }
+
+    for url in [&one_node, &list] {
+        let out = redswitch(
+            ["--redis-url", url, "calls", "--json"]
+                .map(String::from)
+                .to_vec(),
+        )
+        .await;
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let doc: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        let listed: Vec<&str> = doc["calls"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|c| c["dial_id"].as_str().unwrap())
+            .collect();
+        let mut expected = dial_ids.clone();
+        expected.sort();
+        assert_eq!(listed, expected, "calls via {url}");
+    }
+
+    for (i, (dial_id, f)) in dial_ids.iter().zip(&mut followers).enumerate() {
+        let url = if i % 2 == 0 { &list } else { &one_node };
+        let out = redswitch(
+            ["--redis-url", url, "control", dial_id, "hangup"]
+                .map(String::from)
+                .to_vec(),
+        )
+        .await;
+        assert!(
+            out.status.success(),
+            "control via {url}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let ack: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        assert_eq!(ack, serde_json::json!({"type":"ack","event":"hangup"}));
+        f.hangups(&[0, 1]).await;
+    }
+    let out = redswitch(
+        ["--redis-url", &list, "calls", "--json"]
+            .map(String::from)
+            .to_vec(),
+    )
+    .await;
+    let doc: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(doc, serde_json::json!({"calls": []}));
+
+    // check and demo through one node.
+    let esl_port = sim.esl_addr().port().to_string();
+    let out = redswitch(
+        ["--redis-url", &one_node, "--esl-port", &esl_port, "check"]
+            .map(String::from)
+            .to_vec(),
+    )
+    .await;
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}");
+    assert!(
+        stdout.contains("redis: ok, Redis") && stdout.contains("(cluster"),
+        "{stdout}"
+    );
+    let out = redswitch(
+        ["demo", "--use-redis", &one_node, "--talk-time", "1"]
+            .map(String::from)
+            .to_vec(),
+    )
+    .await;
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout} {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("\"type\":\"hangup-event\""), "{stdout}");
+    assert!(stdout.contains("demo finished"), "{stdout}");
+
+    cancel.cancel();
+    agent.stopped().await;
+    sim.shutdown().await;
 }

@@ -1,6 +1,6 @@
 //! The inbound client against a fake FreeSWITCH that answers as the traces
 //! show: auth, api, bgapi by Job-UUID, subscriptions, reconnect with replay,
-//! and every bad input of issue 2 that concerns the client.
+//! and every bad input that concerns the client.
 
 #[path = "switch_support/mod.rs"]
 mod support;

@@ -1,4 +1,4 @@
-//! Issue 4's app-side bad inputs against the simulator: a missing media
+//! The voice API's app-side bad inputs against the simulator: a missing media
 //! file, a panicking app, an app that never returns after the far end hung
 //! up, bad DTMF digits and durations. Plus the app's result and error
 //! reaching whoever started it.

@@ -10,6 +10,7 @@ use crate::cli::{Config, DemoArgs};
 use crate::commands::redis_tools::CallTracker;
 use crate::service::agent::{Agent, AgentConfig};
 use crate::service::asp_call::CallSettings;
+use crate::service::store::{RedisClient, StoreError};
 use crate::sim::{SimConfig, Simulator};
 use futures::StreamExt;
 use serde_json::json;
@@ -32,6 +33,9 @@ pub enum DemoError {
     /// Redis failed during the demo.
     #[error("Redis: {0}")]
     Redis(#[from] redis::RedisError),
+    /// Redis could not be opened.
+    #[error(transparent)]
+    Store(#[from] StoreError),
     /// The simulator could not start.
     #[error("simulator: {0}")]
     Sim(std::io::Error),
@@ -206,7 +210,7 @@ pub async fn run(config: &Config, args: DemoArgs) -> Result<(), DemoError> {
         ops.spawn(agent.monitor().clone(), cancel.child_token());
     }
 
-    let client = redis::Client::open(redis_url.as_str())?;
+    let client = RedisClient::connect(&redis_url, config.redis_timeout()).await?;
     let dial_id = format!("demo-{}", &uuid::Uuid::new_v4().simple().to_string()[..12]);
     let job = json!({
         "type": "asp-call",
@@ -220,9 +224,9 @@ pub async fn run(config: &Config, args: DemoArgs) -> Result<(), DemoError> {
         "user_id": "demo_user",
     })
     .to_string();
-    let mut pubsub = client.get_async_pubsub().await?;
+    let mut pubsub = client.pubsub().await?;
     pubsub.subscribe(&dial_id).await?;
-    let mut con = client.get_multiplexed_async_connection().await?;
+    let mut con = client.connection().await?;
     redis::cmd("RPUSH")
         .arg(&config.jobs_key)
         .arg(&job)

@@ -1,32 +1,25 @@
 //! `redswitch push` and `redswitch control`: the tester tools that speak to
 //! a running agent through Redis, exactly as a producer or controller would.
 //!
-//! They use a plain (non-cluster) connection: PUBLISH reaches every node of
-//! a cluster, and the job list lives on whichever node the URL names, so
-//! point `--redis-url` at the node that owns `talkiq-asp.calls` when the
-//! agent runs on a cluster.
+//! They open Redis as `serve` does ([`RedisClient::connect`]): one node's
+//! URL or a comma-separated list, standalone or cluster (detected), so a job
+//! lands in the job list's slot and a control message reaches the agent
+//! from any node (cluster pub/sub is broadcast).
 
 use crate::cli::{ControlArgs, PushArgs};
-use crate::service::store::redact_url;
+use crate::service::store::{RedisClient, StoreError};
 use futures::StreamExt;
 use serde_json::{Map, Value, json};
 use std::io::Write;
 use std::time::Duration;
 use std::time::Instant;
-use tokio::time::timeout;
 
 /// Why a tool could not do its job.
 #[derive(Debug, thiserror::Error)]
 pub enum ToolError {
-    /// The Redis URL does not parse.
-    #[error("invalid Redis URL {0:?}: {1}")]
-    BadUrl(String, redis::RedisError),
-    /// Redis refused the connection or could not be found.
-    #[error("cannot reach Redis at {0}: {1}")]
-    Unreachable(String, redis::RedisError),
-    /// Redis did not answer within `--redis-timeout`.
-    #[error("Redis at {0} did not answer within {1:?}")]
-    Timeout(String, Duration),
+    /// Redis could not be opened (bad URL, unreachable, timeout).
+    #[error(transparent)]
+    Store(#[from] StoreError),
     /// Redis answered with an error, or the link broke.
     #[error("Redis: {0}")]
     Redis(#[from] redis::RedisError),
@@ -61,17 +54,6 @@ pub enum ToolError {
     Io(#[from] std::io::Error),
 }
 
-async fn client(url: &str, wait: Duration) -> Result<redis::Client, ToolError> {
-    let client = redis::Client::open(url).map_err(|e| ToolError::BadUrl(redact_url(url), e))?;
-    // Check reachability now, so an unreachable Redis is one clear line.
-    let mut con = timeout(wait, client.get_multiplexed_async_connection())
-        .await
-        .map_err(|_| ToolError::Timeout(redact_url(url), wait))?
-        .map_err(|e| ToolError::Unreachable(redact_url(url), e))?;
-    let _: () = redis::cmd("PING").query_async(&mut con).await?;
-    Ok(client)
-}
-
 /// Builds the asp-call job of `push`.
 pub fn job_json(args: &PushArgs, dial_id: &str) -> Value {
     json!({
@@ -95,17 +77,17 @@ pub async fn push(
     jobs_key: &str,
     args: &PushArgs,
 ) -> Result<(), ToolError> {
-    let client = client(url, wait).await?;
+    let client = RedisClient::connect(url, wait).await?;
     let dial_id = args
         .dial_id
         .clone()
         .unwrap_or_else(|| uuid::Uuid::new_v4().simple().to_string());
     let job = job_json(args, &dial_id).to_string();
-    let mut pubsub = client.get_async_pubsub().await?;
+    let mut pubsub = client.pubsub().await?;
     if args.follow {
         pubsub.subscribe(&dial_id).await?;
     }
-    let mut con = client.get_multiplexed_async_connection().await?;
+    let mut con = client.connection().await?;
     let _: () = redis::cmd("RPUSH")
         .arg(jobs_key)
         .arg(&job)
@@ -208,11 +190,11 @@ pub fn control_json(kind: &str, fields: &[String]) -> Result<Value, ToolError> {
 
 /// `redswitch control`: publish, then wait for the matching ack or error.
 pub async fn control(url: &str, wait: Duration, args: &ControlArgs) -> Result<(), ToolError> {
-    let client = client(url, wait).await?;
     let message = control_json(&args.kind, &args.fields)?.to_string();
-    let mut pubsub = client.get_async_pubsub().await?;
+    let client = RedisClient::connect(url, wait).await?;
+    let mut pubsub = client.pubsub().await?;
     pubsub.subscribe(&args.dial_id).await?;
-    let mut con = client.get_multiplexed_async_connection().await?;
+    let mut con = client.connection().await?;
     let receivers: i64 = redis::cmd("PUBLISH")
         .arg(&args.dial_id)
         .arg(&message)

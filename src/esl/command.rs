@@ -4,7 +4,7 @@
 //! a blank line, and (for `sendevent` and long `sendmsg` arguments) a body.
 //! A line break inside any value would end the frame early and let the rest
 //! run as a second command, so encoding refuses CR and LF everywhere: this is
-//! the last line of defence behind the service's allow-lists (SPEC §10).
+//! the last line of defence behind the service's allow-lists (docs/PROTOCOL.md).
 
 use bytes::{BufMut, BytesMut};
 

@@ -1,4 +1,4 @@
-//! The asp-call flow (SPEC §4, §5), written with the call API of
+//! The asp-call flow (docs/PROTOCOL.md, events and control), written with the call API of
 //! [`crate::switch`]: the agent is one user of the library.
 //!
 //! 1. Ring the caller (side 0) through the dial template, showing
@@ -16,7 +16,7 @@
 //! its control mailbox and the reports of its media tasks, so every event
 //! of a call is published in order and no state is shared.
 //!
-//! Control (SPEC §5): every message gets exactly one `ack` or `error`.
+//! Control: every message gets exactly one `ack` or `error`.
 //! `barge` dials side 2, which eavesdrops on side 0 muted once it answers;
 //! `whisper`/`mute`/`threeway`/`unthreeway` queue eavesdrop's DTMF controls
 //! on the barger's own channel with `uuid_recv_dtmf` (`2` the caller hears

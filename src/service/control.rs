@@ -1,9 +1,9 @@
-//! Call control (SPEC §5): the messages controllers publish on a call's
+//! Call control (docs/PROTOCOL.md): the messages controllers publish on a call's
 //! channel, and the router that delivers them to the call that owns it.
 //!
 //! [`parse`] turns a raw message into a typed [`ControlMessage`] whose values
 //! all passed [`validate`](super::validate); Redswitch's own event types
-//! (SPEC §4), which share the channel, come out as [`Parsed::Ignored`].
+//! (the event types), which share the channel, come out as [`Parsed::Ignored`].
 //! Anything else is a [`BadControl`] that becomes an `error` event.
 //!
 //! [`ControlRouter`] owns **one** pub/sub connection per instance, never
@@ -12,7 +12,7 @@
 //! connection is lost, the router reconnects with backoff and subscribes
 //! every live `dial_id` again. Messages published while it was away are
 //! lost: Redis pub/sub is at most once, and controllers resend when no
-//! `ack`/`error` arrives (SPEC §5).
+//! `ack`/`error` arrives.
 //!
 //! One `dial_id` has at most one live call per instance: a second
 //! [`ControlRouter::subscribe`] for it fails with [`RouterError::InUse`]
@@ -591,7 +591,7 @@ impl Subscription {
 
     /// The call has ended: for `linger`, answer every control message on its
     /// channel with an `error` ("call has ended") through `events`, so a
-    /// controller resending (SPEC §5) gets an answer rather than silence,
+    /// controller resending gets an answer rather than silence,
     /// then unsubscribe. A new call with the same `dial_id` may subscribe
     /// meanwhile; it takes the channel over at once.
     pub fn linger(mut self, events: super::events::CallEvents, linger: Duration) -> JoinHandle<()> {

@@ -1,5 +1,5 @@
-//! The messages Redswitch publishes (SPEC §4) and the Redis state kept with
-//! them (SPEC §6).
+//! The messages Redswitch publishes and the Redis state kept with
+//! them (docs/PROTOCOL.md, events and keys).
 //!
 //! For one call, [`CallEvents`] writes each event in one round trip:
 //!
@@ -14,7 +14,7 @@
 //! standalone Redis all of an event's writes are one `MULTI`/`EXEC`
 //! transaction: one round trip, and history order equals publish order even
 //! with several writers. On a cluster the two keys live in different slots
-//! (their names are fixed by the SPEC, so no hash tag can join them) and
+//! (their names are fixed by the contract, so no hash tag can join them) and
 //! neither a transaction nor a redis-rs cluster pipeline may span slots:
 //! each key's commands go as their own single-key transaction, both sent at
 //! once, then the `PUBLISH` — two round trips of latency.
@@ -113,7 +113,7 @@ pub enum RecordDoneReason {
     Hangup,
 }
 
-/// A message Redswitch publishes on the call's channel (SPEC §4), with the
+/// A message Redswitch publishes on the call's channel, with the
 /// exact wire names: `{"type":"answer-event","side":0}`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "type")]

@@ -1,4 +1,4 @@
-//! The `asp-call` job (SPEC §3): parse raw bytes from the job list, then
+//! The `asp-call` job (docs/PROTOCOL.md): parse raw bytes from the job list, then
 //! validate every field.
 //!
 //! A job either becomes an [`AspCallJob`] whose fields all passed their

@@ -1,7 +1,7 @@
 //! Redswitch itself: the Redis-driven agent.
 //!
 //! - [`validate`]: the allow-list grammars every value from Redis must match
-//!   before it may reach FreeSWITCH or a Redis key name (SPEC §3, §10).
+//!   before it may reach FreeSWITCH or a Redis key name (docs/PROTOCOL.md).
 //! - [`job`]: the `asp-call` job, parsed and validated.
 //! - [`queue`]: reliable, at-least-once taking of jobs from the job list,
 //!   with per-instance processing lists, liveness keys, a reaper and dead

@@ -1,4 +1,4 @@
-//! Reliable, at-least-once taking of jobs from the job list (SPEC §3).
+//! Reliable, at-least-once taking of jobs from the job list (docs/PROTOCOL.md).
 //!
 //! Producers `RPUSH` jobs onto the job list; each Redswitch instance moves
 //! the oldest job atomically into a processing list of its own
@@ -31,7 +31,7 @@
 //! `J`, the processing lists, liveness keys and the instance set share one
 //! hash slot: the tag `{J}` hashes exactly like the untagged key `J`, so
 //! `BLMOVE`/`LMOVE` between them is a single-slot command. The dead-letter
-//! list (its name is fixed by the SPEC) may sit in another slot; it is only
+//! list (its name is fixed by the contract) may sit in another slot; it is only
 //! written with single-key commands.
 //!
 //! # Races
@@ -41,7 +41,7 @@
 //! lost or duplicated. An instance that was only late (its key expired, then
 //! it beat again) may still finish a job that was requeued; its `ack` then
 //! finds nothing to remove and says so in the log. That is the "at least
-//! once" of SPEC §3.
+//! once" of the contract.
 
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -56,7 +56,7 @@ use super::job::BadJob;
 use super::store::{RedisClient, RedisConn, StoreError};
 use super::validate::{Id, ValidationError};
 
-/// The default job list (SPEC §3).
+/// The default job list.
 pub const DEFAULT_JOBS_KEY: &str = "talkiq-asp.calls";
 /// Default liveness TTL: long enough to ride out a GC-free but busy Redis
 /// or a short network hiccup, short enough that a dead instance's jobs wait
@@ -400,7 +400,7 @@ impl JobQueue {
         Ok(())
     }
 
-    /// Refuses a bad job (SPEC §3): publishes a `failure` on its `dial_id`
+    /// Refuses a bad job: publishes a `failure` on its `dial_id`
     /// when that is valid, then dead-letters it with the reason. Nothing is
     /// written to history: a bad job's `org_id`/`user_id` cannot be trusted
     /// to build key names.

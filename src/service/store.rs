@@ -117,9 +117,10 @@ impl RedisClient {
         }
         let probe = async {
             let mut last = None;
-            for (c, url) in clients
+            for (i, (c, url)) in clients
                 .iter()
                 .zip(urls.split(',').map(str::trim).filter(|u| !u.is_empty()))
+                .enumerate()
             {
                 match c.get_multiplexed_async_connection().await {
                     Ok(mut conn) => {
@@ -127,7 +128,7 @@ impl RedisClient {
                             .arg("cluster")
                             .query_async(&mut conn)
                             .await?;
-                        return Ok(info.contains("cluster_enabled:1"));
+                        return Ok((i, info.contains("cluster_enabled:1")));
                     }
                     Err(source) => {
                         last = Some(StoreError::Unreachable {
@@ -139,7 +140,7 @@ impl RedisClient {
             }
             Err(last.unwrap_or_else(|| StoreError::BadUrl("no URL given".into())))
         };
-        let cluster = tokio::time::timeout(connect_timeout, probe)
+        let (reached, cluster) = tokio::time::timeout(connect_timeout, probe)
             .await
             .map_err(|_| StoreError::Timeout(connect_timeout))??;
         let kind = if cluster {
@@ -153,8 +154,9 @@ impl RedisClient {
                 seeds: clients,
             }
         } else {
+            // A standalone server: the node that answered.
             let mut clients = clients;
-            Kind::Single(Box::new(clients.swap_remove(0)))
+            Kind::Single(Box::new(clients.swap_remove(reached)))
         };
         Ok(Self {
             kind,
@@ -171,11 +173,18 @@ impl RedisClient {
     /// node answering (any node, on a cluster).
     pub async fn server_info(&self) -> Result<ServerInfo, StoreError> {
         let mut conn = self.connection().await?;
-        let info: String = redis::cmd("INFO")
+        let reply: Value = redis::cmd("INFO")
             .arg("server")
             .arg("replication")
             .query_async(&mut conn)
             .await?;
+        // A cluster client sends INFO to every node and answers a map of
+        // node → text: report the first node's.
+        let reply = match reply {
+            Value::Map(nodes) => nodes.into_iter().next().map_or(Value::Nil, |(_, v)| v),
+            other => other,
+        };
+        let info: String = redis::from_redis_value(reply).map_err(RedisError::from)?;
         Ok(ServerInfo::from_info(&info, self.is_cluster()))
     }
 
@@ -435,6 +444,119 @@ impl ConnectionLike for RedisConn {
     }
 }
 
+impl RedisConn {
+    /// Every key of type `kind` (`list` …) matching `pattern`, in one
+    /// `SCAN` pass (Redis 6 or later); on a cluster, one pass on each
+    /// master, because a node's `SCAN` sees only its own slots. Keys that
+    /// come and go during the pass may be missed or seen twice (`SCAN`'s own
+    /// guarantee); callers read each key afterwards anyway.
+    pub async fn scan_match(&self, pattern: &str, kind: &str) -> Result<Vec<String>, StoreError> {
+        let (generation, conn) = self.current().await?;
+        let result = match conn {
+            Conn::Single(c) => {
+                scan_node(pattern, kind, |cmd| {
+                    let mut c = c.clone();
+                    async move { cmd.query_async::<Value>(&mut c).await }
+                })
+                .await
+            }
+            Conn::Cluster(c) => scan_cluster(pattern, kind, c).await,
+        };
+        if let Err(e) = &result {
+            self.discard(generation, e);
+        }
+        Ok(result?)
+    }
+}
+
+/// `SCAN 0 MATCH pattern TYPE kind` to the end on one node; `send` carries
+/// a command to that node.
+async fn scan_node<F, Fut>(pattern: &str, kind: &str, send: F) -> Result<Vec<String>, RedisError>
+where
+    F: Fn(Cmd) -> Fut,
+    Fut: std::future::Future<Output = Result<Value, RedisError>>,
+{
+    let mut keys = Vec::new();
+    let mut cursor = "0".to_owned();
+    loop {
+        let mut cmd = redis::cmd("SCAN");
+        cmd.arg(&cursor)
+            .arg("MATCH")
+            .arg(pattern)
+            .arg("TYPE")
+            .arg(kind)
+            .arg("COUNT")
+            .arg(1000);
+        let (next, batch): (String, Vec<String>) = redis::from_redis_value(send(cmd).await?)?;
+        keys.extend(batch);
+        if next == "0" {
+            return Ok(keys);
+        }
+        cursor = next;
+    }
+}
+
+/// [`scan_node`] on every master of a cluster, each reached through a slot
+/// it serves (from `CLUSTER SLOTS`), so the cluster client's own routing
+/// picks the connection.
+async fn scan_cluster(
+    pattern: &str,
+    kind: &str,
+    conn: ClusterConnection,
+) -> Result<Vec<String>, RedisError> {
+    use redis::cluster_routing::{Route, RoutingInfo, SingleNodeRoutingInfo, SlotAddr};
+    let slots = conn
+        .clone()
+        .route_command(
+            redis::cmd("CLUSTER").arg("SLOTS").clone(),
+            RoutingInfo::SingleNode(SingleNodeRoutingInfo::Random),
+        )
+        .await?;
+    let mut keys = Vec::new();
+    for slot in one_slot_per_master(slots)? {
+        let route = RoutingInfo::SingleNode(SingleNodeRoutingInfo::SpecificNode(Route::new(
+            slot,
+            SlotAddr::Master,
+        )));
+        keys.extend(
+            scan_node(pattern, kind, |cmd| {
+                let mut conn = conn.clone();
+                let route = route.clone();
+                async move { conn.route_command(cmd, route).await }
+            })
+            .await?,
+        );
+    }
+    Ok(keys)
+}
+
+/// From a `CLUSTER SLOTS` reply (`[[start, end, [host, port, …], replicas…], …]`),
+/// the first slot of one range of each distinct master.
+fn one_slot_per_master(reply: Value) -> Result<Vec<u16>, RedisError> {
+    let ranges: Vec<Vec<Value>> = redis::from_redis_value(reply)?;
+    let mut seen = Vec::new();
+    let mut slots = Vec::new();
+    for range in ranges {
+        let (Some(start), Some(master)) = (range.first(), range.get(2)) else {
+            continue;
+        };
+        let start: u16 = redis::from_redis_value_ref(start)?;
+        let node: Vec<Value> = redis::from_redis_value_ref(master)?;
+        let address: (String, i64) = match node.as_slice() {
+            [host, port, ..] => (
+                redis::from_redis_value_ref(host)?,
+                redis::from_redis_value_ref(port)?,
+            ),
+            _ => continue,
+        };
+        if !seen.contains(&address) {
+            seen.push(address);
+            slots.push(start);
+        }
+    }
+    Ok(slots)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -461,6 +583,36 @@ mod tests {
         assert_eq!((s.version.as_str(), s.role.as_str()), ("7.0.15", "master"));
         assert_eq!(s.to_string(), "Redis 7.0.15 (standalone, role master)");
         assert_eq!(ServerInfo::from_info("", true).version, "unknown");
+    }
+
+    #[test]
+    fn one_slot_per_master_from_cluster_slots() {
+        let node = |host: &str, port: i64| {
+            Value::Array(vec![
+                Value::BulkString(host.as_bytes().to_vec()),
+                Value::Int(port),
+                Value::BulkString(b"id".to_vec()),
+            ])
+        };
+        let range = |start, end, master: Value, replica: Option<Value>| {
+            let mut v = vec![Value::Int(start), Value::Int(end), master];
+            v.extend(replica);
+            Value::Array(v)
+        };
+        // Three masters, one owning two ranges, one with a replica.
+        let reply = Value::Array(vec![
+            range(
+                0,
+                5460,
+                node("10.0.0.1", 7000),
+                Some(node("10.0.0.4", 7003)),
+            ),
+            range(5461, 10922, node("10.0.0.2", 7001), None),
+            range(10923, 12000, node("10.0.0.3", 7002), None),
+            range(12001, 16383, node("10.0.0.1", 7000), None),
+        ]);
+        assert_eq!(one_slot_per_master(reply).unwrap(), [0, 5461, 10923]);
+        assert!(one_slot_per_master(Value::Int(1)).is_err());
     }
 
     #[tokio::test]

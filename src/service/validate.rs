@@ -1,4 +1,4 @@
-//! Allow-list grammars for every value that comes from Redis (SPEC §3, §10).
+//! Allow-list grammars for every value that comes from Redis (docs/PROTOCOL.md).
 //!
 //! Values from jobs and control messages end up in FreeSWITCH dial strings,
 //! ESL commands and Redis key names. FreeSWITCH splits variable blocks on `,`,
@@ -27,7 +27,7 @@ pub struct ValidationError {
     pub violation: Violation,
 }
 
-/// The grammars of SPEC §3 and §10.
+/// The grammars of the contract's validation rules.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Rule {
     /// `dial_id`, `org_id`, `user_id`.
@@ -383,7 +383,7 @@ fn is_tone_stream(value: &str) -> bool {
 mod tests {
     use super::*;
 
-    /// Every injection attempt named in issue 3 and SPEC §10.
+    /// Injection attempts: dial-string syntax, expansion, newlines, Unicode digits.
     const INJECTIONS: &[&str] = &[
         "1555,execute_on_answer=system x",
         "1555}",

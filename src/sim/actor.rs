@@ -3,7 +3,7 @@
 //! bridging, eavesdrop, recording, and the hangup sequence.
 //!
 //! Everything that happens to a channel goes through its bounded mailbox
-//! ([`ChanMsg`]), so the channel's events come out in one well-defined order.
+//! (`ChanMsg`), so the channel's events come out in one well-defined order.
 
 use crate::esl::Event;
 use crate::sim::channel::{ChanState, OtherLeg, SnapExtra, at, normalize_cause, set_cdr_vars};

@@ -1,5 +1,5 @@
 //! The FreeSWITCH simulator: a protocol-faithful stand-in for FreeSWITCH
-//! 1.10, used by the tests, the demo and the benchmarks (SPEC §9).
+//! 1.10, used by the tests, the demo and the benchmarks.
 //!
 //! It serves the inbound event socket ([`server`] + [`session`]), places
 //! calls with `originate` ([`api`], [`dialstring`], [`numberplan`]), runs
@@ -91,7 +91,7 @@ pub struct SimConfig {
     /// `FreeSWITCH-IPv6`.
     pub ipv6: String,
     /// Gateways that exist; `None` accepts every gateway name except
-    /// `nonexistent` (SPEC §9).
+    /// `nonexistent`.
     pub gateways: Option<Vec<String>>,
     /// Gateways that exist but whose far end does not respond: calls fail
     /// at once with `NORMAL_TEMPORARY_FAILURE` (trace 06, `sipp-dead`).

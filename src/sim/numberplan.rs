@@ -1,4 +1,4 @@
-//! The simulated far ends: SPEC §9's number plan, and the test extensions of
+//! The simulated far ends: the test number plan (README), and the test extensions of
 //! the `redswitch-test` context that the recorded traces use.
 
 use std::time::Duration;
@@ -19,7 +19,7 @@ pub enum Outcome {
     Answer,
 }
 
-/// The number plan of SPEC §9, by prefix of the dialled number (a leading
+/// The test number plan, by prefix of the dialled number (a leading
 /// `+` is ignored).
 pub fn outcome(number: &str) -> Outcome {
     let n = number.strip_prefix('+').unwrap_or(number);

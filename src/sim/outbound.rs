@@ -1,6 +1,6 @@
 //! The `socket` application: connects out to a listener and speaks the
 //! outbound event-socket protocol for one channel, using the same command
-//! handling as the inbound socket ([`Session`]).
+//! handling as the inbound socket (`Session`).
 //!
 //! `async full` (the quoted form) parks the channel and lets the socket run
 //! any command; without `async` the socket is static (applications run in

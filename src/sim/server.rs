@@ -1,5 +1,5 @@
 //! The inbound event socket: accepts connections and runs a
-//! [`Session`](crate::sim::session::Session) for each, one task per
+//! `Session` for each, one task per
 //! connection. A connection's failure is logged and never affects the others.
 
 use crate::sim::Core;

@@ -3,7 +3,7 @@
 //! `parse_command` and listener loop, reply text for reply text.
 //!
 //! Each connection is one task. Events reach it through a bounded queue
-//! filled by [`crate::sim::Core::fire`]; a connection that stops reading
+//! filled by `Core::fire`; a connection that stops reading
 //! loses events once the queue is full and is killed after `max_missed`
 //! losses, as FreeSWITCH does, so a slow client never stalls the switch.
 

@@ -65,7 +65,7 @@ pub enum DialError {
 }
 
 /// Characters that split, end or expand parts of a dial string, or end an
-/// ESL command (SPEC §10).
+/// ESL command (docs/PROTOCOL.md, validation rules).
 fn forbidden(c: char) -> bool {
     c.is_whitespace() || c.is_control() || ",{}[]<>'\"\\$^|".contains(c)
 }

@@ -13,7 +13,7 @@ use tokio::time::Instant;
 /// The longest DTMF digit we send. FreeSWITCH itself caps digits at its
 /// `max_dtmf_duration` (about 8 s at 8 kHz); anything near it is a mistake.
 pub const MAX_DTMF_DURATION: Duration = Duration::from_secs(10);
-/// The most digits one `send_dtmf` may carry (SPEC §10: 1–64).
+/// The most digits one `send_dtmf` may carry (docs/PROTOCOL.md: 1–64).
 pub const MAX_DTMF_DIGITS: usize = 64;
 /// Doug's default digit length (`sendDTMF(duration=0.1)`).
 pub const DEFAULT_DTMF_DURATION: Duration = Duration::from_millis(100);

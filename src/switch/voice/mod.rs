@@ -1,5 +1,5 @@
 //! The voice-application API: call flows in async Rust with the
-//! capabilities of the Doug voiceapp framework (SPEC §8).
+//! capabilities of the Doug voiceapp framework.
 //!
 //! A voice application is an async function that receives a [`Voice`] (the
 //! leg's handle plus its typed event stream) and returns a result or an
