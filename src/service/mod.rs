@@ -11,6 +11,8 @@
 //! - [`control`]: control messages from controllers, and the router that
 //!   delivers them from one pub/sub connection to each call's mailbox.
 //! - [`store`]: connections to Redis, standalone or cluster.
+//! - [`retry`]: re-running a Redis command whose connection broke, where
+//!   that is safe.
 //! - [`asp_call`]: the asp-call flow, written with the call API of
 //!   [`crate::switch`].
 //! - [`agent`]: `redswitch serve`: takes jobs, runs calls, routes control.
@@ -41,5 +43,6 @@ pub mod control;
 pub mod events;
 pub mod job;
 pub mod queue;
+pub mod retry;
 pub mod store;
 pub mod validate;
