@@ -212,6 +212,19 @@ pub(super) struct FloodLog {
     since_report: u64,
     total: u64,
     last_report: Option<Instant>,
+    /// The call of the latest unanswered message.
+    last_call: String,
+}
+
+/// One log line's worth of unanswered messages.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) struct FloodReport {
+    /// Since the previous line.
+    pub unanswered: u64,
+    /// Since the router started.
+    pub total: u64,
+    /// The call of the latest one.
+    pub dial_id: String,
 }
 
 impl FloodLog {
@@ -221,20 +234,24 @@ impl FloodLog {
             since_report: 0,
             total: 0,
             last_report: None,
+            last_call: String::new(),
         }
     }
 
-    /// One more unanswered message at `now`. Returns `(count since the last
-    /// report, total)` when a log line is due.
-    pub fn count(&mut self, now: Instant) -> Option<(u64, u64)> {
+    /// One more unanswered message, for `dial_id`, at `now`. Returns what
+    /// to log when a line is due.
+    pub fn count(&mut self, dial_id: &str, now: Instant) -> Option<FloodReport> {
         self.since_report += 1;
         self.total += 1;
+        if self.last_call != dial_id {
+            dial_id.clone_into(&mut self.last_call);
+        }
         self.due(now)
     }
 
     /// What to report at `now`, if anything is pending and a line is due
     /// (called on a timer, so a flood's tail is reported too).
-    pub fn due(&mut self, now: Instant) -> Option<(u64, u64)> {
+    pub fn due(&mut self, now: Instant) -> Option<FloodReport> {
         if self.since_report == 0
             || self
                 .last_report
@@ -243,7 +260,11 @@ impl FloodLog {
             return None;
         }
         self.last_report = Some(now);
-        Some((std::mem::take(&mut self.since_report), self.total))
+        Some(FloodReport {
+            unanswered: std::mem::take(&mut self.since_report),
+            total: self.total,
+            dial_id: self.last_call.clone(),
+        })
     }
 
     /// Messages left unanswered since the router started.
@@ -390,14 +411,22 @@ mod tests {
         let mut log = FloodLog::new(Duration::from_secs(1));
         let mut reports = Vec::new();
         for ms in 0..3000u64 {
-            if let Some(r) = log.count(start + Duration::from_millis(ms)) {
-                reports.push(r);
+            let call = if ms < 2500 { "a" } else { "b" };
+            if let Some(r) = log.count(call, start + Duration::from_millis(ms)) {
+                reports.push((r.unanswered, r.total));
             }
         }
         assert_eq!(reports, [(1, 1), (1000, 1001), (1000, 2001)]);
         let end = start + Duration::from_millis(2999);
         assert_eq!(log.due(end), None);
-        assert_eq!(log.due(end + Duration::from_secs(1)), Some((999, 3000)));
+        assert_eq!(
+            log.due(end + Duration::from_secs(1)),
+            Some(FloodReport {
+                unanswered: 999,
+                total: 3000,
+                dial_id: "b".into()
+            })
+        );
         assert_eq!(log.due(end + Duration::from_secs(5)), None);
         assert_eq!(log.total(), 3000);
     }

@@ -32,7 +32,7 @@ use tokio::sync::{Notify, mpsc, oneshot};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-use super::inbox::{FloodLog, Inbox, Limits, Offer};
+use super::inbox::{FloodLog, FloodReport, Inbox, Limits, Offer};
 use super::message::{Delivery, Parsed, parse};
 use crate::backoff::Backoff;
 use crate::service::events::CallEvents;
@@ -156,12 +156,12 @@ impl Shared {
     }
 
     /// Logs the unanswered messages not reported yet, if a line is due.
-    fn report_flood(&self, dial_id: Option<&str>, due: Option<(u64, u64)>) {
-        if let Some((unanswered, total)) = due {
+    fn report_flood(&self, due: Option<FloodReport>) {
+        if let Some(r) = due {
             tracing::warn!(
-                unanswered,
-                total,
-                dial_id = dial_id.unwrap_or("-"),
+                unanswered = r.unanswered,
+                total = r.total,
+                dial_id = %r.dial_id,
                 "control messages left unanswered: past their call's error budget or queue"
             );
         }
@@ -400,8 +400,8 @@ fn dispatch(shared: &Shared, channel: &str, payload: &[u8]) {
     match mailbox.inbox().offer(delivery, now) {
         Offer::Queued => mailbox.ready.notify_one(),
         Offer::Unanswered => {
-            let due = shared.flood().count(now);
-            shared.report_flood(Some(channel), due);
+            let due = shared.flood().count(channel, now);
+            shared.report_flood(due);
         }
     }
 }
@@ -539,7 +539,7 @@ async fn session(
             },
             _ = report.tick() => if let Some(s) = shared.upgrade() {
                 let due = s.flood().due(Instant::now());
-                s.report_flood(None, due);
+                s.report_flood(due);
             },
             _ = ping.tick() => {
                 let pong = tokio::time::timeout(Duration::from_secs(5), sink.ping::<redis::Value>()).await;
