@@ -8,14 +8,14 @@
 //! | channel `<dial_id>` | pub/sub | `PUBLISH` of the event JSON | — |
 //! | `redswitch_history.<org_id>.<user_id>` | list | `RPUSH` of the same JSON; deleted by [`CallEvents::start_call`] | 4 h, re-set on each write |
 //! | `redswitch.<dial_id>.<org_id>.<user_id>` | list | `ACTIVE.<side>` pushed on `answer-event` (once), `LREM`-ed on `hangup-event` | 24 h, re-set on each write |
-//! | `{redswitch_history.<org_id>.<user_id>}.sent.<dial_id>` | set | the sequence numbers of the call's events already written | 4 h, re-set on each write |
+//! | `{redswitch_history.<org_id>.<user_id>}.sent.<dial_id>` | set | the ids (`<writer>:<sequence>`) of the call's events already written | 4 h, re-set on each write |
 //!
 //! The state keys are written before the `PUBLISH`, so a controller
 //! reacting to an event already sees the state it describes. On a
 //! standalone Redis all of an event's writes are one Lua script: one round
 //! trip, atomic, and history order equals publish order even with several
 //! writers. On a cluster the two keys live in different slots (their names
-//! are fixed by the SPEC, so no hash tag can join them) and no script may
+//! are fixed by the protocol, so no hash tag can join them) and no script may
 //! span slots: the active-list writes go first as their own script, then
 //! the history and the `PUBLISH` as another — two round trips.
 //!
@@ -23,8 +23,9 @@
 //!
 //! A `PUBLISH` or an `RPUSH` to the history run twice is a duplicate, so an
 //! event write whose connection broke could not simply be sent again. Each
-//! event of a call gets a sequence number; the script that appends to the
-//! history and publishes first adds that number to the call's `sent` set
+//! event gets an id: a random id of its [`CallEvents`] (a later call may
+//! reuse the `dial_id`) and a sequence number. The script that appends to
+//! the history and publishes first adds that id to the call's `sent` set
 //! (in the history's slot) and does nothing if it was there. The
 //! active-list writes are idempotent by themselves (`LREM` before the
 //! `RPUSH`). So [`CallEvents::publish`] is idempotent and is retried on a
@@ -270,8 +271,8 @@ pub fn sent_key(dial_id: &Id, org_id: &Id, user_id: &Id) -> String {
     format!("{{{}}}.sent.{dial_id}", history_key(org_id, user_id))
 }
 
-/// Appends an event to the history and publishes it, once per sequence
-/// number. KEYS: history, sent set. ARGV: sequence, JSON, channel, reset
+/// Appends an event to the history and publishes it, once per event id.
+/// KEYS: history, sent set. ARGV: event id, JSON, channel, reset
 /// the history first ("1"/"0"), history TTL.
 const HISTORY_AND_PUBLISH: &str = r"
 if redis.call('SADD', KEYS[2], ARGV[1]) == 0 then
@@ -328,6 +329,9 @@ struct CallKeys {
     history: String,
     active: String,
     sent: String,
+    /// Tells this writer's event ids from those of another call that
+    /// reuses the `dial_id`.
+    writer: u64,
     /// The next event's sequence number.
     next_seq: AtomicU64,
 }
@@ -360,6 +364,7 @@ impl CallEvents {
                 history: history_key(org_id, user_id),
                 active: active_key(dial_id, org_id, user_id),
                 sent: sent_key(dial_id, org_id, user_id),
+                writer: rand::random(),
                 next_seq: AtomicU64::new(0),
             }),
         }
@@ -404,6 +409,7 @@ impl CallEvents {
 
     async fn write(&self, event: &Event, reset_history: bool) -> Result<(), EventsError> {
         let seq = self.keys.next_seq.fetch_add(1, Ordering::Relaxed);
+        let event_id = format!("{:x}:{seq}", self.keys.writer);
         let json = event.to_json();
         let keys = &self.keys;
         let (op, item) = match event {
@@ -415,7 +421,7 @@ impl CallEvents {
         let standalone = !self.conn.is_cluster();
         let written = with_retry(event.event_type(), Idempotency::Idempotent, |_| {
             let mut conn = self.conn.clone();
-            let (json, item) = (&json, &item);
+            let (json, item, event_id) = (&json, &item, &event_id);
             async move {
                 let history = |script: &str| {
                     let mut eval = redis::cmd("EVAL");
@@ -426,7 +432,7 @@ impl CallEvents {
                     if standalone {
                         eval.arg(&keys.active);
                     }
-                    eval.arg(seq)
+                    eval.arg(&event_id)
                         .arg(json)
                         .arg(keys.dial_id.as_str())
                         .arg(reset)
