@@ -432,7 +432,7 @@ impl CallEvents {
                     if standalone {
                         eval.arg(&keys.active);
                     }
-                    eval.arg(&event_id)
+                    eval.arg(event_id)
                         .arg(json)
                         .arg(keys.dial_id.as_str())
                         .arg(reset)
