@@ -324,6 +324,22 @@ redis.call('EXPIRE', KEYS[1], ARGV[3])
 return 1
 ";
 
+/// An event with its id within its call, written at most once however
+/// often [`CallEvents::write`] is called with it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NumberedEvent {
+    id: String,
+    event: Event,
+    reset_history: bool,
+}
+
+impl NumberedEvent {
+    /// The event.
+    pub fn event(&self) -> &Event {
+        &self.event
+    }
+}
+
 struct CallKeys {
     dial_id: Id,
     history: String,
@@ -394,22 +410,47 @@ impl CallEvents {
     /// `call-start` and makes it the history's first entry. Idempotent (see
     /// the module doc); retried after a broken connection.
     pub async fn start_call(&self) -> Result<(), EventsError> {
-        let event = Event::CallStart {
-            dial_id: self.keys.dial_id.to_string(),
-        };
-        self.write(&event, true).await
+        self.write(&self.call_start()).await
     }
 
     /// Publishes `event`, appends it to the history and updates the
     /// active-call list for answers and hangups: one round trip. Idempotent
     /// (see the module doc); retried after a broken connection.
     pub async fn publish(&self, event: &Event) -> Result<(), EventsError> {
-        self.write(event, false).await
+        self.write(&self.numbered(event.clone())).await
     }
 
-    async fn write(&self, event: &Event, reset_history: bool) -> Result<(), EventsError> {
+    /// `call-start`, numbered, for [`write`](Self::write).
+    pub fn call_start(&self) -> NumberedEvent {
+        let mut numbered = self.numbered(Event::CallStart {
+            dial_id: self.keys.dial_id.to_string(),
+        });
+        numbered.reset_history = true;
+        numbered
+    }
+
+    /// Gives `event` its id, for [`write`](Self::write): a caller that keeps
+    /// an event to write again later (after an outage longer than the
+    /// retries) keeps it numbered, so a write that went through unseen is
+    /// not repeated.
+    pub fn numbered(&self, event: Event) -> NumberedEvent {
         let seq = self.keys.next_seq.fetch_add(1, Ordering::Relaxed);
-        let event_id = format!("{:x}:{seq}", self.keys.writer);
+        NumberedEvent {
+            id: format!("{:x}:{seq}", self.keys.writer),
+            event,
+            reset_history: false,
+        }
+    }
+
+    /// Writes a numbered event: publishes it, appends it to the history and
+    /// updates the active-call list, unless it was written before.
+    /// Idempotent; retried after a broken connection.
+    pub async fn write(&self, numbered: &NumberedEvent) -> Result<(), EventsError> {
+        let NumberedEvent {
+            id: event_id,
+            event,
+            reset_history,
+        } = numbered;
         let json = event.to_json();
         let keys = &self.keys;
         let (op, item) = match event {
@@ -417,7 +458,7 @@ impl CallEvents {
             Event::Hangup { side, .. } => ("remove", active_item(*side)),
             _ => ("", String::new()),
         };
-        let reset = if reset_history { "1" } else { "0" };
+        let reset = if *reset_history { "1" } else { "0" };
         let standalone = !self.conn.is_cluster();
         let written = with_retry(event.event_type(), Idempotency::Idempotent, |_| {
             let mut conn = self.conn.clone();
@@ -466,7 +507,7 @@ impl CallEvents {
         })
         .await?;
         if written == 0 {
-            tracing::debug!(dial_id = %keys.dial_id, seq, "event already written by an attempt whose reply was lost");
+            tracing::debug!(dial_id = %keys.dial_id, event = %event_id, "event already written by an attempt whose reply was lost");
         }
         Ok(())
     }
