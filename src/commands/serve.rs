@@ -26,6 +26,9 @@ pub enum ServeError {
     /// The agent failed.
     #[error(transparent)]
     Agent(#[from] AgentError),
+    /// The metrics server could not start.
+    #[error(transparent)]
+    Ops(#[from] crate::ops::OpsError),
 }
 
 /// FreeSWITCH may run elsewhere, so `play` and `record` hand it absolute
@@ -103,9 +106,20 @@ pub fn cancel_on_signal(token: CancellationToken) {
 /// `redswitch serve`.
 pub async fn serve(config: &Config) -> Result<(), ServeError> {
     let agent_config = agent_config(config)?;
+    let ops = match config.metrics_listen {
+        Some(addr) => Some(crate::ops::OpsServer::bind(addr).await?),
+        None => None,
+    };
     let cancel = CancellationToken::new();
     cancel_on_signal(cancel.clone());
-    agent::serve(agent_config, cancel).await?;
+    let agent = agent::Agent::start(agent_config, cancel).await?;
+    // Kept up until the calls are over, answering /ready with 503.
+    let ops_stop = CancellationToken::new();
+    if let Some(ops) = ops {
+        ops.spawn(agent.monitor().clone(), ops_stop.clone());
+    }
+    agent.stopped().await;
+    ops_stop.cancel();
     Ok(())
 }
 

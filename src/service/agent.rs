@@ -27,7 +27,9 @@ use crate::service::asp_call::{AspCall, CallSettings, StartError};
 use crate::service::control::{ControlRouter, RouterConfig};
 use crate::service::events::CallEvents;
 use crate::service::job;
+use crate::service::monitor::Monitor;
 use crate::service::queue::{JobQueue, QueueConfig, QueueError, TakenJob};
+use crate::service::stats::{CallMeter, Stats};
 use crate::service::store::{RedisClient, StoreError};
 use crate::switch::app::{Dialer, reject_unknown};
 use crate::switch::{InboundClient, InboundConfig, OutboundConfig, OutboundListener};
@@ -39,6 +41,7 @@ use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
+use tracing::Instrument;
 
 /// Everything `serve` needs.
 #[derive(Debug, Clone)]
@@ -98,6 +101,7 @@ pub struct Agent {
     pub listen: SocketAddr,
     /// This instance's id.
     pub instance: String,
+    monitor: Monitor,
     tasks: TaskTracker,
     cancel: CancellationToken,
 }
@@ -140,14 +144,30 @@ impl Agent {
                 ..OutboundConfig::default()
             },
         );
-        tasks.spawn(outbound.serve(dialer.handler(reject_unknown), cancel.child_token()));
+        let outbound_task =
+            tasks.spawn(outbound.serve(dialer.handler(reject_unknown), cancel.child_token()));
         let (router, router_task) =
             ControlRouter::spawn(redis.clone(), RouterConfig::default(), cancel.child_token());
+        let stats = Stats::default();
         let mut queue_config = QueueConfig::new(config.jobs_key.clone());
         queue_config.instance = config.instance.clone();
+        queue_config.stats = stats.clone();
         let queue = JobQueue::open(&redis, queue_config).await?;
         let maintenance = queue.spawn_maintenance(cancel.child_token());
         let conn = redis.connection().await?;
+        let monitor = Monitor::new(
+            stats.clone(),
+            inbound.clone(),
+            router.clone(),
+            conn.clone(),
+            cancel.clone(),
+        );
+        let probe = monitor.spawn_switch_probe(cancel.child_token());
+        monitor.watch("the outbound listener", &outbound_task);
+        monitor.watch("the control router", &router_task);
+        monitor.watch("the queue heartbeat", &maintenance);
+        monitor.watch("the FreeSWITCH event router", &dispatcher);
+        monitor.watch("the FreeSWITCH probe", &probe);
 
         let worker = Worker {
             queue: Arc::new(queue),
@@ -158,21 +178,30 @@ impl Agent {
             settings: config.call.clone(),
             calls: Arc::new(Semaphore::new(config.max_calls.max(1))),
             tasks: tasks.clone(),
+            stats,
         };
         let stop = cancel.clone();
-        tasks.spawn(async move {
+        let jobs_task = tasks.spawn(async move {
             worker.take_jobs(stop).await;
             dispatcher.abort();
+            probe.abort();
             let _ = router_task.await;
             let _ = maintenance.await;
         });
+        monitor.watch("the job loop", &jobs_task);
         tracing::info!(%listen, %advertise, instance = %config.instance, "agent started");
         Ok(Self {
             listen,
             instance: config.instance,
+            monitor,
             tasks,
             cancel,
         })
+    }
+
+    /// The agent's health and metrics, for [`crate::ops`].
+    pub fn monitor(&self) -> &Monitor {
+        &self.monitor
     }
 
     /// Waits until the agent stopped (after `cancel`), with every call task.
@@ -199,6 +228,7 @@ struct Worker {
     settings: CallSettings,
     calls: Arc<Semaphore>,
     tasks: TaskTracker,
+    stats: Stats,
 }
 
 impl Worker {
@@ -248,10 +278,15 @@ impl Worker {
             let router = self.router.clone();
             let conn = self.conn.clone();
             let settings = self.settings.clone();
-            self.tasks.spawn(async move {
-                let _permit = permit;
-                handle_job(queue, dialer, router, conn, settings, taken).await;
-            });
+            let meter = self.stats.call();
+            let span = tracing::info_span!("call", dial_id = tracing::field::Empty);
+            self.tasks.spawn(
+                async move {
+                    let _permit = permit;
+                    handle_job(queue, dialer, router, conn, settings, taken, meter).await;
+                }
+                .instrument(span),
+            );
         }
         match self.queue.release().await {
             Ok(0) => {}
@@ -268,20 +303,24 @@ async fn handle_job(
     conn: crate::service::store::RedisConn,
     settings: CallSettings,
     taken: TakenJob,
+    meter: CallMeter,
 ) {
     let job = match job::parse(taken.raw()) {
         Ok(job) => job,
         Err(bad) => {
-            tracing::warn!(reason = %bad.reason(), "bad job dead-lettered");
+            if let Some(dial_id) = &bad.dial_id {
+                tracing::Span::current().record("dial_id", tracing::field::display(dial_id));
+            }
             if let Err(error) = queue.reject(&taken, &bad).await {
                 tracing::error!(%error, "could not dead-letter a bad job");
             }
             return;
         }
     };
+    tracing::Span::current().record("dial_id", tracing::field::display(&job.dial_id));
     let events = CallEvents::for_job(conn, &job);
     let dial_id = job.dial_id.clone();
-    let started = AspCall::start(dialer, &router, settings, job, events).await;
+    let started = AspCall::start(dialer, &router, settings, job, events, meter).await;
     // Placed, or answered with `failure`: either way the job is decided. A
     // job refused for its reused dial_id is kept with the bad ones.
     let decided = match &started {

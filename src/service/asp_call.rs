@@ -38,6 +38,7 @@ use crate::esl::Event as FsEvent;
 use crate::service::control::{ControlMessage, ControlRouter, PlaySide, RouterError, Subscription};
 use crate::service::events::{CallEvents, Event, MediaDoneReason, RecordDoneReason, Side};
 use crate::service::job::AspCallJob;
+use crate::service::stats::CallMeter;
 use crate::service::validate::{Media, PhoneNumber};
 use crate::switch::app::{Dialer, Originate, Progress, Ringing};
 use crate::switch::{Call, CallEvents as LegEvents};
@@ -45,6 +46,7 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
 
 /// What the caller hears while the callee rings (North American ringback,
 /// until broken).
@@ -274,6 +276,8 @@ pub struct AspCall {
     recording: Option<Recording>,
     reports_tx: mpsc::Sender<Report>,
     reports: mpsc::Receiver<Report>,
+    /// Counts the call and sees what it publishes.
+    meter: CallMeter,
 }
 
 impl AspCall {
@@ -286,6 +290,7 @@ impl AspCall {
         settings: CallSettings,
         job: AspCallJob,
         events: CallEvents,
+        meter: CallMeter,
     ) -> Result<Self, StartError> {
         let control = match router.subscribe(&job.dial_id).await {
             Ok(sub) => Some(sub),
@@ -318,6 +323,7 @@ impl AspCall {
             recording: None,
             reports_tx,
             reports,
+            meter,
         };
         let req = call.originate(
             Side::Caller,
@@ -359,6 +365,8 @@ impl AspCall {
     }
 
     async fn publish(&self, event: Event) {
+        self.meter.published(&event);
+        tracing::debug!(event = event.event_type(), "publishing");
         if let Err(error) = self.events.publish(&event).await {
             tracing::warn!(dial_id = %self.job.dial_id, %error, event = event.event_type(), "could not publish");
         }
@@ -407,6 +415,7 @@ impl AspCall {
         }
     }
 
+    #[tracing::instrument(name = "leg", skip_all, fields(side = side.number(), uuid = self.legs[side.number() as usize].uuid()))]
     async fn on_news(&mut self, side: Side, news: LegNews) {
         let i = side.number() as usize;
         match news {
@@ -453,9 +462,12 @@ impl AspCall {
             Side::Caller => {
                 // Ringback while the callee rings; broken before the bridge.
                 let ringback = call.clone();
-                tokio::spawn(async move {
-                    let _ = ringback.execute("playback", RINGBACK).await;
-                });
+                tokio::spawn(
+                    async move {
+                        let _ = ringback.execute("playback", RINGBACK).await;
+                    }
+                    .in_current_span(),
+                );
                 let req = self.originate(
                     Side::Callee,
                     &self.job.callee_number.clone(),
@@ -502,9 +514,12 @@ impl AspCall {
                 };
                 // Eavesdrop runs until the target hangs up; it starts in
                 // listen-only mode (muted).
-                tokio::spawn(async move {
-                    let _ = call.execute("eavesdrop", &target).await;
-                });
+                tokio::spawn(
+                    async move {
+                        let _ = call.execute("eavesdrop", &target).await;
+                    }
+                    .in_current_span(),
+                );
             }
         }
     }
@@ -526,11 +541,13 @@ impl AspCall {
     /// `stop-record`) is published after the `ack`, as every other
     /// consequence of a control message is.
     async fn on_control(&mut self, msg: ControlMessage) {
+        let received = Instant::now();
         let (answer, then) = match self.control_result(&msg).await {
             Ok(then) => (msg.ack(), then),
             Err(reason) => (msg.error(reason), None),
         };
         self.publish(answer).await;
+        self.meter.control_answered(received);
         if let Some(event) = then {
             self.publish(event).await;
         }

@@ -16,6 +16,8 @@
 //! - [`asp_call`]: the asp-call flow, written with the call API of
 //!   [`crate::switch`].
 //! - [`agent`]: `redswitch serve`: takes jobs, runs calls, routes control.
+//! - [`stats`]: what the agent counts (jobs, calls, hangups, timings).
+//! - [`monitor`]: a running agent's liveness, readiness and readings.
 //!
 //! This is the only part of the agent that talks to Redis (the tester
 //! tools `push`, `control` and `demo` talk to it as any producer or
@@ -43,7 +45,9 @@ pub mod asp_call;
 pub mod control;
 pub mod events;
 pub mod job;
+pub mod monitor;
 pub mod queue;
 pub mod retry;
+pub mod stats;
 pub mod store;
 pub mod validate;

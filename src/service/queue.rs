@@ -124,6 +124,8 @@ pub struct QueueConfig {
     pub take_timeout: Duration,
     /// How many dead letters are kept.
     pub dead_cap: usize,
+    /// Where jobs taken, requeued and dead-lettered are counted.
+    pub stats: super::stats::Stats,
 }
 
 impl QueueConfig {
@@ -138,6 +140,7 @@ impl QueueConfig {
             reap_every: Duration::from_secs(5),
             take_timeout: Duration::from_secs(1),
             dead_cap: DEFAULT_DEAD_CAP,
+            stats: super::stats::Stats::default(),
         }
     }
 
@@ -443,6 +446,9 @@ impl JobQueue {
         )
         .await;
         let raw = taken.inspect_err(|_| self.inner.suspect.store(true, Ordering::Relaxed))?;
+        if raw.is_some() {
+            self.inner.config.stats.jobs_taken.inc();
+        }
         Ok(raw.map(|raw| {
             self.inner.hold(&raw);
             TakenJob { raw }
@@ -526,6 +532,7 @@ impl JobQueue {
         })
         .await?;
         self.inner.release_hold(&job.raw);
+        self.inner.config.stats.jobs_requeued.inc();
         Ok(())
     }
 
@@ -566,6 +573,7 @@ impl JobQueue {
             }
         })
         .await?;
+        self.inner.config.stats.jobs_dead_lettered.inc();
         self.ack(job).await?;
         Ok(())
     }
@@ -625,7 +633,10 @@ impl JobQueue {
             })
             .await?;
             match job {
-                Some(_) => moved += 1,
+                Some(_) => {
+                    moved += 1;
+                    self.inner.config.stats.jobs_requeued.inc();
+                }
                 None => return Ok(moved),
             }
         }
