@@ -37,7 +37,7 @@
 //! | `J.dead` | list of dead letters | none; capped at 10,000 |
 //! | `redswitch_history.<org_id>.<user_id>` | list of published JSON | 4 h, re-set on each write |
 //! | `redswitch.<dial_id>.<org_id>.<user_id>` | list of `ACTIVE.<side>` | 24 h, re-set on each write |
-//! | `{redswitch_history.<org_id>.<user_id>}.sent.<dial_id>` | set of the call's written event numbers (a retried write is not repeated) | 4 h, re-set on each write |
+//! | `{redswitch_history.<org_id>.<user_id>}.sent.<dial_id>` | set of the ids of the call's written events (a retried write is not repeated) | 4 h, re-set on each write |
 //! | channel `<dial_id>` | pub/sub: events out, control in | — |
 
 pub mod agent;
