@@ -233,7 +233,7 @@ struct Worker {
 
 impl Worker {
     async fn take_jobs(&self, stop: CancellationToken) {
-        let mut backoff = Duration::from_millis(100);
+        let mut backoff = crate::backoff::Backoff::RECONNECT.attempts();
         while !stop.is_cancelled() {
             if !self.inbound.is_connected() {
                 // No jobs while FreeSWITCH is away: they wait in Redis.
@@ -260,7 +260,7 @@ impl Worker {
                     continue;
                 }
                 Ok(Some(job)) => {
-                    backoff = Duration::from_millis(100);
+                    backoff.reset();
                     job
                 }
                 Ok(None) => continue,
@@ -268,9 +268,8 @@ impl Worker {
                     tracing::warn!(%error, "taking a job failed; retrying");
                     tokio::select! {
                         () = stop.cancelled() => break,
-                        () = tokio::time::sleep(backoff) => {}
+                        () = tokio::time::sleep(backoff.next_delay()) => {}
                     }
-                    backoff = (backoff * 2).min(Duration::from_secs(5));
                     continue;
                 }
             };

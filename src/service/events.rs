@@ -7,24 +7,38 @@
 //! |---|---|---|---|
 //! | channel `<dial_id>` | pub/sub | `PUBLISH` of the event JSON | — |
 //! | `redswitch_history.<org_id>.<user_id>` | list | `RPUSH` of the same JSON; deleted by [`CallEvents::start_call`] | 4 h, re-set on each write |
-//! | `redswitch.<dial_id>.<org_id>.<user_id>` | list | `ACTIVE.<side>` pushed on `answer-event`, `LREM`-ed on `hangup-event` | 24 h, re-set on each write |
+//! | `redswitch.<dial_id>.<org_id>.<user_id>` | list | `ACTIVE.<side>` pushed on `answer-event` (once), `LREM`-ed on `hangup-event` | 24 h, re-set on each write |
+//! | `{redswitch_history.<org_id>.<user_id>}.sent.<dial_id>` | set | the ids (`<writer>:<sequence>`) of the call's events already written | 4 h, re-set on each write |
 //!
 //! The state keys are written before the `PUBLISH`, so a controller
 //! reacting to an event already sees the state it describes. On a
-//! standalone Redis all of an event's writes are one `MULTI`/`EXEC`
-//! transaction: one round trip, and history order equals publish order even
-//! with several writers. On a cluster the two keys live in different slots
-//! (their names are fixed by the contract, so no hash tag can join them) and
-//! neither a transaction nor a redis-rs cluster pipeline may span slots:
-//! each key's commands go as their own single-key transaction, both sent at
-//! once, then the `PUBLISH` — two round trips of latency.
+//! standalone Redis all of an event's writes are one Lua script: one round
+//! trip, atomic, and history order equals publish order even with several
+//! writers. On a cluster the two keys live in different slots (their names
+//! are fixed by the protocol, so no hash tag can join them) and no script may
+//! span slots: the active-list writes go first as their own script, then
+//! the history and the `PUBLISH` as another — two round trips.
+//!
+//! # Idempotency
+//!
+//! A `PUBLISH` or an `RPUSH` to the history run twice is a duplicate, so an
+//! event write whose connection broke could not simply be sent again. Each
+//! event gets an id: a random id of its [`CallEvents`] (a later call may
+//! reuse the `dial_id`) and a sequence number. The script that appends to
+//! the history and publishes first adds that id to the call's `sent` set
+//! (in the history's slot) and does nothing if it was there. The
+//! active-list writes are idempotent by themselves (`LREM` before the
+//! `RPUSH`). So [`CallEvents::publish`] is idempotent and is retried on a
+//! fresh connection after a broken one (see [`retry`](super::retry)).
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use redis::aio::ConnectionLike;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use super::job::AspCallJob;
+use super::retry::{Idempotency, with_retry};
 use super::store::RedisConn;
 use super::validate::Id;
 
@@ -250,10 +264,92 @@ pub fn active_item(side: Side) -> String {
     format!("ACTIVE.{}", side.number())
 }
 
+/// `{redswitch_history.<org_id>.<user_id>}.sent.<dial_id>`: the call's
+/// written event numbers, in the history's cluster slot (the tag is the
+/// history key itself, which hashes the same).
+pub fn sent_key(dial_id: &Id, org_id: &Id, user_id: &Id) -> String {
+    format!("{{{}}}.sent.{dial_id}", history_key(org_id, user_id))
+}
+
+/// Appends an event to the history and publishes it, once per event id.
+/// KEYS: history, sent set. ARGV: event id, JSON, channel, reset
+/// the history first ("1"/"0"), history TTL.
+const HISTORY_AND_PUBLISH: &str = r"
+if redis.call('SADD', KEYS[2], ARGV[1]) == 0 then
+  return 0
+end
+redis.call('EXPIRE', KEYS[2], ARGV[5])
+if ARGV[4] == '1' then
+  redis.call('DEL', KEYS[1])
+end
+redis.call('RPUSH', KEYS[1], ARGV[2])
+redis.call('EXPIRE', KEYS[1], ARGV[5])
+redis.call('PUBLISH', ARGV[3], ARGV[2])
+return 1
+";
+
+/// The whole write of one event on a standalone Redis: the active list
+/// (KEYS[3]; ARGV[6] "push", "remove" or "", ARGV[7] the item, ARGV[8] its
+/// TTL), then [`HISTORY_AND_PUBLISH`].
+const ACTIVE_THEN_HISTORY_AND_PUBLISH: &str = r"
+if redis.call('SISMEMBER', KEYS[2], ARGV[1]) == 1 then
+  return 0
+end
+if ARGV[6] ~= '' then
+  redis.call('LREM', KEYS[3], 0, ARGV[7])
+  if ARGV[6] == 'push' then
+    redis.call('RPUSH', KEYS[3], ARGV[7])
+  end
+  redis.call('EXPIRE', KEYS[3], ARGV[8])
+end
+redis.call('SADD', KEYS[2], ARGV[1])
+redis.call('EXPIRE', KEYS[2], ARGV[5])
+if ARGV[4] == '1' then
+  redis.call('DEL', KEYS[1])
+end
+redis.call('RPUSH', KEYS[1], ARGV[2])
+redis.call('EXPIRE', KEYS[1], ARGV[5])
+redis.call('PUBLISH', ARGV[3], ARGV[2])
+return 1
+";
+
+/// The active-list writes alone (a cluster's first round trip): KEYS[1]
+/// the list, ARGV as ARGV[6..8] above. Idempotent by itself.
+const ACTIVE: &str = r"
+redis.call('LREM', KEYS[1], 0, ARGV[2])
+if ARGV[1] == 'push' then
+  redis.call('RPUSH', KEYS[1], ARGV[2])
+end
+redis.call('EXPIRE', KEYS[1], ARGV[3])
+return 1
+";
+
+/// An event with its id within its call, written at most once however
+/// often [`CallEvents::write`] is called with it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NumberedEvent {
+    id: String,
+    event: Event,
+    reset_history: bool,
+}
+
+impl NumberedEvent {
+    /// The event.
+    pub fn event(&self) -> &Event {
+        &self.event
+    }
+}
+
 struct CallKeys {
     dial_id: Id,
     history: String,
     active: String,
+    sent: String,
+    /// Tells this writer's event ids from those of another call that
+    /// reuses the `dial_id`.
+    writer: u64,
+    /// The next event's sequence number.
+    next_seq: AtomicU64,
 }
 
 /// Publishes the events of one call and keeps its Redis state. Clones share
@@ -283,6 +379,9 @@ impl CallEvents {
                 dial_id: dial_id.clone(),
                 history: history_key(org_id, user_id),
                 active: active_key(dial_id, org_id, user_id),
+                sent: sent_key(dial_id, org_id, user_id),
+                writer: rand::random(),
+                next_seq: AtomicU64::new(0),
             }),
         }
     }
@@ -308,98 +407,116 @@ impl CallEvents {
     }
 
     /// The call has started: deletes the user's history, then publishes
-    /// `call-start` and makes it the history's first entry.
+    /// `call-start` and makes it the history's first entry. Idempotent (see
+    /// the module doc); retried after a broken connection.
     pub async fn start_call(&self) -> Result<(), EventsError> {
-        let event = Event::CallStart {
-            dial_id: self.keys.dial_id.to_string(),
-        };
-        self.write(&event, true).await
+        self.write(&self.call_start()).await
     }
 
     /// Publishes `event`, appends it to the history and updates the
-    /// active-call list for answers and hangups: one round trip.
+    /// active-call list for answers and hangups: one round trip. Idempotent
+    /// (see the module doc); retried after a broken connection.
     pub async fn publish(&self, event: &Event) -> Result<(), EventsError> {
-        self.write(event, false).await
+        self.write(&self.numbered(event.clone())).await
     }
 
-    /// The writes of one event, grouped by key: (active-list commands,
-    /// history commands, the publish).
-    fn commands(
-        &self,
-        event: &Event,
-        reset_history: bool,
-    ) -> (Option<redis::Pipeline>, redis::Pipeline, redis::Cmd) {
+    /// `call-start`, numbered, for [`write`](Self::write).
+    pub fn call_start(&self) -> NumberedEvent {
+        let mut numbered = self.numbered(Event::CallStart {
+            dial_id: self.keys.dial_id.to_string(),
+        });
+        numbered.reset_history = true;
+        numbered
+    }
+
+    /// Gives `event` its id, for [`write`](Self::write): a caller that keeps
+    /// an event to write again later (after an outage longer than the
+    /// retries) keeps it numbered, so a write that went through unseen is
+    /// not repeated.
+    pub fn numbered(&self, event: Event) -> NumberedEvent {
+        let seq = self.keys.next_seq.fetch_add(1, Ordering::Relaxed);
+        NumberedEvent {
+            id: format!("{:x}:{seq}", self.keys.writer),
+            event,
+            reset_history: false,
+        }
+    }
+
+    /// Writes a numbered event: publishes it, appends it to the history and
+    /// updates the active-call list, unless it was written before.
+    /// Idempotent; retried after a broken connection.
+    pub async fn write(&self, numbered: &NumberedEvent) -> Result<(), EventsError> {
+        let NumberedEvent {
+            id: event_id,
+            event,
+            reset_history,
+        } = numbered;
         let json = event.to_json();
         let keys = &self.keys;
-        let active = match event {
-            Event::Answer { side } => {
-                let mut pipe = redis::pipe();
-                pipe.rpush(&keys.active, active_item(*side)).ignore();
-                Some(pipe)
-            }
-            Event::Hangup { side, .. } => {
-                let mut pipe = redis::pipe();
-                pipe.lrem(&keys.active, 0, active_item(*side)).ignore();
-                Some(pipe)
-            }
-            _ => None,
-        }
-        .map(|mut pipe| {
-            pipe.expire(&keys.active, ACTIVE_TTL_SECS).ignore();
-            pipe
-        });
-        let mut history = redis::pipe();
-        if reset_history {
-            history.del(&keys.history).ignore();
-        }
-        history.rpush(&keys.history, &json).ignore();
-        history.expire(&keys.history, HISTORY_TTL_SECS).ignore();
-        let mut publish = redis::cmd("PUBLISH");
-        publish.arg(keys.dial_id.as_str()).arg(json);
-        (active, history, publish)
-    }
-
-    async fn write(&self, event: &Event, reset_history: bool) -> Result<(), EventsError> {
-        let (active, history, publish) = self.commands(event, reset_history);
-        let mut conn = self.conn.clone();
-        if !self.conn.is_cluster() {
-            // Standalone: everything in one MULTI/EXEC, one round trip.
-            let mut all = redis::pipe();
-            all.atomic();
-            for cmd in active.iter().chain([&history]).flat_map(|p| p.cmd_iter()) {
-                all.add_command(cmd.clone()).ignore();
-            }
-            all.add_command(publish).ignore();
-            all.query_async::<()>(&mut conn).await?;
-            return Ok(());
-        }
-        // Cluster: the two keys are in different slots, so each key's
-        // commands go as their own single-slot transaction, both at once;
-        // the publish follows once the state is written.
-        let mut history = history;
-        let history_write = async {
-            let mut conn = conn.clone();
-            history.atomic().query_async::<()>(&mut conn).await
+        let (op, item) = match event {
+            Event::Answer { side } => ("push", active_item(*side)),
+            Event::Hangup { side, .. } => ("remove", active_item(*side)),
+            _ => ("", String::new()),
         };
-        let active_write = async {
-            match active {
-                Some(mut pipe) => {
-                    let mut conn = conn.clone();
-                    pipe.atomic().query_async::<()>(&mut conn).await
+        let reset = if *reset_history { "1" } else { "0" };
+        let standalone = !self.conn.is_cluster();
+        let written = with_retry(event.event_type(), Idempotency::Idempotent, |_| {
+            let mut conn = self.conn.clone();
+            let (json, item, event_id) = (&json, &item, &event_id);
+            async move {
+                let history = |script: &str| {
+                    let mut eval = redis::cmd("EVAL");
+                    eval.arg(script)
+                        .arg(if standalone { 3 } else { 2 })
+                        .arg(&keys.history)
+                        .arg(&keys.sent);
+                    if standalone {
+                        eval.arg(&keys.active);
+                    }
+                    eval.arg(event_id)
+                        .arg(json)
+                        .arg(keys.dial_id.as_str())
+                        .arg(reset)
+                        .arg(HISTORY_TTL_SECS);
+                    eval
+                };
+                // EVAL rather than EVALSHA: the scripts are short, and a
+                // restarted Redis has an empty script cache.
+                if standalone {
+                    let mut eval = history(ACTIVE_THEN_HISTORY_AND_PUBLISH);
+                    eval.arg(op).arg(item).arg(ACTIVE_TTL_SECS);
+                    return eval.query_async::<i64>(&mut conn).await;
                 }
-                None => Ok(()),
+                // Cluster: the active list first (its own slot), so a
+                // controller reacting to the publish sees the state.
+                if !op.is_empty() {
+                    redis::cmd("EVAL")
+                        .arg(ACTIVE)
+                        .arg(1)
+                        .arg(&keys.active)
+                        .arg(op)
+                        .arg(item)
+                        .arg(ACTIVE_TTL_SECS)
+                        .query_async::<i64>(&mut conn)
+                        .await?;
+                }
+                history(HISTORY_AND_PUBLISH)
+                    .query_async::<i64>(&mut conn)
+                    .await
             }
-        };
-        let (history_done, active_done) = futures::join!(history_write, active_write);
-        history_done?;
-        active_done?;
-        publish.query_async::<()>(&mut conn).await?;
+        })
+        .await?;
+        if written == 0 {
+            tracing::debug!(dial_id = %keys.dial_id, event = %event_id, "event already written by an attempt whose reply was lost");
+        }
         Ok(())
     }
 }
 
 /// Publishes `event` on `dial_id` only, without history: for a bad job,
-/// whose `org_id`/`user_id` cannot be trusted to build key names.
+/// whose `org_id`/`user_id` cannot be trusted to build key names. Not
+/// idempotent (a second `PUBLISH` is a second message) and not retried
+/// here.
 pub async fn publish_only<C: ConnectionLike + Send>(
     conn: &mut C,
     dial_id: &Id,

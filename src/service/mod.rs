@@ -11,6 +11,8 @@
 //! - [`control`]: control messages from controllers, and the router that
 //!   delivers them from one pub/sub connection to each call's mailbox.
 //! - [`store`]: connections to Redis, standalone or cluster.
+//! - [`retry`]: re-running a Redis command whose connection broke, where
+//!   that is safe.
 //! - [`asp_call`]: the asp-call flow, written with the call API of
 //!   [`crate::switch`].
 //! - [`agent`]: `redswitch serve`: takes jobs, runs calls, routes control.
@@ -35,6 +37,7 @@
 //! | `J.dead` | list of dead letters | none; capped at 10,000 |
 //! | `redswitch_history.<org_id>.<user_id>` | list of published JSON | 4 h, re-set on each write |
 //! | `redswitch.<dial_id>.<org_id>.<user_id>` | list of `ACTIVE.<side>` | 24 h, re-set on each write |
+//! | `{redswitch_history.<org_id>.<user_id>}.sent.<dial_id>` | set of the ids of the call's written events (a retried write is not repeated) | 4 h, re-set on each write |
 //! | channel `<dial_id>` | pub/sub: events out, control in | — |
 
 pub mod agent;
@@ -44,6 +47,7 @@ pub mod events;
 pub mod job;
 pub mod monitor;
 pub mod queue;
+pub mod retry;
 pub mod stats;
 pub mod store;
 pub mod validate;

@@ -1,48 +1,17 @@
-//! Call control (docs/PROTOCOL.md): the messages controllers publish on a call's
-//! channel, and the router that delivers them to the call that owns it.
+//! Control messages, parsed: the messages controllers publish on a call's
+//! channel, turned into a typed [`ControlMessage`] whose values all passed
+//! [`validate`](crate::service::validate). Pure and I/O-free.
 //!
-//! [`parse`] turns a raw message into a typed [`ControlMessage`] whose values
-//! all passed [`validate`](super::validate); Redswitch's own event types
-//! (the event types), which share the channel, come out as [`Parsed::Ignored`].
-//! Anything else is a [`BadControl`] that becomes an `error` event.
-//!
-//! [`ControlRouter`] owns **one** pub/sub connection per instance, never
-//! one per call. [`ControlRouter::subscribe`] gives a call a bounded mailbox
-//! ([`Subscription`]) for its `dial_id`; dropping it unsubscribes. After the
-//! connection is lost, the router reconnects with backoff and subscribes
-//! every live `dial_id` again. Messages published while it was away are
-//! lost: Redis pub/sub is at most once, and controllers resend when no
-//! `ack`/`error` arrives.
-//!
-//! One `dial_id` has at most one live call per instance: a second
-//! [`ControlRouter::subscribe`] for it fails with [`RouterError::InUse`]
-//! until the first is dropped. An ended call may [`Subscription::linger`] a
-//! few seconds answering late control messages with an `error` ("call has
-//! ended"), so a resent `hangup` is answered; a new call with the same
-//! `dial_id` takes the channel over from a lingering one at once.
-//!
-//! A call that does not read its mailbox fast enough does not block the
-//! router or other calls: when its mailbox is full, each further message is
-//! parked as a "mailbox full" [`BadControl`] on a small side list the call
-//! reads next, so it still answers every message with exactly one `error`.
-//! Past that list's cap, messages are dropped with a log line.
+//! Redswitch's own event types, which share the channel, come out as
+//! [`Parsed::Ignored`]. Anything else is a [`BadControl`] that becomes an
+//! `error` event.
 
-use std::collections::{HashMap, VecDeque};
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
-use std::time::Duration;
-
-use futures::StreamExt;
 use serde_json::{Map, Value};
-use tokio::sync::{mpsc, oneshot};
-use tokio::task::JoinHandle;
-use tokio_util::sync::CancellationToken;
 
-use super::events::{EVENT_TYPES, Event, Side};
-use super::job::json_kind;
-use super::store::RedisClient;
-use super::validate::{
-    Digits, Id, Media, PhoneNumber, RecordingName, ValidationError, dtmf_duration_ms,
+use crate::service::events::{EVENT_TYPES, Event, Side};
+use crate::service::job::json_kind;
+use crate::service::validate::{
+    Digits, Media, PhoneNumber, RecordingName, ValidationError, dtmf_duration_ms,
 };
 
 /// Control messages larger than this are refused unparsed.
@@ -372,443 +341,9 @@ fn fields(kind: &str, obj: &Map<String, Value>) -> Result<Option<ControlMessage>
     }))
 }
 
-/// What a call's mailbox delivers.
+/// What a call's mailbox delivers: a command to carry out, or a message
+/// to answer with an `error`.
 pub type Delivery = Result<ControlMessage, BadControl>;
-
-/// Errors subscribing.
-#[derive(Debug, thiserror::Error)]
-pub enum RouterError {
-    /// A live call already owns this `dial_id` on this instance.
-    #[error("dial_id {0} is already in use by a live call")]
-    InUse(Id),
-    /// The router task has ended (shut down).
-    #[error("control router has stopped")]
-    Stopped,
-}
-
-/// How the router behaves.
-#[derive(Debug, Clone)]
-pub struct RouterConfig {
-    /// Messages one call may have waiting.
-    pub mailbox: usize,
-    /// Messages parked as "mailbox full" errors per call, beyond the mailbox.
-    pub overflow: usize,
-    /// First wait before reconnecting; doubles up to `max_backoff`.
-    pub min_backoff: Duration,
-    /// Longest wait between reconnect attempts.
-    pub max_backoff: Duration,
-    /// How often the idle connection is pinged to notice a dead peer.
-    pub ping_every: Duration,
-}
-
-impl Default for RouterConfig {
-    fn default() -> Self {
-        Self {
-            mailbox: 32,
-            overflow: 256,
-            min_backoff: Duration::from_millis(100),
-            max_backoff: Duration::from_secs(5),
-            ping_every: Duration::from_secs(15),
-        }
-    }
-}
-
-type Overflow = Arc<Mutex<VecDeque<BadControl>>>;
-
-struct Slot {
-    id: u64,
-    tx: mpsc::Sender<Delivery>,
-    overflow: Overflow,
-    /// The call has ended and only answers "call has ended" errors: a new
-    /// call with this dial_id takes the slot over.
-    lingering: bool,
-}
-
-enum Cmd {
-    Subscribe(String, oneshot::Sender<()>),
-    Unsubscribe(String),
-}
-
-struct Shared {
-    config: RouterConfig,
-    /// Live subscriptions by `dial_id`. A std mutex: held only for map
-    /// operations, never across an await.
-    slots: Mutex<HashMap<String, Slot>>,
-    /// To the router task. Unbounded because `Drop` cannot wait; it holds
-    /// at most one subscribe and one unsubscribe per call.
-    cmds: mpsc::UnboundedSender<Cmd>,
-    next_id: AtomicU64,
-    /// Successful (re)connections, for tests and metrics.
-    connects: AtomicU64,
-}
-
-impl Shared {
-    fn slots(&self) -> std::sync::MutexGuard<'_, HashMap<String, Slot>> {
-        // A poisoned map is still a consistent map: every operation on it is
-        // a single insert/remove/lookup.
-        self.slots.lock().unwrap_or_else(|p| p.into_inner())
-    }
-}
-
-/// Routes control messages from one pub/sub connection to call mailboxes.
-#[derive(Clone)]
-pub struct ControlRouter {
-    shared: Arc<Shared>,
-}
-
-impl std::fmt::Debug for ControlRouter {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ControlRouter")
-            .field("calls", &self.shared.slots().len())
-            .finish()
-    }
-}
-
-impl ControlRouter {
-    /// Starts the router task; it runs until `cancel` fires or every handle
-    /// and subscription is gone.
-    pub fn spawn(
-        client: RedisClient,
-        config: RouterConfig,
-        cancel: CancellationToken,
-    ) -> (Self, JoinHandle<()>) {
-        let (cmds, rx) = mpsc::unbounded_channel();
-        let shared = Arc::new(Shared {
-            config,
-            slots: Mutex::new(HashMap::new()),
-            cmds,
-            next_id: AtomicU64::new(0),
-            connects: AtomicU64::new(0),
-        });
-        let task = tokio::spawn(run(Arc::downgrade(&shared), client, rx, cancel));
-        (Self { shared }, task)
-    }
-
-    /// Gives the call `dial_id` its mailbox. Returns once Redis confirmed the
-    /// subscription, or at once while disconnected (the reconnect subscribes
-    /// it): publish `call-start` after this, so no early control is missed.
-    pub async fn subscribe(&self, dial_id: &Id) -> Result<Subscription, RouterError> {
-        let (tx, rx) = mpsc::channel(self.shared.config.mailbox.max(1));
-        let overflow = Overflow::default();
-        let id = self.shared.next_id.fetch_add(1, Ordering::Relaxed);
-        {
-            let mut slots = self.shared.slots();
-            if slots.get(dial_id.as_str()).is_some_and(|s| !s.lingering) {
-                return Err(RouterError::InUse(dial_id.clone()));
-            }
-            // Replacing a lingering slot drops its sender: the lingering
-            // task sees its mailbox close and ends.
-            slots.insert(
-                dial_id.to_string(),
-                Slot {
-                    id,
-                    tx,
-                    overflow: overflow.clone(),
-                    lingering: false,
-                },
-            );
-        }
-        // From here on dropping the guard undoes the registration, also if
-        // this future is cancelled.
-        let subscription = Subscription {
-            dial_id: dial_id.clone(),
-            id,
-            rx,
-            overflow,
-            shared: self.shared.clone(),
-        };
-        let (done, confirmed) = oneshot::channel();
-        self.shared
-            .cmds
-            .send(Cmd::Subscribe(dial_id.to_string(), done))
-            .map_err(|_| RouterError::Stopped)?;
-        confirmed.await.map_err(|_| RouterError::Stopped)?;
-        Ok(subscription)
-    }
-
-    /// How many times the pub/sub connection was established.
-    pub fn connects(&self) -> u64 {
-        self.shared.connects.load(Ordering::Relaxed)
-    }
-
-    /// How many calls are subscribed.
-    pub fn calls(&self) -> usize {
-        self.shared.slots().len()
-    }
-}
-
-/// A call's mailbox. Dropping it unsubscribes the `dial_id`.
-pub struct Subscription {
-    dial_id: Id,
-    id: u64,
-    rx: mpsc::Receiver<Delivery>,
-    overflow: Overflow,
-    shared: Arc<Shared>,
-}
-
-impl std::fmt::Debug for Subscription {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Subscription")
-            .field("dial_id", &self.dial_id)
-            .finish()
-    }
-}
-
-impl Subscription {
-    /// The call's `dial_id`.
-    pub fn dial_id(&self) -> &Id {
-        &self.dial_id
-    }
-
-    /// The next message for this call. Cancel-safe (fit for `select!`).
-    /// `None` once the router has stopped.
-    pub async fn recv(&mut self) -> Option<Delivery> {
-        // Mailbox first: everything parked on the overflow list arrived
-        // after the mailbox filled up.
-        if let Ok(d) = self.rx.try_recv() {
-            return Some(d);
-        }
-        let parked = self
-            .overflow
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .pop_front();
-        if let Some(bad) = parked {
-            return Some(Err(bad));
-        }
-        self.rx.recv().await
-    }
-
-    /// Messages waiting: in the mailbox plus those parked as "mailbox full".
-    pub fn backlog(&self) -> usize {
-        let parked = self
-            .overflow
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .len();
-        self.rx.len() + parked
-    }
-
-    /// The call has ended: for `linger`, answer every control message on its
-    /// channel with an `error` ("call has ended") through `events`, so a
-    /// controller resending gets an answer rather than silence,
-    /// then unsubscribe. A new call with the same `dial_id` may subscribe
-    /// meanwhile; it takes the channel over at once.
-    pub fn linger(mut self, events: super::events::CallEvents, linger: Duration) -> JoinHandle<()> {
-        if let Some(slot) = self.shared.slots().get_mut(self.dial_id.as_str())
-            && slot.id == self.id
-        {
-            slot.lingering = true;
-        }
-        tokio::spawn(async move {
-            let deadline = tokio::time::sleep(linger);
-            tokio::pin!(deadline);
-            loop {
-                let delivery = tokio::select! {
-                    () = &mut deadline => return,
-                    d = self.recv() => match d {
-                        Some(d) => d,
-                        // Taken over by a new call, or the router stopped.
-                        None => return,
-                    },
-                };
-                let event = match delivery {
-                    Ok(msg) => msg.error("call has ended"),
-                    Err(bad) => bad.to_event(),
-                };
-                if let Err(e) = events.publish(&event).await {
-                    tracing::warn!(dial_id = %self.dial_id, error = %e, "could not answer control after call end");
-                }
-            }
-        })
-    }
-
-    /// Unsubscribes now (the same as dropping it).
-    pub fn unsubscribe(self) {}
-}
-
-impl Drop for Subscription {
-    fn drop(&mut self) {
-        let mut slots = self.shared.slots();
-        // Only our own registration: the dial_id may already belong to a
-        // newer call.
-        if slots
-            .get(self.dial_id.as_str())
-            .is_some_and(|s| s.id == self.id)
-        {
-            slots.remove(self.dial_id.as_str());
-            drop(slots);
-            // If the router is gone there is nothing to unsubscribe from.
-            let _ = self
-                .shared
-                .cmds
-                .send(Cmd::Unsubscribe(self.dial_id.to_string()));
-        }
-    }
-}
-
-/// Hands one message to its call's mailbox.
-fn dispatch(shared: &Shared, channel: &str, payload: &[u8]) {
-    let Some((tx, overflow)) = shared
-        .slots()
-        .get(channel)
-        .map(|s| (s.tx.clone(), s.overflow.clone()))
-    else {
-        // A late message for a call that just ended.
-        return;
-    };
-    let delivery = match parse(payload) {
-        Parsed::Ignored(_) => return,
-        Parsed::Control(c) => Ok(c),
-        Parsed::Bad(b) => Err(b),
-    };
-    match tx.try_send(delivery) {
-        Ok(()) => {}
-        Err(mpsc::error::TrySendError::Closed(_)) => {}
-        Err(mpsc::error::TrySendError::Full(delivery)) => {
-            let bad = match delivery {
-                Ok(c) => BadControl {
-                    event: Some(c.event_type().to_owned()),
-                    error: ControlError::MailboxFull,
-                },
-                Err(b) => b,
-            };
-            let mut parked = overflow.lock().unwrap_or_else(|p| p.into_inner());
-            if parked.len() < shared.config.overflow {
-                parked.push_back(bad);
-            } else {
-                tracing::warn!(dial_id = %channel, "control mailbox and overflow full; message dropped");
-            }
-        }
-    }
-}
-
-/// Why one connection's session ended.
-enum Ended {
-    /// Shut down: stop the task.
-    Stop,
-    /// The connection failed: reconnect.
-    Lost(String),
-}
-
-async fn run(
-    shared: std::sync::Weak<Shared>,
-    client: RedisClient,
-    mut cmds: mpsc::UnboundedReceiver<Cmd>,
-    cancel: CancellationToken,
-) {
-    let Some(config) = shared.upgrade().map(|s| s.config.clone()) else {
-        return;
-    };
-    let mut backoff = config.min_backoff;
-    loop {
-        let connected = tokio::select! {
-            () = cancel.cancelled() => return,
-            r = client.pubsub() => r,
-        };
-        let ended = match connected {
-            Ok(pubsub) => {
-                let ended = session(&shared, pubsub, &mut cmds, &cancel, &config).await;
-                if let Ended::Lost(_) = ended {
-                    // It was up; start the backoff over.
-                    backoff = config.min_backoff;
-                }
-                ended
-            }
-            Err(e) => Ended::Lost(e.to_string()),
-        };
-        match ended {
-            Ended::Stop => return,
-            Ended::Lost(why) => {
-                tracing::warn!(reason = %why, retry_in = ?backoff, "control pub/sub connection lost");
-            }
-        }
-        // Wait, answering subscribes meanwhile: their dial_ids are in the
-        // map, so the next session subscribes them.
-        let wake = tokio::time::sleep(backoff);
-        tokio::pin!(wake);
-        loop {
-            tokio::select! {
-                () = cancel.cancelled() => return,
-                () = &mut wake => break,
-                cmd = cmds.recv() => match cmd {
-                    None => return,
-                    Some(Cmd::Subscribe(_, done)) => { let _ = done.send(()); }
-                    Some(Cmd::Unsubscribe(_)) => {}
-                },
-            }
-        }
-        backoff = (backoff * 2).min(config.max_backoff);
-    }
-}
-
-/// One pub/sub connection's life: subscribe every live call, then route
-/// until the connection fails or the router stops.
-async fn session(
-    shared: &std::sync::Weak<Shared>,
-    pubsub: redis::aio::PubSub,
-    cmds: &mut mpsc::UnboundedReceiver<Cmd>,
-    cancel: &CancellationToken,
-    config: &RouterConfig,
-) -> Ended {
-    let (mut sink, mut stream) = pubsub.split();
-    let live: Vec<String> = match shared.upgrade() {
-        Some(s) => {
-            s.connects.fetch_add(1, Ordering::Relaxed);
-            s.slots().keys().cloned().collect()
-        }
-        None => return Ended::Stop,
-    };
-    if !live.is_empty() {
-        if let Err(e) = sink.subscribe(&live).await {
-            return Ended::Lost(e.to_string());
-        }
-        tracing::info!(calls = live.len(), "control channels subscribed");
-    }
-    let mut ping = tokio::time::interval(config.ping_every.max(Duration::from_millis(10)));
-    ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    ping.tick().await;
-    loop {
-        tokio::select! {
-            () = cancel.cancelled() => return Ended::Stop,
-            cmd = cmds.recv() => match cmd {
-                None => return Ended::Stop,
-                Some(Cmd::Subscribe(dial_id, done)) => {
-                    let still_live = shared.upgrade().is_some_and(|s| s.slots().contains_key(&dial_id));
-                    let result = if still_live { sink.subscribe(&dial_id).await } else { Ok(()) };
-                    // Confirm either way: on failure the reconnect
-                    // subscribes it.
-                    let _ = done.send(());
-                    if let Err(e) = result {
-                        return Ended::Lost(e.to_string());
-                    }
-                }
-                Some(Cmd::Unsubscribe(dial_id)) => {
-                    // Skip if a new call took the dial_id meanwhile.
-                    let reused = shared.upgrade().is_some_and(|s| s.slots().contains_key(&dial_id));
-                    if !reused && let Err(e) = sink.unsubscribe(&dial_id).await {
-                        return Ended::Lost(e.to_string());
-                    }
-                }
-            },
-            msg = stream.next() => match msg {
-                None => return Ended::Lost("connection closed".into()),
-                Some(msg) => match shared.upgrade() {
-                    Some(s) => dispatch(&s, msg.get_channel_name(), msg.get_payload_bytes()),
-                    None => return Ended::Stop,
-                },
-            },
-            _ = ping.tick() => {
-                let pong = tokio::time::timeout(Duration::from_secs(5), sink.ping::<redis::Value>()).await;
-                match pong {
-                    Ok(Ok(_)) => {}
-                    Ok(Err(e)) => return Ended::Lost(e.to_string()),
-                    Err(_) => return Ended::Lost("ping timed out".into()),
-                }
-            }
-        }
-    }
-}
 
 #[cfg(test)]
 mod tests {
@@ -1044,6 +579,33 @@ mod tests {
             err(json!({"type":"send-dtmf","digits":"1","side":"both"})).error,
             ControlError::WrongType { field: "side", .. }
         ));
+    }
+
+    #[test]
+    fn hostile_shapes_are_refused_without_harm() {
+        // Deep nesting stops at serde_json's recursion limit, not the stack.
+        let deep = format!("{}{}", "[".repeat(30_000), "]".repeat(30_000));
+        assert!(matches!(
+            parse(deep.as_bytes()),
+            Parsed::Bad(BadControl {
+                error: ControlError::NotJson(_),
+                ..
+            })
+        ));
+        // A valid hangup padded to just under the limit still parses.
+        let mut padded = br#"{"type":"hangup","pad":""#.to_vec();
+        padded.resize(MAX_CONTROL_BYTES - 2, b'x');
+        padded.extend_from_slice(br#""}"#);
+        assert_eq!(parse(&padded), Parsed::Control(ControlMessage::Hangup));
+        // Duplicate keys: serde_json keeps the last, so the type is checked
+        // as sent last.
+        let Parsed::Bad(b) = parse(br#"{"type":"hangup","type":"nuke"}"#) else {
+            panic!("a duplicate type is taken as sent last")
+        };
+        assert_eq!(
+            (b.event.as_deref(), b.error),
+            (Some("nuke"), ControlError::Unknown)
+        );
     }
 
     #[test]
