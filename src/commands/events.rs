@@ -1,17 +1,28 @@
 //! `redswitch events`: print FreeSWITCH events as JSON lines.
 //!
 //! Connects with the inbound client, subscribes, and writes each event as one
-//! JSON object per line on stdout. Output goes through a large `BufWriter`
-//! that is flushed only when no event is waiting, so a flood costs one
-//! `write` per ~64 KiB instead of one per event, and a quiet stream still
-//! shows every event at once. Decoding happens here, in the consumer task,
-//! while the client's driver task keeps reading the socket on the other
-//! core. `--count N` stops after N events and prints the rate on stderr,
-//! timed from the first event to the last.
+//! JSON object per line on stdout. No event is dropped: when the output
+//! cannot keep up (a slow disk, a pipe nobody reads), the client's buffer
+//! fills to `--buffer` bytes and it stops reading the socket, so FreeSWITCH
+//! queues the rest; memory stays bounded.
+//!
+//! The printing runs on a thread of its own: it decodes, formats and may
+//! block on a stalled pipe without holding up the task that reads the
+//! socket, and the two spread over two cores. Output goes through a large
+//! `BufWriter` that is flushed only when no event is waiting, so a flood
+//! costs one `write` per ~64 KiB, and a quiet stream still shows every event
+//! at once.
+//!
+//! `--count N` exits 0 after exactly N events and prints the rate on stderr,
+//! timed from the first event to the last. When FreeSWITCH closes the
+//! connection (or sends a message larger than the buffer), `events` prints
+//! what it had and fails with the reason; `--reconnect` makes it reconnect
+//! with backoff instead, for a long-running tail. Failing to connect at the
+//! start is an error either way.
 
 use crate::esl::EventFormat;
-use crate::switch::inbound::decode;
-use crate::switch::{Error, InboundClient, InboundConfig};
+use crate::switch::inbound::{EventStream, decode};
+use crate::switch::{Error, InboundClient, InboundConfig, ReconnectPolicy};
 use std::io::Write;
 use std::time::Instant;
 
@@ -27,12 +38,42 @@ pub struct EventsArgs {
     /// Only events whose HEADER equals VALUE (repeatable; any filter may match)
     #[arg(long, num_args = 2, value_names = ["HEADER", "VALUE"], action = clap::ArgAction::Append)]
     pub filter: Vec<String>,
-    /// Exit after N events and print the rate on stderr
+    /// Exit after exactly N events and print the rate on stderr
     #[arg(long, value_name = "N")]
     pub count: Option<u64>,
-    /// Capacity of the event queue between the socket and the output
-    #[arg(long, default_value_t = 8192, hide = true)]
+    /// Reconnect with backoff when FreeSWITCH closes the connection, instead
+    /// of failing (for a long-running tail)
+    #[arg(long)]
+    pub reconnect: bool,
+    /// Events buffered before reading pauses and FreeSWITCH queues the rest
+    /// (bytes, or with a KiB/MiB/GiB suffix); also the largest event accepted
+    #[arg(long, value_name = "SIZE", default_value = "64MiB", value_parser = parse_size)]
     pub buffer: usize,
+}
+
+/// Parses `65536`, `512KiB`, `64MiB`, `1GiB` (also `K`, `M`, `G`, `KB` …:
+/// every multiple is a power of 1024).
+pub fn parse_size(text: &str) -> Result<usize, String> {
+    let t = text.trim();
+    let digits = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (number, unit) = t.split_at(digits);
+    let n: usize = number
+        .parse()
+        .map_err(|_| format!("{text:?} is not a size (e.g. 65536, 512KiB, 64MiB)"))?;
+    let shift = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 0,
+        "k" | "kb" | "kib" => 10,
+        "m" | "mb" | "mib" => 20,
+        "g" | "gb" | "gib" => 30,
+        other => return Err(format!("unknown size unit {other:?} (use KiB, MiB or GiB)")),
+    };
+    let bytes = n
+        .checked_mul(1usize << shift)
+        .ok_or_else(|| format!("{text:?} is too large"))?;
+    if bytes == 0 {
+        return Err("the size must be at least one byte".into());
+    }
+    Ok(bytes)
 }
 
 /// The wire encoding to ask FreeSWITCH for.
@@ -60,15 +101,17 @@ pub struct Summary {
     pub events: u64,
     /// Seconds from the first event to the last.
     pub seconds: f64,
-    /// Events dropped because output could not keep up.
+    /// Events the client read and could not hand over (always 0: the
+    /// client pauses instead of dropping).
     pub dropped: u64,
+    /// How many times reading paused because the output lagged.
+    pub stalls: u64,
 }
 
 /// Runs `redswitch events` against the event socket of `esl` (from the
 /// global `--esl-host/--esl-port/--esl-password`), printing to stdout.
 pub async fn run(esl: InboundConfig, args: EventsArgs) -> Result<(), Error> {
-    let stdout = std::io::stdout();
-    match run_to(esl, args, stdout).await {
+    match run_to(esl, args, std::io::stdout()).await {
         Ok(_) => Ok(()),
         // `redswitch events | head` closing the pipe is a normal end.
         Err(Error::Io(e)) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
@@ -76,15 +119,31 @@ pub async fn run(esl: InboundConfig, args: EventsArgs) -> Result<(), Error> {
     }
 }
 
+/// How the printing thread ended.
+struct Printed<W> {
+    out: W,
+    stream: EventStream,
+    events: u64,
+    seconds: f64,
+    result: std::io::Result<()>,
+}
+
 /// Runs `redswitch events`, printing to `out` (tests and benches pass a
-/// buffer or a sink).
-pub async fn run_to<W: Write>(
+/// buffer or a sink), and gives `out` back. Fails with the reason when
+/// FreeSWITCH cannot be reached, or closes before `--count` events came
+/// (without `--reconnect`).
+pub async fn run_to<W: Write + Send + 'static>(
     mut cfg: InboundConfig,
     args: EventsArgs,
     out: W,
-) -> Result<Summary, Error> {
-    cfg.event_buffer = args.buffer.max(1);
-    let (client, mut stream) = InboundClient::connect(cfg).await?;
+) -> Result<(Summary, W), Error> {
+    cfg.event_buffer_bytes = args.buffer;
+    cfg.reconnect = if args.reconnect {
+        ReconnectPolicy::default()
+    } else {
+        ReconnectPolicy::never()
+    };
+    let (client, stream) = InboundClient::connect(cfg).await?;
     for pair in args.filter.chunks(2) {
         if let [header, value] = pair {
             client.filter(header, value).await?;
@@ -94,52 +153,79 @@ pub async fn run_to<W: Write>(
         .subscribe(args.format.into(), args.events.iter().cloned())
         .await?;
 
-    let mut out = std::io::BufWriter::with_capacity(64 * 1024, out);
     let limit = args.count.unwrap_or(u64::MAX);
-    let mut printed = 0u64;
-    let mut first: Option<Instant> = None;
-    while printed < limit {
-        let frame = match stream.try_recv_frame() {
-            Ok(f) => f,
-            Err(_) => {
-                // Idle: show what we have before waiting.
-                out.flush()?;
-                match stream.recv_frame().await {
-                    Some(f) => f,
-                    None => break,
-                }
-            }
-        };
-        let Some(event) = decode(&frame) else {
-            continue;
-        };
-        drop(frame);
-        first.get_or_insert_with(Instant::now);
-        event.write_json_line(&mut out)?;
-        printed += 1;
-    }
-    out.flush()?;
-    let seconds = first.map_or(0.0, |t| t.elapsed().as_secs_f64());
-    let summary = Summary {
-        events: printed,
+    let printed = tokio::task::spawn_blocking(move || print(stream, out, limit))
+        .await
+        .map_err(|e| Error::Io(std::io::Error::other(format!("the printing thread failed: {e}"))))?;
+    let Printed {
+        out,
+        mut stream,
+        events,
         seconds,
-        dropped: stream.dropped(),
+        result,
+    } = printed;
+    result?;
+    let stats = client.stats();
+    let summary = Summary {
+        events,
+        seconds,
+        dropped: stats.events_dropped(),
+        stalls: stats.stalls(),
     };
+    if events < limit {
+        // The stream ended: the client stopped, and says why.
+        return Err(stream.take_error().unwrap_or(Error::Closed));
+    }
     if args.count.is_some() {
         let rate = if seconds > 0.0 {
-            printed as f64 / seconds
+            events as f64 / seconds
         } else {
             0.0
         };
-        eprintln!("{printed} events in {seconds:.3} s ({rate:.0} events/s)");
+        eprintln!("{events} events in {seconds:.3} s ({rate:.0} events/s)");
     }
-    if summary.dropped > 0 {
-        eprintln!(
-            "{} events dropped: output could not keep up",
-            summary.dropped
-        );
+    Ok((summary, out))
+}
+
+/// The printing loop (on its own thread): up to `limit` events as JSON
+/// lines, until the stream ends or the output fails.
+fn print<W: Write>(mut stream: EventStream, out: W, limit: u64) -> Printed<W> {
+    let mut out = std::io::BufWriter::with_capacity(64 * 1024, out);
+    let mut events = 0u64;
+    let mut first: Option<Instant> = None;
+    let result = (|| {
+        while events < limit {
+            let frame = match stream.try_recv_frame() {
+                Ok(f) => f,
+                Err(_) => {
+                    // Idle: show what we have before waiting.
+                    out.flush()?;
+                    match stream.blocking_recv_frame() {
+                        Some(f) => f,
+                        None => break,
+                    }
+                }
+            };
+            let Some(event) = decode(&frame) else {
+                continue;
+            };
+            drop(frame);
+            first.get_or_insert_with(Instant::now);
+            event.write_json_line(&mut out)?;
+            events += 1;
+        }
+        out.flush()
+    })();
+    let seconds = first.map_or(0.0, |t| t.elapsed().as_secs_f64());
+    // Everything was flushed, unless writing failed (reported in `result`).
+    let (out, _unwritten) = out.into_parts();
+    Printed {
+        out,
+        stream,
+        events,
+        seconds,
+        result,
     }
-    Ok(summary)
 }
 
 #[cfg(test)]
@@ -185,5 +271,19 @@ mod tests {
         assert_eq!(a.events, ["ALL"]);
         assert_eq!(a.format, WireFormat::Plain);
         assert!(a.filter.is_empty());
+        assert_eq!(a.buffer, 64 * 1024 * 1024);
+        assert!(!a.reconnect);
+    }
+
+    #[test]
+    fn sizes_take_binary_suffixes() {
+        assert_eq!(parse_size("65536"), Ok(65536));
+        assert_eq!(parse_size("512KiB"), Ok(512 * 1024));
+        assert_eq!(parse_size("64MiB"), Ok(64 << 20));
+        assert_eq!(parse_size("1g"), Ok(1 << 30));
+        assert_eq!(parse_size("2 MB"), Ok(2 << 20));
+        for bad in ["", "MiB", "0", "12XB", "-1", "99999999999999999999GiB"] {
+            assert!(parse_size(bad).is_err(), "{bad:?}");
+        }
     }
 }
