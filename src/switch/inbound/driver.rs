@@ -117,7 +117,8 @@ impl Driver {
                 Stop::Dropped(error) => error,
             };
             if self.cfg.reconnect.max_attempts == Some(0) {
-                tracing::warn!(addr = %self.cfg.addr, %error, "lost the FreeSWITCH connection");
+                // The stream's consumer reports it (once).
+                tracing::debug!(addr = %self.cfg.addr, %error, "lost the FreeSWITCH connection; not reconnecting");
                 self.end_with(error);
                 return;
             }
