@@ -534,3 +534,44 @@ fn a_stalled_pipe_keeps_memory_bounded_and_loses_nothing() {
     assert!(status.success(), "{status:?}: {stderr}");
     assert_contiguous(&stdout, 0, COUNT);
 }
+
+#[test]
+fn debug_logs_every_command_and_reply_without_the_password_and_trace_every_event() {
+    let server = Streamer::start(None, 1, 10);
+    let child = Command::new(REDSWITCH)
+        .args([
+            "--esl-host",
+            &server.addr.to_string(),
+            "--esl-password",
+            "Sup3rSecret",
+            "events",
+            "--count",
+            "3",
+        ])
+        .env("RUST_LOG", "redswitch=trace")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("redswitch events starts");
+    let (status, _, stderr) = finish(child, Duration::from_secs(60));
+    assert!(status.success(), "{stderr}");
+    assert!(!stderr.contains("Sup3rSecret"), "{stderr}");
+    let sent = |what: &str| {
+        stderr
+            .lines()
+            .any(|l| l.contains("sent to FreeSWITCH") && l.contains(what))
+    };
+    assert!(sent("\"auth <redacted>\""), "{stderr}");
+    assert!(sent("\"event plain BACKGROUND_JOB\""), "{stderr}");
+    assert!(sent("\"event plain ALL\""), "{stderr}");
+    let replies = stderr
+        .lines()
+        .filter(|l| l.contains("reply from FreeSWITCH"))
+        .count();
+    assert_eq!(replies, 3, "auth, two subscriptions: {stderr}");
+    let events = stderr
+        .lines()
+        .filter(|l| l.contains("event from FreeSWITCH") && l.contains("HEARTBEAT"))
+        .count();
+    assert!(events >= 3, "{stderr}");
+}

@@ -20,7 +20,7 @@
 //! with backoff instead, for a long-running tail. Failing to connect at the
 //! start is an error either way.
 
-use crate::esl::EventFormat;
+use crate::esl::{ContentType, EventFormat};
 use crate::switch::inbound::{EventStream, decode};
 use crate::switch::{Error, InboundClient, InboundConfig, ReconnectPolicy};
 use std::io::Write;
@@ -187,12 +187,114 @@ pub async fn run_to<W: Write + Send + 'static>(
     Ok((summary, out))
 }
 
+/// Whether bytes can go between JSON quotes as they are (the test
+/// `Event::write_json_line` applies per string).
+fn json_safe(bytes: &[u8]) -> bool {
+    bytes
+        .iter()
+        .fold(true, |ok, &b| ok & (b >= 0x20) & (b != b'"') & (b != b'\\'))
+}
+
+/// Appends a JSON string: copied when `safe`, escaped by serde_json if not.
+fn json_string(line: &mut Vec<u8>, s: &str, safe: bool) {
+    if safe || json_safe(s.as_bytes()) {
+        line.push(b'"');
+        line.extend_from_slice(s.as_bytes());
+        line.push(b'"');
+    } else {
+        // Writing into a Vec cannot fail.
+        let _ = serde_json::to_writer(&mut *line, s);
+    }
+}
+
+/// Percent-decodes `value` into `out` as the event decoder does (a `%` not
+/// followed by two hex digits stays as it is).
+fn percent_decode(value: &[u8], out: &mut Vec<u8>) {
+    fn hex(b: u8) -> Option<u8> {
+        (b as char).to_digit(16).map(|d| d as u8)
+    }
+    out.clear();
+    let mut i = 0;
+    while i < value.len() {
+        let c = value[i];
+        if c == b'%'
+            && i + 2 < value.len()
+            && let (Some(h), Some(l)) = (hex(value[i + 1]), hex(value[i + 2]))
+        {
+            out.push(h << 4 | l);
+            i += 3;
+        } else {
+            out.push(c);
+            i += 1;
+        }
+    }
+}
+
+/// Writes a `text/event-plain` body into `line` as the JSON line that
+/// decoding it into an [`crate::esl::Event`] and calling
+/// `write_json_line` gives, without building the event: the whole block
+/// is checked for UTF-8 and for characters JSON must escape once, instead
+/// of string by string. Returns false for anything unusual (an event body,
+/// bytes that are not UTF-8, no `Event-Name`, a malformed line); the caller
+/// then takes the usual path, which also reports what is wrong.
+fn plain_json_line(data: &[u8], line: &mut Vec<u8>, scratch: &mut Vec<u8>) -> bool {
+    line.clear();
+    let Ok(text) = std::str::from_utf8(data) else {
+        return false;
+    };
+    // Raw names and values are slices of `text` cut at ASCII bytes: valid
+    // UTF-8, and JSON-safe when the whole block is.
+    let all_safe = text
+        .bytes()
+        .fold(true, |ok, b| ok & ((b >= 0x20) | (b == b'\n')) & (b != b'"') & (b != b'\\'));
+    let mut named = false;
+    let mut start = 0;
+    line.push(b'{');
+    for end in memchr::memchr_iter(b'\n', data) {
+        if end == start {
+            // The blank line: the end, unless an event body follows.
+            if end + 1 < data.len() {
+                return false;
+            }
+            break;
+        }
+        let raw = &text[start..end];
+        let Some(colon) = memchr::memchr(b':', raw.as_bytes()) else {
+            return false;
+        };
+        let name = &raw[..colon];
+        let value = raw[colon + 1..].strip_prefix(' ').unwrap_or(&raw[colon + 1..]);
+        named |= name == "Event-Name";
+        if line.len() > 1 {
+            line.push(b',');
+        }
+        json_string(line, name, all_safe);
+        line.push(b':');
+        if memchr::memchr(b'%', value.as_bytes()).is_some() {
+            percent_decode(value.as_bytes(), scratch);
+            let Ok(decoded) = std::str::from_utf8(scratch) else {
+                return false;
+            };
+            json_string(line, decoded, false);
+        } else {
+            json_string(line, value, all_safe);
+        }
+        start = end + 1;
+    }
+    if start < data.len() && !data[start..].iter().all(|&b| b == b'\n') || !named {
+        return false;
+    }
+    line.extend_from_slice(b"}\n");
+    true
+}
+
 /// The printing loop (on its own thread): up to `limit` events as JSON
 /// lines, until the stream ends or the output fails.
 fn print<W: Write>(mut stream: EventStream, out: W, limit: u64) -> Printed<W> {
     let mut out = std::io::BufWriter::with_capacity(64 * 1024, out);
     let mut events = 0u64;
     let mut first: Option<Instant> = None;
+    let (mut line, mut scratch) = (Vec::with_capacity(8192), Vec::new());
     let result = (|| {
         while events < limit {
             let frame = match stream.try_recv_frame() {
@@ -206,12 +308,19 @@ fn print<W: Write>(mut stream: EventStream, out: W, limit: u64) -> Printed<W> {
                     }
                 }
             };
-            let Some(event) = decode(&frame) else {
-                continue;
-            };
-            drop(frame);
+            let fast = frame.content_type() == ContentType::EventPlain
+                && frame
+                    .body()
+                    .is_some_and(|b| plain_json_line(b, &mut line, &mut scratch));
+            if fast {
+                out.write_all(&line)?;
+            } else {
+                let Some(event) = decode(&frame) else {
+                    continue;
+                };
+                event.write_json_line(&mut out)?;
+            }
             first.get_or_insert_with(Instant::now);
-            event.write_json_line(&mut out)?;
             events += 1;
         }
         out.flush()
@@ -273,6 +382,83 @@ mod tests {
         assert!(a.filter.is_empty());
         assert_eq!(a.buffer, 64 * 1024 * 1024);
         assert!(!a.reconnect);
+    }
+
+    /// The JSON line of the usual path: decode, then `write_json_line`.
+    fn slow_line(body: &[u8]) -> Option<Vec<u8>> {
+        let event = crate::esl::Event::parse_plain(body).ok()?;
+        let mut out = Vec::new();
+        event.write_json_line(&mut out).unwrap();
+        Some(out)
+    }
+
+    /// Runs the fast path; when it accepts, its line must be the usual one.
+    fn check_same(body: &[u8]) -> bool {
+        let (mut line, mut scratch) = (Vec::new(), Vec::new());
+        if !plain_json_line(body, &mut line, &mut scratch) {
+            return false;
+        }
+        assert_eq!(
+            Some(String::from_utf8_lossy(&line).into_owned()),
+            slow_line(body).map(|l| String::from_utf8_lossy(&l).into_owned()),
+            "for {:?}",
+            String::from_utf8_lossy(body)
+        );
+        true
+    }
+
+    #[test]
+    fn the_fast_json_path_prints_recorded_events_as_the_decoder_does() {
+        let recorded = include_bytes!("../../benches/data/04-outbound-A.fs-stream");
+        let mut rest = &recorded[..];
+        let mut fast = 0;
+        while let Some(start) = memchr::memmem::find(rest, b"Content-Length: ") {
+            let head_end = start + memchr::memmem::find(&rest[start..], b"\n\n").unwrap() + 2;
+            let head = std::str::from_utf8(&rest[start..head_end]).unwrap();
+            let len: usize = head["Content-Length: ".len()..]
+                .lines()
+                .next()
+                .unwrap()
+                .trim()
+                .parse()
+                .unwrap();
+            if head.contains("text/event-plain") && check_same(&rest[head_end..head_end + len]) {
+                fast += 1;
+            }
+            rest = &rest[head_end + len..];
+        }
+        assert_eq!(fast, 14, "every recorded plain event takes the fast path");
+    }
+
+    #[test]
+    fn the_fast_json_path_leaves_unusual_events_to_the_decoder() {
+        assert!(check_same(b"Event-Name: CUSTOM\nA: 100%25 %zz%4\nB: caf%C3%A9\n\n"));
+        assert!(check_same(b"Event-Name: CUSTOM\nQ: say \"hi\"\\n\n"));
+        assert!(check_same(b"Event-Name: CUSTOM\nQ: %22%0A%5C\n"));
+        for unusual in [
+            &b"Event-Name: X\nContent-Length: 3\n\nabc"[..],
+            b"Event-Name: X\nBad: \xff\n\n",
+            b"Event-Name: X\nBad: %FF\n\n",
+            b"No-Name: X\n\n",
+            b"Event-Name: X\nno colon\n\n",
+            b"Event-Name: X\ntrailing",
+            b"\n",
+            b"",
+        ] {
+            let (mut line, mut scratch) = (Vec::new(), Vec::new());
+            assert!(
+                !plain_json_line(unusual, &mut line, &mut scratch),
+                "{:?}",
+                String::from_utf8_lossy(unusual)
+            );
+        }
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn the_fast_json_path_never_differs(body in "(Event-Name: [A-Z_]{1,8}\n)?([A-Za-z-]{0,6}(: ?)?[ -~\"\\\\%0-9A-F\t\r\u{e9}]{0,12}\n){0,6}\n?") {
+            check_same(body.as_bytes());
+        }
     }
 
     #[test]
