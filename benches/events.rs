@@ -81,7 +81,13 @@ fn replay_server(count: u64) -> (SocketAddr, std::thread::JoinHandle<Duration>) 
             }
         }
         // Batches of 1,000 events cycling through the recordings.
-        let batch: Vec<u8> = events.iter().cycle().take(1000).flatten().copied().collect();
+        let batch: Vec<u8> = events
+            .iter()
+            .cycle()
+            .take(1000)
+            .flatten()
+            .copied()
+            .collect();
         let started = Instant::now();
         let mut sent = 0;
         while sent < count {

@@ -7,13 +7,13 @@
 mod support;
 
 use clap::Parser;
+use redswitch::commands::events::{EventsArgs, Summary, run_to};
+use redswitch::switch::{Error, InboundConfig};
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::Instant;
-use redswitch::commands::events::{EventsArgs, Summary, run_to};
-use redswitch::switch::{Error, InboundConfig};
 use std::time::Duration;
+use std::time::Instant;
 use support::{FakeFs, event};
 
 /// Parses `redswitch events <extra>` with the real command line, and
@@ -384,7 +384,12 @@ fn finish(mut child: Child, limit: Duration) -> (std::process::ExitStatus, Strin
         std::thread::sleep(Duration::from_millis(20));
     };
     let mut stderr = String::new();
-    child.stderr.take().unwrap().read_to_string(&mut stderr).unwrap();
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut stderr)
+        .unwrap();
     (status, reader.join().unwrap(), stderr)
 }
 
@@ -456,7 +461,9 @@ fn unreachable_freeswitch_is_exit_1_with_one_error_line() {
         let line = stderr.trim_end();
         assert!(!line.contains('\n'), "one line: {stderr}");
         assert!(
-            line.starts_with(&format!("redswitch: error: cannot reach FreeSWITCH at {dead}")),
+            line.starts_with(&format!(
+                "redswitch: error: cannot reach FreeSWITCH at {dead}"
+            )),
             "{line}"
         );
     }

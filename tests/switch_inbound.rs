@@ -545,7 +545,10 @@ async fn without_reconnect_an_oversized_event_ends_the_stream_with_a_clear_error
     }
     assert!(within("end", events.recv()).await.is_none());
     let err = events.take_error().expect("a reason");
-    assert!(matches!(err, Error::TooLarge { limit: 65536, .. }), "{err:?}");
+    assert!(
+        matches!(err, Error::TooLarge { limit: 65536, .. }),
+        "{err:?}"
+    );
     assert!(
         err.to_string()
             .contains("more than the 65536-byte event buffer"),

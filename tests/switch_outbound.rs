@@ -460,7 +460,11 @@ async fn a_slow_app_stalls_its_leg_and_loses_no_event() {
     for seq in 0..N {
         flood.extend_from_slice(&leg.channel_event(
             "DTMF",
-            &[("DTMF-Digit", "1"), ("Seq", &seq.to_string()), ("Pad", &pad)],
+            &[
+                ("DTMF-Digit", "1"),
+                ("Seq", &seq.to_string()),
+                ("Pad", &pad),
+            ],
         ));
     }
     let one = flood.len() as u64 / N;

@@ -156,7 +156,11 @@ pub async fn run_to<W: Write + Send + 'static>(
     let limit = args.count.unwrap_or(u64::MAX);
     let printed = tokio::task::spawn_blocking(move || print(stream, out, limit))
         .await
-        .map_err(|e| Error::Io(std::io::Error::other(format!("the printing thread failed: {e}"))))?;
+        .map_err(|e| {
+            Error::Io(std::io::Error::other(format!(
+                "the printing thread failed: {e}"
+            )))
+        })?;
     let Printed {
         out,
         mut stream,
@@ -244,9 +248,9 @@ fn plain_json_line(data: &[u8], line: &mut Vec<u8>, scratch: &mut Vec<u8>) -> bo
     };
     // Raw names and values are slices of `text` cut at ASCII bytes: valid
     // UTF-8, and JSON-safe when the whole block is.
-    let all_safe = text
-        .bytes()
-        .fold(true, |ok, b| ok & ((b >= 0x20) | (b == b'\n')) & (b != b'"') & (b != b'\\'));
+    let all_safe = text.bytes().fold(true, |ok, b| {
+        ok & ((b >= 0x20) | (b == b'\n')) & (b != b'"') & (b != b'\\')
+    });
     let mut named = false;
     let mut start = 0;
     line.push(b'{');
@@ -263,7 +267,9 @@ fn plain_json_line(data: &[u8], line: &mut Vec<u8>, scratch: &mut Vec<u8>) -> bo
             return false;
         };
         let name = &raw[..colon];
-        let value = raw[colon + 1..].strip_prefix(' ').unwrap_or(&raw[colon + 1..]);
+        let value = raw[colon + 1..]
+            .strip_prefix(' ')
+            .unwrap_or(&raw[colon + 1..]);
         named |= name == "Event-Name";
         if line.len() > 1 {
             line.push(b',');
@@ -432,7 +438,9 @@ mod tests {
 
     #[test]
     fn the_fast_json_path_leaves_unusual_events_to_the_decoder() {
-        assert!(check_same(b"Event-Name: CUSTOM\nA: 100%25 %zz%4\nB: caf%C3%A9\n\n"));
+        assert!(check_same(
+            b"Event-Name: CUSTOM\nA: 100%25 %zz%4\nB: caf%C3%A9\n\n"
+        ));
         assert!(check_same(b"Event-Name: CUSTOM\nQ: say \"hi\"\\n\n"));
         assert!(check_same(b"Event-Name: CUSTOM\nQ: %22%0A%5C\n"));
         for unusual in [

@@ -247,7 +247,9 @@ impl<T> BacklogTx<T> {
             return Pushed::NoConsumer;
         }
         let stats = &self.gate.stats;
-        stats.buffered_bytes.fetch_add(size as u64, Ordering::Relaxed);
+        stats
+            .buffered_bytes
+            .fetch_add(size as u64, Ordering::Relaxed);
         stats.buffered_events.fetch_add(1, Ordering::Relaxed);
         stats.events.fetch_add(1, Ordering::Relaxed);
         Pushed::Queued

@@ -24,8 +24,8 @@
 //! hangs up with `DESTINATION_OUT_OF_ORDER`, trace 03).
 
 use crate::esl::{CallCommand, Command, ContentType, Event, Execute, Frame, SendMsg};
-use crate::switch::error::{Error, Result};
 use crate::switch::backlog::{self, BacklogRx, BacklogTx, LinkStats};
+use crate::switch::error::{Error, Result};
 use crate::switch::link::{self, Peer, Reader, ReplyTx, WRITE_HIGH_WATER, Wire};
 use bytes::BytesMut;
 use futures::{Stream, StreamExt};

@@ -344,7 +344,10 @@ mod tests {
         assert!(rx1.await.unwrap().is_ok());
         let slot = wire.on_reply(&frame).unwrap();
         assert_eq!((slot.what, slot.extra), ("exit", 2));
-        assert!(slot.deliver(frame).is_some(), "nobody waits for our own exit");
+        assert!(
+            slot.deliver(frame).is_some(),
+            "nobody waits for our own exit"
+        );
         wire.fail_all();
         assert!(matches!(rx2.await.unwrap(), Err(Error::ConnectionDropped)));
         assert!(wire.wbuf.is_empty());

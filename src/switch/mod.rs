@@ -35,8 +35,8 @@ mod link;
 pub mod outbound;
 pub mod voice;
 
-pub use call::{Call, CallEvents, ChannelData, Control, Direction, ExecuteComplete, SocketMode};
 pub use backlog::LinkStats;
+pub use call::{Call, CallEvents, ChannelData, Control, Direction, ExecuteComplete, SocketMode};
 pub use error::{Error, Result};
 pub use inbound::{BgJobResult, EventStream, InboundClient, InboundConfig, ReconnectPolicy};
 pub use outbound::{AppResult, BoxError, CallHandler, OutboundConfig, OutboundListener};
