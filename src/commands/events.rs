@@ -320,9 +320,7 @@ fn print<W: Write>(mut stream: EventStream, out: W, limit: u64) -> Printed<W> {
                 }
             };
             let fast = frame.content_type() == ContentType::EventPlain
-                && frame
-                    .body()
-                    .is_some_and(|b| plain_json_line(b, &mut line));
+                && frame.body().is_some_and(|b| plain_json_line(b, &mut line));
             if fast {
                 out.write_all(&line)?;
             } else {
