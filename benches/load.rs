@@ -3,9 +3,6 @@
 //! `cargo bench --bench load` runs every scenario; name some to run only
 //! those (`cargo bench --bench load -- agent`):
 //!
-//! - `events`: `redswitch events --count N` against a server that replays
-//!   the recorded FreeSWITCH events (2–5 KiB each) as fast as the socket
-//!   takes them: events/s end to end, and CPU per event.
 //! - `announcement`: the announcement example (answer, play, hang up) as its
 //!   own process, driven through the simulator at 100 concurrent calls:
 //!   CPU per call.
@@ -17,7 +14,8 @@
 //!
 //! CPU is read from `/proc/<pid>/task/*/schedstat` (nanoseconds on CPU) and memory
 //! from `/proc/<pid>/status` (VmRSS) of the process under test, so the load
-//! generator's own cost is not counted. Linux only.
+//! generator's own cost is not counted. Linux only. The `redswitch events`
+//! benchmark has its own target (`benches/events.rs`).
 
 #[allow(dead_code)]
 #[path = "../examples/announcement.rs"]
@@ -28,7 +26,7 @@ use redswitch::commands::demo::RedisServer;
 use redswitch::esl::EventFormat;
 use redswitch::switch::{Call, InboundClient, InboundConfig, OutboundConfig, OutboundListener};
 use std::collections::HashMap;
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{BufRead, BufReader};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
@@ -37,7 +35,6 @@ use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
 const REDSWITCH: &str = env!("CARGO_BIN_EXE_redswitch");
-const RECORDED: &[u8] = include_bytes!("data/04-outbound-A.fs-stream");
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
@@ -85,17 +82,6 @@ fn cpu_ns(pid: u32) -> u64 {
         .sum()
 }
 
-/// CPU time (user + system) of every child process reaped so far.
-fn children_cpu_ns() -> u64 {
-    // SAFETY: getrusage only writes into the struct it is given.
-    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
-    if unsafe { libc::getrusage(libc::RUSAGE_CHILDREN, &mut usage) } != 0 {
-        return 0;
-    }
-    let ns = |t: libc::timeval| t.tv_sec as u64 * 1_000_000_000 + t.tv_usec as u64 * 1000;
-    ns(usage.ru_utime) + ns(usage.ru_stime)
-}
-
 /// Resident set size in KiB.
 fn rss_kib(pid: u32) -> u64 {
     std::fs::read_to_string(format!("/proc/{pid}/status"))
@@ -132,127 +118,6 @@ fn percentile(sorted: &[Duration], p: f64) -> Duration {
     }
     let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
     sorted[i.min(sorted.len() - 1)]
-}
-
-/// Plain events of the recorded outbound stream, as frames.
-fn recorded_event_frames() -> Vec<u8> {
-    let mut out = Vec::new();
-    let mut rest = RECORDED;
-    while let Some(start) = memchr::memmem::find(rest, b"Content-Length: ") {
-        let head_end =
-            start + memchr::memmem::find(&rest[start..], b"\n\n").expect("header end") + 2;
-        let head = std::str::from_utf8(&rest[start..head_end]).expect("ascii head");
-        let len: usize = head["Content-Length: ".len()..]
-            .lines()
-            .next()
-            .and_then(|l| l.trim().parse().ok())
-            .expect("length");
-        if head.contains("text/event-plain") {
-            out.extend_from_slice(&rest[start..head_end + len]);
-        }
-        rest = &rest[head_end + len..];
-    }
-    out
-}
-
-/// Recorded events per replayed batch (the 14 recorded events, 64 times).
-const BATCH_EVENTS: u64 = 14 * 64;
-
-/// A fake FreeSWITCH that greets, accepts any password and subscription,
-/// then streams the recorded events until the client goes away: at `rate`
-/// events/s, or as fast as the socket takes them.
-fn replay_server(rate: Option<u64>) -> SocketAddr {
-    let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
-    let addr = listener.local_addr().expect("addr");
-    let batch: Vec<u8> = recorded_event_frames().repeat(64);
-    std::thread::spawn(move || {
-        for stream in listener.incoming() {
-            let Ok(mut stream) = stream else { continue };
-            let batch = batch.clone();
-            std::thread::spawn(move || {
-                let mut reader = BufReader::new(stream.try_clone().expect("clone"));
-                let _ = stream.write_all(b"Content-Type: auth/request\n\n");
-                // Answer every command with +OK until the subscription to
-                // ALL (the client first subscribes BACKGROUND_JOB itself).
-                let mut line = String::new();
-                let mut subscribed = false;
-                while !subscribed {
-                    let mut command = String::new();
-                    loop {
-                        line.clear();
-                        if reader.read_line(&mut line).unwrap_or(0) == 0 {
-                            return;
-                        }
-                        if line == "\n" {
-                            break;
-                        }
-                        command.push_str(&line);
-                    }
-                    subscribed = command.starts_with("event") && command.contains("ALL");
-                    let _ = stream.write_all(b"Content-Type: command/reply\nReply-Text: +OK\n\n");
-                }
-                let started = Instant::now();
-                let mut sent = 0u64;
-                while stream.write_all(&batch).is_ok() {
-                    sent += BATCH_EVENTS;
-                    if let Some(rate) = rate {
-                        let due = started + Duration::from_secs_f64(sent as f64 / rate as f64);
-                        std::thread::sleep(due.saturating_duration_since(Instant::now()));
-                    }
-                }
-            });
-        }
-    });
-    addr
-}
-
-fn bench_events() {
-    // As fast as the socket goes (what the tool can take when FreeSWITCH
-    // outruns it: it drops events rather than stall), then at the target
-    // rate (does it keep up without dropping?).
-    for rate in [None, Some(150_000)] {
-        events_run(rate, 1_500_000);
-    }
-}
-
-fn events_run(rate: Option<u64>, count: u64) {
-    let addr = replay_server(rate);
-    let child = Command::new(REDSWITCH)
-        .args([
-            "--esl-host",
-            &addr.to_string(),
-            "events",
-            "--count",
-            &count.to_string(),
-        ])
-        .env("RUST_LOG", "error")
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("redswitch events starts");
-    let mut child = Proc(child);
-    let started = Instant::now();
-    let mut stderr = String::new();
-    if let Some(mut err) = child.0.stderr.take() {
-        let _ = err.read_to_string(&mut stderr);
-    }
-    // The child's whole CPU time (every thread), read once it has been
-    // reaped: the only child reaped in between is this one.
-    let cpu0 = children_cpu_ns();
-    let _ = child.0.wait();
-    let cpu = children_cpu_ns().saturating_sub(cpu0);
-    let wall = started.elapsed();
-    let offered = rate.map_or_else(
-        || "as fast as the socket goes".to_owned(),
-        |r| format!("offered at {r} events/s"),
-    );
-    println!("events ({offered}): {}", stderr.trim().replace('\n', "; "));
-    println!(
-        "events ({offered}): {count} printed in {:.2} s wall, {:.0} events/s; {:.2} µs CPU per printed event (whole redswitch events process, JSON output included)",
-        wall.as_secs_f64(),
-        count as f64 / wall.as_secs_f64(),
-        cpu as f64 / 1000.0 / count as f64
-    );
 }
 
 /// Runs in a child process: the outbound listener under test.
@@ -572,9 +437,6 @@ fn main() {
         .enable_all()
         .build()
         .expect("runtime");
-    if run("events") {
-        bench_events();
-    }
     if run("announcement") {
         bench_announcement(&rt);
     }

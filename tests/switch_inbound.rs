@@ -1,6 +1,7 @@
 //! The inbound client against a fake FreeSWITCH that answers as the traces
 //! show: auth, api, bgapi by Job-UUID, subscriptions, reconnect with replay,
-//! and every bad input that concerns the client.
+//! backpressure from a slow consumer, and every bad input that concerns the
+//! client.
 
 #[path = "switch_support/mod.rs"]
 mod support;
@@ -394,39 +395,202 @@ async fn request_timeout_applies() {
     assert!(err.is_timeout(), "{err:?}");
 }
 
-#[tokio::test]
-async fn a_slow_consumer_costs_events_not_the_connection() {
-    let fake = FakeFs::start("ClueCon").await;
-    let mut c = config(&fake);
-    c.event_buffer = 64;
-    let (client, mut events) = InboundClient::connect(c).await.unwrap();
-    client.subscribe(EventFormat::Plain, ["ALL"]).await.unwrap();
-    // 20,000 events of ~2 KiB (40 MB): far more than any socket buffer,
-    // so the fake can only finish writing if the client keeps reading.
-    let pad = "x".repeat(2000);
-    let one = event("HEARTBEAT", &[("Pad", &pad)], None);
-    let mut flood = Vec::with_capacity(one.len() * 20_000);
-    for _ in 0..20_000 {
-        flood.extend_from_slice(&one);
+/// `n` HEARTBEAT events numbered from `from` in a `Seq` header, each padded
+/// to about `pad` bytes.
+fn numbered(from: u64, n: u64, pad: usize) -> Vec<u8> {
+    let pad = "x".repeat(pad);
+    let mut out = Vec::new();
+    for seq in from..from + n {
+        out.extend_from_slice(&event(
+            "HEARTBEAT",
+            &[("Seq", &seq.to_string()), ("Pad", &pad)],
+            None,
+        ));
     }
-    fake.send(flood);
-    // Meanwhile requests are still answered.
-    within("api during the flood", client.api("status"))
-        .await
-        .unwrap();
-    within("flood drained", async {
-        while client.dropped_events() + (events.len() as u64) < 20_000 {
+    out
+}
+
+fn seq(e: &redswitch::esl::Event) -> u64 {
+    e.header("Seq").and_then(|s| s.parse().ok()).unwrap()
+}
+
+async fn eventually(what: &str, mut cond: impl FnMut() -> bool) {
+    within(what, async {
+        while !cond() {
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
     })
-    .await;
-    assert!(events.len() <= events.capacity());
-    assert_eq!(events.dropped(), 20_000 - events.len() as u64);
-    // The oldest events are the ones kept (drop-newest).
-    assert_eq!(
-        within("first", events.recv()).await.unwrap().name(),
-        "HEARTBEAT"
+    .await
+}
+
+#[tokio::test]
+async fn a_slow_consumer_stalls_the_connection_and_loses_nothing() {
+    let fake = FakeFs::start("ClueCon").await;
+    let mut c = config(&fake);
+    c.event_buffer_bytes = 256 * 1024;
+    let (client, mut events) = InboundClient::connect(c).await.unwrap();
+    let stats = client.stats();
+    assert_eq!(stats.buffer_limit_bytes(), 256 * 1024);
+    client.subscribe(EventFormat::Plain, ["ALL"]).await.unwrap();
+    // 20,000 events of ~2 KiB (40 MB): far more than the buffer and any
+    // socket buffer, so the fake can only finish writing as the consumer
+    // reads.
+    const N: u64 = 20_000;
+    let flood = numbered(0, N, 2000);
+    let one = flood.len() as u64 / N;
+    fake.send(flood);
+    // Nobody reads: the client fills its buffer and stops reading.
+    eventually("a stall", || stats.stalled_now() == 1).await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let buffered = stats.buffered_bytes();
+    assert!(
+        buffered >= 256 * 1024 && buffered <= 256 * 1024 + one,
+        "{buffered} bytes buffered"
     );
+    assert_eq!(events.buffered_bytes() as u64, buffered);
+    assert_eq!(stats.events(), stats.buffered_events());
+    // A slow consumer, pausing now and then: every event arrives, in order.
+    let mut next = 0;
+    while next < N {
+        let e = within("next event", events.recv()).await.unwrap();
+        assert_eq!(seq(&e), next, "events arrive in order, none missing");
+        next += 1;
+        if next % 2_000 == 0 {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+    assert_eq!(stats.events_dropped(), 0);
+    assert_eq!(stats.events(), N);
+    assert!(stats.stalls() >= 2, "{} stalls", stats.stalls());
+    assert!(stats.stalled() >= Duration::from_millis(200));
+    assert_eq!(stats.stalled_now(), 0);
+    assert_eq!((stats.buffered_bytes(), stats.buffered_events()), (0, 0));
+    assert_eq!(stats.reconnects(), 0);
+    assert!(stats.since_last_frame().unwrap() < Duration::from_secs(60));
+    // The connection is fine: replies flow again.
+    assert_eq!(client.api("status").await.unwrap(), "UP 0 years, 0 days\n");
+}
+
+#[tokio::test]
+async fn a_reply_waits_behind_a_stall_and_comes_once_the_consumer_reads() {
+    let fake = FakeFs::start("ClueCon").await;
+    let mut c = config(&fake);
+    c.event_buffer_bytes = 64 * 1024;
+    c.request_timeout = Duration::from_secs(30);
+    let (client, mut events) = InboundClient::connect(c).await.unwrap();
+    client.subscribe(EventFormat::Plain, ["ALL"]).await.unwrap();
+    let stats = client.stats();
+    fake.send(numbered(0, 2_000, 1000));
+    eventually("a stall", || stats.stalled_now() == 1).await;
+    // The fake answers after the events it is still writing.
+    let c2 = client.clone();
+    let api = tokio::spawn(async move { c2.api("status").await });
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(!api.is_finished(), "the reply is behind unread events");
+    for want in 0..2_000 {
+        assert_eq!(seq(&within("event", events.recv()).await.unwrap()), want);
+    }
+    assert_eq!(
+        within("reply", api).await.unwrap().unwrap(),
+        "UP 0 years, 0 days\n"
+    );
+}
+
+/// A plain event whose body announces more than `len` bytes.
+fn oversized(len: usize) -> Vec<u8> {
+    let mut body = format!("Event-Name: CUSTOM\nPad: {}\n", "y".repeat(len));
+    body.push('\n');
+    support::raw_plain(body.as_bytes())
+}
+
+#[tokio::test]
+async fn an_event_larger_than_the_buffer_reconnects_and_nothing_else_is_lost() {
+    let fake = FakeFs::start("ClueCon").await;
+    let mut c = config(&fake);
+    c.event_buffer_bytes = 64 * 1024;
+    let (client, mut events) = InboundClient::connect(c).await.unwrap();
+    client.subscribe(EventFormat::Plain, ["ALL"]).await.unwrap();
+    let mut before = numbered(0, 10, 100);
+    before.extend_from_slice(&oversized(100 * 1024));
+    fake.send(before);
+    // Closed and reconnected, with the subscription replayed.
+    eventually("reconnect", || {
+        fake.connections() == 2 && client.is_connected()
+    })
+    .await;
+    fake.wait_command(1, "event plain BACKGROUND_JOB ALL").await;
+    assert_eq!(client.stats().reconnects(), 1);
+    fake.send(numbered(10, 10, 100));
+    for want in 0..20 {
+        let e = within("event", events.recv()).await.unwrap();
+        assert_eq!(seq(&e), want, "every event but the oversized one");
+    }
+    assert!(events.is_empty());
+    assert_eq!(client.stats().events_dropped(), 0);
+}
+
+#[tokio::test]
+async fn without_reconnect_an_oversized_event_ends_the_stream_with_a_clear_error() {
+    let fake = FakeFs::start("ClueCon").await;
+    let mut c = config(&fake);
+    c.event_buffer_bytes = 64 * 1024;
+    c.reconnect = ReconnectPolicy::never();
+    let (client, mut events) = InboundClient::connect(c).await.unwrap();
+    client.subscribe(EventFormat::Plain, ["ALL"]).await.unwrap();
+    let mut bytes = numbered(0, 3, 100);
+    bytes.extend_from_slice(&oversized(100 * 1024));
+    fake.send(bytes);
+    for want in 0..3 {
+        assert_eq!(seq(&within("event", events.recv()).await.unwrap()), want);
+    }
+    assert!(within("end", events.recv()).await.is_none());
+    let err = events.take_error().expect("a reason");
+    assert!(
+        matches!(err, Error::TooLarge { limit: 65536, .. }),
+        "{err:?}"
+    );
+    assert!(
+        err.to_string()
+            .contains("more than the 65536-byte event buffer"),
+        "{err}"
+    );
+    assert_eq!(fake.connections(), 1);
+    assert!(matches!(client.api("status").await, Err(Error::Closed)));
+}
+
+#[tokio::test]
+async fn without_reconnect_a_close_ends_the_stream_after_every_event() {
+    let fake = FakeFs::start("ClueCon").await;
+    let mut c = config(&fake);
+    c.reconnect = ReconnectPolicy::never();
+    let (client, mut events) = InboundClient::connect(c).await.unwrap();
+    client.subscribe(EventFormat::Plain, ["ALL"]).await.unwrap();
+    fake.send(numbered(0, 100, 100));
+    fake.close();
+    for want in 0..100 {
+        assert_eq!(seq(&within("event", events.recv()).await.unwrap()), want);
+    }
+    assert!(within("end", events.recv()).await.is_none());
+    let err = events.take_error().expect("a reason");
+    assert_eq!(
+        err.to_string(),
+        format!("FreeSWITCH at {} closed the connection", fake.addr)
+    );
+    assert!(!client.is_connected());
+}
+
+#[tokio::test]
+async fn events_read_after_the_stream_is_dropped_count_as_dropped() {
+    let fake = FakeFs::start("ClueCon").await;
+    let (client, events) = InboundClient::connect(config(&fake)).await.unwrap();
+    client.subscribe(EventFormat::Plain, ["ALL"]).await.unwrap();
+    drop(events);
+    fake.send(numbered(0, 5, 10));
+    let stats = client.stats();
+    eventually("counted", || stats.events_dropped() == 5).await;
+    // The connection goes on without a consumer.
+    assert_eq!(client.api("status").await.unwrap(), "UP 0 years, 0 days\n");
+    assert_eq!(stats.buffered_bytes(), 0);
 }
 
 #[tokio::test]

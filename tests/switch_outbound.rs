@@ -7,7 +7,9 @@ mod support;
 
 use redswitch::esl::Event;
 use redswitch::switch::outbound::serve;
-use redswitch::switch::{AppResult, Call, Control, Direction, Error, OutboundConfig, SocketMode};
+use redswitch::switch::{
+    AppResult, Call, Control, Direction, Error, OutboundConfig, OutboundListener, SocketMode,
+};
 use std::net::SocketAddr;
 use std::time::Duration;
 use support::{FakeLeg, reply};
@@ -410,4 +412,105 @@ async fn direction_and_caller_come_from_the_channel_data() {
     assert_eq!(callee.as_deref(), Some("14157697098"));
     assert_eq!(dir, Some(Direction::Outbound));
     assert_eq!(dial.as_deref(), Some("d1"));
+}
+
+#[tokio::test]
+async fn a_slow_app_stalls_its_leg_and_loses_no_event() {
+    const N: u64 = 5_000;
+    let (go_tx, go_rx) = tokio::sync::oneshot::channel::<()>();
+    let go = std::sync::Arc::new(std::sync::Mutex::new(Some(go_rx)));
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    let handler = move |call: Call| {
+        let (tx, go) = (tx.clone(), go.clone());
+        async move {
+            let mut events = call.events().ok_or("taken")?;
+            let go = go.lock().unwrap().take().ok_or("one leg only")?;
+            // The app is busy elsewhere until told to read.
+            go.await?;
+            let mut next = 0u64;
+            while next < N {
+                let e = events.recv().await.ok_or("events ended")?;
+                if e.name() == "DTMF" {
+                    let seq: u64 = e.header("Seq").ok_or("no Seq")?.parse()?;
+                    if seq != next {
+                        tx.send(format!("got {seq}, wanted {next}"))?;
+                        return Ok(());
+                    }
+                    next += 1;
+                }
+            }
+            tx.send(format!("all {next} in order"))?;
+            AppResult::Ok(())
+        }
+    };
+    let config = OutboundConfig {
+        event_buffer_bytes: 64 * 1024,
+        ..OutboundConfig::default()
+    };
+    let listener = OutboundListener::bind("127.0.0.1:0", config).await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let stats = listener.stats();
+    assert_eq!(stats.buffer_limit_bytes(), 64 * 1024);
+    let stop = CancellationToken::new();
+    tokio::spawn(listener.serve(handler, stop.clone()));
+    let mut leg = FakeLeg::connect(addr, "leg-slow").await;
+    // ~1 KiB DTMF events, 5 MB in all: the leg must stop reading.
+    let pad = "p".repeat(1000);
+    let mut flood = Vec::new();
+    for seq in 0..N {
+        flood.extend_from_slice(&leg.channel_event(
+            "DTMF",
+            &[
+                ("DTMF-Digit", "1"),
+                ("Seq", &seq.to_string()),
+                ("Pad", &pad),
+            ],
+        ));
+    }
+    let one = flood.len() as u64 / N;
+    let writer = tokio::spawn(async move {
+        leg.send(&flood).await;
+        leg
+    });
+    tokio::time::timeout(Duration::from_secs(10), async {
+        while stats.stalled_now() == 0 {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await
+    .expect("the leg never stalled");
+    let buffered = stats.buffered_bytes();
+    assert!(buffered <= 64 * 1024 + one, "{buffered} bytes buffered");
+    assert!(!writer.is_finished(), "the fake could write everything");
+    go_tx.send(()).unwrap();
+    assert_eq!(recv(&mut rx).await, format!("all {N} in order"));
+    let _leg = writer.await.unwrap();
+    assert_eq!(stats.events_dropped(), 0);
+    assert!(stats.stalls() >= 1);
+    assert!(stats.stalled() > Duration::ZERO);
+    stop.cancel();
+}
+
+#[tokio::test]
+async fn an_event_larger_than_the_leg_buffer_closes_the_leg_with_a_clear_error() {
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    let handler = move |call: Call| {
+        let tx = tx.clone();
+        async move {
+            tx.send(call.api("status").await)?;
+            AppResult::Ok(())
+        }
+    };
+    let config = OutboundConfig {
+        event_buffer_bytes: 16 * 1024,
+        ..OutboundConfig::default()
+    };
+    let (addr, _stop) = listen(config, handler).await;
+    let mut leg = FakeLeg::connect(addr, "leg-big").await;
+    assert_eq!(leg.next_command().await, "api status");
+    let big = leg.channel_event("CUSTOM", &[("Pad", &"z".repeat(20_000))]);
+    leg.send(big).await;
+    let err = recv(&mut rx).await.unwrap_err();
+    assert!(err.is_connection_dropped(), "{err:?}");
+    leg.expect_closed().await;
 }

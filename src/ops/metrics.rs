@@ -10,6 +10,7 @@ use crate::service::monitor::Monitor;
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
 use prometheus_client::metrics::counter::ConstCounter;
+use prometheus_client::metrics::gauge::ConstGauge;
 use prometheus_client::registry::{Registry, Unit};
 
 /// The `Content-Type` of [`render`]'s output.
@@ -108,6 +109,32 @@ impl Collector for Readings {
             let counter = ConstCounter::new(value);
             let metric = encoder.encode_descriptor(name, help, None, counter.metric_type())?;
             counter.encode(metric)?;
+        }
+        let link = self.0.inbound_stats();
+        let stalled = ConstCounter::new(link.stalled().as_secs_f64());
+        let metric = encoder.encode_descriptor(
+            "esl_stalled_seconds",
+            "Time the inbound connection stopped reading FreeSWITCH because its event buffer was full.",
+            None,
+            stalled.metric_type(),
+        )?;
+        stalled.encode(metric)?;
+        let gauges = [
+            (
+                "esl_event_buffer_bytes",
+                "Bytes of FreeSWITCH events read and not yet consumed.",
+                link.buffered_bytes(),
+            ),
+            (
+                "esl_event_buffer_limit_bytes",
+                "The inbound event buffer's size; past it, reading stops and FreeSWITCH queues.",
+                link.buffer_limit_bytes(),
+            ),
+        ];
+        for (name, help, value) in gauges {
+            let gauge = ConstGauge::new(value as i64);
+            let metric = encoder.encode_descriptor(name, help, None, gauge.metric_type())?;
+            gauge.encode(metric)?;
         }
         Ok(())
     }

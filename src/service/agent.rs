@@ -121,10 +121,7 @@ impl Agent {
             addr: config.listen,
             source,
         })?;
-        let mut esl = InboundConfig::new(config.esl_addr.clone(), config.esl_password.clone());
-        // Only this instance's legs' events come here (filtered), a few per
-        // leg; room for bursts of thousands of calls.
-        esl.event_buffer = 16 * 1024;
+        let esl = InboundConfig::new(config.esl_addr.clone(), config.esl_password.clone());
         let (inbound, events) = InboundClient::connect(esl).await?;
         // The advertised address defaults to the bound one (port 0 in tests).
         let advertise = if config.advertise.ends_with(":0") {

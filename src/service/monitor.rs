@@ -164,7 +164,7 @@ impl Monitor {
 
     /// Times the inbound connection to FreeSWITCH was re-established.
     pub fn esl_reconnects(&self) -> u64 {
-        self.inner.inbound.reconnects()
+        self.inner.inbound.stats().reconnects()
     }
 
     /// Times the control pub/sub connection to Redis was re-established.
@@ -172,9 +172,15 @@ impl Monitor {
         self.inner.router.connects().saturating_sub(1)
     }
 
+    /// The inbound connection's own readings: its event buffer's fill and
+    /// the time it spent stalled on a slow consumer.
+    pub fn inbound_stats(&self) -> std::sync::Arc<crate::switch::LinkStats> {
+        self.inner.inbound.stats()
+    }
+
     /// FreeSWITCH events the inbound client dropped.
     pub fn events_dropped(&self) -> u64 {
-        self.inner.inbound.dropped_events()
+        self.inner.inbound.stats().events_dropped()
     }
 
     /// Asks FreeSWITCH for a reply every [`PROBE_EVERY`] while connected,

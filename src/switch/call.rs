@@ -6,10 +6,15 @@
 //! own struct (never in locals of a future a `select!` may cancel): the FIFO
 //! of reply slots, the executes waiting for their CHANNEL_EXECUTE_COMPLETE
 //! (matched by `Application-UUID`, which FreeSWITCH copies from the
-//! `Event-UUID` we send), the hangup cause. It reads the socket continuously;
-//! the leg's events go to a small bounded queue ([`Call::events`]) with the
-//! drop-newest policy, so an app that never reads its events costs nothing
-//! but dropped events.
+//! `Event-UUID` we send), the hangup cause. The leg's events go to a backlog
+//! bounded in bytes ([`crate::switch::OutboundConfig::event_buffer_bytes`])
+//! that [`Call::events`] reads; none is ever dropped. When the app lets it
+//! fill, the task stops reading the leg's socket until the app has taken
+//! half of it (FreeSWITCH holds the rest), so replies and completions wait
+//! too: an app must keep reading the stream it took, or drop it (then the
+//! leg's events are discarded). A stream never taken keeps its events for
+//! whoever takes it, and so also stalls the leg once full: the default
+//! (1 MiB, hundreds of events) is far more than a leg needs for setup.
 //!
 //! When the channel hangs up, FreeSWITCH sends CHANNEL_HANGUP_COMPLETE and
 //! then (we always ask for `linger`) a `text/disconnect-notice` with
@@ -19,14 +24,14 @@
 //! hangs up with `DESTINATION_OUT_OF_ORDER`, trace 03).
 
 use crate::esl::{CallCommand, Command, ContentType, Event, Execute, Frame, SendMsg};
+use crate::switch::backlog::{self, BacklogRx, BacklogTx, LinkStats};
 use crate::switch::error::{Error, Result};
-use crate::switch::link::{self, DropLog, Reader, ReplyTx, WRITE_HIGH_WATER};
+use crate::switch::link::{self, Peer, Reader, ReplyTx, WRITE_HIGH_WATER, Wire};
 use bytes::BytesMut;
 use futures::{Stream, StreamExt};
-use std::collections::{HashMap, VecDeque};
+use std::collections::HashMap;
 use std::fmt;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -238,7 +243,6 @@ struct LegState {
 /// notices that every handle is gone when its receiver closes).
 struct LegShared {
     state: watch::Sender<LegState>,
-    dropped: AtomicU64,
 }
 
 /// A request to the leg's task.
@@ -254,7 +258,7 @@ struct CallInner {
     /// Boxed requests keep the channel's preallocated slots small.
     tx: mpsc::Sender<Box<LegRequest>>,
     shared: Arc<LegShared>,
-    events: Mutex<Option<mpsc::Receiver<Event>>>,
+    events: Mutex<Option<BacklogRx<Event>>>,
     request_timeout: Duration,
 }
 
@@ -387,10 +391,7 @@ impl Call {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .take()?;
-        Some(CallEvents {
-            rx,
-            shared: self.inner.shared.clone(),
-        })
+        Some(CallEvents { rx })
     }
 
     /// Whether CHANNEL_ANSWER has been seen.
@@ -424,18 +425,14 @@ impl Call {
         let mut rx = self.inner.shared.state.subscribe();
         let _ = rx.wait_for(|s| s.closed).await;
     }
-
-    /// Events dropped because [`Call::events`] was not read fast enough.
-    pub fn dropped_events(&self) -> u64 {
-        self.inner.shared.dropped.load(Ordering::Relaxed)
-    }
 }
 
-/// The events of one leg, in order. Ends when the leg's socket closes.
+/// The events of one leg, in order, none dropped. Ends when the leg's
+/// socket closes and every event was taken. Keep reading it, or drop it: a
+/// full stream pauses the leg (see the module docs).
 #[derive(Debug)]
 pub struct CallEvents {
-    rx: mpsc::Receiver<Event>,
-    shared: Arc<LegShared>,
+    rx: BacklogRx<Event>,
 }
 
 impl fmt::Debug for LegShared {
@@ -457,9 +454,19 @@ impl CallEvents {
         self.rx.try_recv().ok()
     }
 
-    /// Events dropped because this stream was full.
-    pub fn dropped(&self) -> u64 {
-        self.shared.dropped.load(Ordering::Relaxed)
+    /// Events queued and not yet received.
+    pub fn len(&self) -> usize {
+        self.rx.len()
+    }
+
+    /// True when nothing is queued.
+    pub fn is_empty(&self) -> bool {
+        self.rx.len() == 0
+    }
+
+    /// Bytes of events queued and not yet received.
+    pub fn buffered_bytes(&self) -> usize {
+        self.rx.bytes()
     }
 }
 
@@ -470,22 +477,13 @@ impl Stream for CallEvents {
     }
 }
 
-/// Sizes of a leg's queues.
-#[derive(Debug, Clone, Copy)]
+/// Sizes of a leg's queues, and where its figures add up.
+#[derive(Debug, Clone)]
 pub(crate) struct LegLimits {
     pub(crate) command_queue: usize,
-    pub(crate) event_queue: usize,
+    pub(crate) event_buffer_bytes: usize,
     pub(crate) request_timeout: Duration,
-}
-
-/// A reply slot in FIFO order.
-struct Pending {
-    /// `None` for the task's own commands (`myevents`, `linger`, `exit` …).
-    reply: Option<ReplyTx>,
-    /// The Event-UUID of an execute, to forget it if FreeSWITCH refuses.
-    execute: Option<String>,
-    /// What the command was, for logs about the task's own commands.
-    what: &'static str,
+    pub(crate) stats: Arc<LinkStats>,
 }
 
 /// The task that owns a leg's socket.
@@ -493,15 +491,14 @@ pub(crate) struct LegDriver {
     reader: Reader,
     writer: OwnedWriteHalf,
     rx: mpsc::Receiver<Box<LegRequest>>,
-    events: mpsc::Sender<Event>,
+    events: BacklogTx<Event>,
     shared: Arc<LegShared>,
-    uuid: Box<str>,
-    pending: VecDeque<Pending>,
+    /// The write buffer and the reply slots; a slot keeps the Event-UUID of
+    /// an execute, to forget it if FreeSWITCH refuses.
+    wire: Wire<Option<String>>,
     /// Executes waiting for CHANNEL_EXECUTE_COMPLETE: usually zero to two,
     /// so a vector beats a map.
     executes: Vec<(String, oneshot::Sender<Result<Event>>)>,
-    wbuf: BytesMut,
-    drops: DropLog,
     /// CHANNEL_HANGUP_COMPLETE or the linger notice arrived.
     over: bool,
     /// `exit` was written; the socket closes after FreeSWITCH's `+OK bye`.
@@ -523,12 +520,14 @@ pub(crate) fn new_leg(
     limits: LegLimits,
 ) -> (Call, LegDriver) {
     let (tx, rx) = mpsc::channel(limits.command_queue.max(1));
-    let (events_tx, events_rx) = mpsc::channel(limits.event_queue.max(1));
+    let (events_tx, events_rx) = backlog::backlog(limits.event_buffer_bytes, limits.stats);
     let shared = Arc::new(LegShared {
         state: watch::Sender::new(LegState::default()),
-        dropped: AtomicU64::new(0),
     });
-    let uuid: Box<str> = data.uuid().into();
+    let mut wire = Wire::new(Peer::Leg(data.uuid().into()));
+    for &what in internal {
+        wire.expect(None, what, None);
+    }
     let call = Call {
         inner: Arc::new(CallInner {
             data,
@@ -538,25 +537,14 @@ pub(crate) fn new_leg(
             request_timeout: limits.request_timeout,
         }),
     };
-    let pending = internal
-        .iter()
-        .map(|&what| Pending {
-            reply: None,
-            execute: None,
-            what,
-        })
-        .collect();
     let driver = LegDriver {
         reader,
         writer,
         rx,
         events: events_tx,
         shared,
-        uuid,
-        pending,
+        wire,
         executes: Vec::new(),
-        wbuf: BytesMut::new(),
-        drops: DropLog::new("call events"),
         over: false,
         exit_sent: false,
         exit_deadline: None,
@@ -571,14 +559,15 @@ impl LegDriver {
     /// Serves the leg until its socket closes.
     pub(crate) async fn run(mut self) {
         let error = loop {
+            let readable = self.events.readable();
             tokio::select! {
                 biased;
-                r = self.writer.write_buf(&mut self.wbuf), if !self.wbuf.is_empty() => {
+                r = self.writer.write_buf(&mut self.wire.wbuf), if !self.wire.wbuf.is_empty() => {
                     if let Err(e) = r {
                         break Some(Error::from(e));
                     }
                 }
-                req = self.rx.recv(), if !self.handles_gone && self.wbuf.len() < WRITE_HIGH_WATER => {
+                req = self.rx.recv(), if !self.handles_gone && self.wire.wbuf.len() < WRITE_HIGH_WATER => {
                     match req {
                         Some(req) => self.enqueue(*req),
                         None => {
@@ -587,7 +576,7 @@ impl LegDriver {
                         }
                     }
                 }
-                frame = self.reader.next() => match frame {
+                frame = self.reader.next(), if readable => match frame {
                     Some(Ok(frame)) => {
                         self.on_frame(frame);
                         let buf = self.reader.read_buffer_mut();
@@ -598,14 +587,15 @@ impl LegDriver {
                     Some(Err(e)) => break Some(Error::from(e)),
                     None => break None,
                 },
+                () = self.events.room(), if !readable => {}
                 () = sleep_until(self.exit_deadline), if self.exit_deadline.is_some() => {
-                    tracing::debug!(uuid = %self.uuid, "FreeSWITCH did not close after exit; closing");
+                    tracing::debug!(conn = %self.wire.peer, "FreeSWITCH did not close after exit; closing");
                     break None;
                 }
             }
         };
         if let Some(error) = &error {
-            tracing::warn!(uuid = %self.uuid, %error, "closing the call's socket");
+            tracing::warn!(conn = %self.wire.peer, %error, "closing the call's socket");
         }
         let _ = self.writer.shutdown().await;
         self.finish();
@@ -615,13 +605,7 @@ impl LegDriver {
         if self.exit_sent {
             return;
         }
-        if Command::Exit.encode(&mut self.wbuf).is_ok() {
-            self.pending.push_back(Pending {
-                reply: None,
-                execute: None,
-                what: "exit",
-            });
-        }
+        self.wire.send(&Command::Exit, None, None);
         self.exit_sent = true;
         self.exit_deadline = Some(tokio::time::Instant::now() + EXIT_GRACE);
     }
@@ -649,29 +633,28 @@ impl LegDriver {
             let _ = reply.send(Err(self.hangup_error()));
             return;
         }
-        if let Err(e) = cmd.encode(&mut self.wbuf) {
-            let _ = reply.send(Err(e.into()));
+        let Some((uuid, tx)) = complete else {
+            self.wire.send(&cmd, Some(reply), None);
             return;
+        };
+        if self.wire.send(&cmd, Some(reply), Some(uuid.clone())) {
+            self.executes.push((uuid, tx));
         }
-        let execute = complete.map(|(uuid, tx)| {
-            self.executes.push((uuid.clone(), tx));
-            uuid
-        });
-        self.pending.push_back(Pending {
-            reply: Some(reply),
-            execute,
-            what: "request",
-        });
     }
 
     fn on_frame(&mut self, frame: Frame) {
+        self.events.stats().frame_read();
         match frame.content_type() {
             ContentType::CommandReply | ContentType::ApiResponse => self.on_reply(frame),
             ContentType::EventPlain | ContentType::EventJson | ContentType::EventXml => {
                 match Event::from_frame(&frame) {
-                    Ok(event) => self.on_event(event),
+                    Ok(event) => {
+                        let size = link::frame_size(&frame);
+                        link::log_event(&self.wire.peer, &event, size);
+                        self.on_event(event, size)
+                    }
                     Err(error) => {
-                        tracing::warn!(uuid = %self.uuid, %error, "dropping an event FreeSWITCH sent")
+                        tracing::warn!(conn = %self.wire.peer, %error, "skipping an unusable event FreeSWITCH sent")
                     }
                 }
             }
@@ -688,29 +671,28 @@ impl LegDriver {
     }
 
     fn on_reply(&mut self, frame: Frame) {
-        let Some(p) = self.pending.pop_front() else {
-            tracing::warn!(uuid = %self.uuid, reply = %link::reply_summary(&frame), "reply without a request; ignored");
+        let Some(slot) = self.wire.on_reply(&frame) else {
             return;
         };
         let ok = frame.is_ok();
-        if !ok && let Some(uuid) = &p.execute {
+        if !ok && let Some(uuid) = &slot.extra {
             self.executes.retain(|(u, _)| u != uuid);
         }
-        match p.reply {
-            Some(tx) => {
-                let _ = tx.send(Ok(frame));
-            }
-            None if !ok && p.what != "exit" => tracing::warn!(
-                uuid = %self.uuid,
-                command = p.what,
+        let what = slot.what;
+        if let Some(frame) = slot.deliver(frame)
+            && !ok
+            && what != "exit"
+        {
+            tracing::warn!(
+                conn = %self.wire.peer,
+                command = what,
                 reply = %link::reply_summary(&frame),
                 "FreeSWITCH refused a command (a static socket? quote the '&socket(...)' app in originate)"
-            ),
-            None => {}
+            );
         }
     }
 
-    fn on_event(&mut self, event: Event) {
+    fn on_event(&mut self, event: Event, size: usize) {
         match event.name() {
             "CHANNEL_EXECUTE_COMPLETE" => {
                 if let Some(app_uuid) = event.header("Application-UUID")
@@ -738,14 +720,9 @@ impl LegDriver {
             }
             _ => {}
         }
-        match self.events.try_send(event) {
-            Ok(()) => {}
-            Err(mpsc::error::TrySendError::Full(_)) => {
-                let total = self.shared.dropped.fetch_add(1, Ordering::Relaxed) + 1;
-                self.drops.dropped(total);
-            }
-            Err(mpsc::error::TrySendError::Closed(_)) => {}
-        }
+        // An app that dropped the stream wants no more events: a discard,
+        // not a loss.
+        self.events.push(event, size);
     }
 
     /// No CHANNEL_EXECUTE_COMPLETE can come any more.
@@ -757,11 +734,7 @@ impl LegDriver {
     }
 
     fn finish(mut self) {
-        for p in self.pending.drain(..) {
-            if let Some(tx) = p.reply {
-                let _ = tx.send(Err(Error::ConnectionDropped));
-            }
-        }
+        self.wire.fail_all();
         for (_, tx) in std::mem::take(&mut self.executes) {
             let _ = tx.send(Err(self.hangup_error()));
         }

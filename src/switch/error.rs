@@ -44,6 +44,24 @@ pub enum Error {
     /// handshake.
     #[error("outbound socket handshake failed: {0}")]
     Handshake(String),
+    /// FreeSWITCH closed the connection (EOF on the socket).
+    #[error("FreeSWITCH at {addr} closed the connection")]
+    Disconnected {
+        /// The peer that closed.
+        addr: String,
+    },
+    /// FreeSWITCH sent a message larger than the connection's event buffer:
+    /// it could never be buffered, so the connection was closed (the inbound
+    /// client then reconnects; nothing queued before it is lost).
+    #[error(
+        "FreeSWITCH sent a message of {len} bytes, more than the {limit}-byte event buffer; closed the connection"
+    )]
+    TooLarge {
+        /// The announced `Content-Length`.
+        len: u64,
+        /// The event buffer's size in bytes.
+        limit: usize,
+    },
     /// The connection went away while the request was in flight.
     #[error("the FreeSWITCH connection dropped before the reply came")]
     ConnectionDropped,
@@ -88,6 +106,7 @@ impl From<CodecError> for Error {
         match e {
             CodecError::Io(io) => Self::Io(io),
             CodecError::Command(c) => Self::InvalidCommand(c),
+            CodecError::BodyTooLarge { len, max } => Self::TooLarge { len, limit: max },
             other => Self::Protocol(other),
         }
     }
@@ -100,6 +119,8 @@ impl Error {
         matches!(
             self,
             Self::ConnectionDropped
+                | Self::Disconnected { .. }
+                | Self::TooLarge { .. }
                 | Self::NotConnected
                 | Self::Closed
                 | Self::Io(_)

@@ -2,7 +2,7 @@
 //!
 //! - [`inbound`]: the client actor for FreeSWITCH's event socket (port
 //!   8021): `api`, `bgapi` resolved by Job-UUID, subscriptions and filters,
-//!   a bounded event stream, reconnect with backoff.
+//!   an event stream that never drops, reconnect with backoff.
 //! - [`outbound`]: the listener the dialplan `socket` application connects
 //!   to, one task per call leg, an allow-list and a cap on legs.
 //! - [`call`]: the handle of one leg (answer, play, execute, hang up, its
@@ -12,6 +12,8 @@
 //! - [`voice`]: the voice-application API (Doug parity): typed events,
 //!   media, recording, DTMF, timers, bridging, conferences, app routing.
 //! - [`error`]: the error type with its classifiers.
+//! - [`LinkStats`]: counters of a connection's event backlog (fill, stalls,
+//!   time stalled, drops, reconnects) for metrics.
 //!
 //! Both kinds of connection follow one pattern (redis-rs's multiplexed
 //! connection): a cloneable handle sends `(command, oneshot)` requests over a
@@ -19,11 +21,13 @@
 //! command straight into its write buffer, remembers the reply slots in FIFO
 //! order (FreeSWITCH answers `command/reply` and `api/response` in the order
 //! of the commands), and never stops reading the socket while it waits for
-//! anything: events go to bounded queues with a drop policy, so a slow
-//! consumer costs events, never the connection (FreeSWITCH drops a listener
-//! that lets its event queue fill up).
+//! anything but room for events: events go to a backlog bounded in bytes,
+//! and when a consumer falls that far behind, the task stops reading until
+//! it catches up, so FreeSWITCH's own queue holds the excess. No event is
+//! ever dropped for a slow consumer, and memory stays bounded.
 
 pub mod app;
+mod backlog;
 pub mod call;
 pub mod error;
 pub mod inbound;
@@ -31,6 +35,7 @@ mod link;
 pub mod outbound;
 pub mod voice;
 
+pub use backlog::LinkStats;
 pub use call::{Call, CallEvents, ChannelData, Control, Direction, ExecuteComplete, SocketMode};
 pub use error::{Error, Result};
 pub use inbound::{BgJobResult, EventStream, InboundClient, InboundConfig, ReconnectPolicy};

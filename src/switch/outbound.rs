@@ -15,13 +15,18 @@
 //!    (`NORMAL_CLEARING`, or `NORMAL_TEMPORARY_FAILURE` after an error).
 //!
 //! A leg's protocol error, EOF or failing app closes that leg only; the
-//! listener and the other legs go on. Cancelling the shutdown token stops
+//! listener and the other legs go on. Every leg's event backlog is bounded
+//! in bytes ([`OutboundConfig::event_buffer_bytes`]) and applies
+//! backpressure instead of dropping (see [`crate::switch::call`]); their
+//! figures add up in one [`LinkStats`] per listener
+//! ([`OutboundListener::stats`]). Cancelling the shutdown token stops
 //! accepting; legs already running finish their calls.
 
 use crate::esl::{Command, ContentType, EventFormat};
+use crate::switch::backlog::LinkStats;
 use crate::switch::call::{self, Call, ChannelData, LegLimits, SocketMode};
 use crate::switch::error::{Error, Result};
-use crate::switch::link;
+use crate::switch::link::{self, Peer};
 use bytes::{Bytes, BytesMut};
 use futures::{FutureExt, StreamExt};
 use ipnet::IpNet;
@@ -86,8 +91,11 @@ pub struct OutboundConfig {
     /// Per-leg queue of requests from the handles (small: one app issues
     /// one or two commands at a time).
     pub command_queue: usize,
-    /// Per-leg queue of events for the app (drop-newest when full).
-    pub event_queue: usize,
+    /// Bytes of a leg's events read but not yet taken by its app before the
+    /// leg's task stops reading the socket (nothing is dropped). Also the
+    /// largest message a leg accepts: a bigger one closes the leg's socket
+    /// with [`Error::TooLarge`].
+    pub event_buffer_bytes: usize,
     /// Limit for the `connect` reply.
     pub handshake_timeout: Duration,
     /// Limit for each command's reply.
@@ -105,7 +113,7 @@ impl Default for OutboundConfig {
             ],
             max_legs: 10_000,
             command_queue: 4,
-            event_queue: 32,
+            event_buffer_bytes: DEFAULT_LEG_EVENT_BUFFER_BYTES,
             handshake_timeout: Duration::from_secs(5),
             request_timeout: Duration::from_secs(10),
             events: DEFAULT_LEG_EVENTS.iter().map(|&s| s.to_owned()).collect(),
@@ -121,20 +129,27 @@ impl OutboundConfig {
         self.allow.iter().any(|net| net.contains(&ip))
     }
 
-    fn limits(&self) -> LegLimits {
+    fn limits(&self, stats: Arc<LinkStats>) -> LegLimits {
         LegLimits {
             command_queue: self.command_queue,
-            event_queue: self.event_queue,
+            event_buffer_bytes: self.event_buffer_bytes.max(1),
             request_timeout: self.request_timeout,
+            stats,
         }
     }
 }
+
+/// The default of [`OutboundConfig::event_buffer_bytes`]: 1 MiB, a few
+/// hundred events, far more than a call flow leaves unread between two
+/// looks at its stream.
+pub const DEFAULT_LEG_EVENT_BUFFER_BYTES: usize = 1024 * 1024;
 
 /// A bound listener with its configuration.
 #[derive(Debug)]
 pub struct OutboundListener {
     listener: TcpListener,
     config: OutboundConfig,
+    stats: Arc<LinkStats>,
 }
 
 impl OutboundListener {
@@ -145,7 +160,19 @@ impl OutboundListener {
 
     /// Wraps a listener bound elsewhere (tests bind `127.0.0.1:0`).
     pub fn from_listener(listener: TcpListener, config: OutboundConfig) -> Self {
-        Self { listener, config }
+        let stats = Arc::new(LinkStats::new(config.event_buffer_bytes.max(1)));
+        Self {
+            listener,
+            config,
+            stats,
+        }
+    }
+
+    /// The figures of every leg's event backlog, added up (buffered bytes
+    /// and events over all legs, stalls, time stalled). Take it before
+    /// [`Self::serve`]; it stays valid after.
+    pub fn stats(&self) -> Arc<LinkStats> {
+        self.stats.clone()
     }
 
     /// The bound address.
@@ -155,7 +182,7 @@ impl OutboundListener {
 
     /// Serves legs until `shutdown` is cancelled.
     pub async fn serve<H: CallHandler>(self, handler: H, shutdown: CancellationToken) {
-        serve(self.listener, self.config, handler, shutdown).await
+        accept_loop(self.listener, self.config, self.stats, handler, shutdown).await
     }
 }
 
@@ -189,10 +216,23 @@ fn prepare(config: &OutboundConfig) -> Result<Prepared> {
     })
 }
 
-/// Accepts legs on `listener` until `shutdown` is cancelled.
+/// Accepts legs on `listener` until `shutdown` is cancelled (use
+/// [`OutboundListener`] to read the legs' [`LinkStats`]).
 pub async fn serve<H: CallHandler>(
     listener: TcpListener,
     config: OutboundConfig,
+    handler: H,
+    shutdown: CancellationToken,
+) {
+    OutboundListener::from_listener(listener, config)
+        .serve(handler, shutdown)
+        .await
+}
+
+async fn accept_loop<H: CallHandler>(
+    listener: TcpListener,
+    config: OutboundConfig,
+    stats: Arc<LinkStats>,
     handler: H,
     shutdown: CancellationToken,
 ) {
@@ -235,9 +275,10 @@ pub async fn serve<H: CallHandler>(
         let config = config.clone();
         let handler = handler.clone();
         let prepared = prepared.clone();
+        let stats = stats.clone();
         tokio::spawn(async move {
             let _permit = permit;
-            match handshake(stream, &config, &prepared).await {
+            match handshake(stream, &config, &prepared, stats).await {
                 Ok(call) => run_app(call, &*handler).await,
                 Err(error) => {
                     tracing::warn!(%peer, %error, "outbound leg closed during the handshake")
@@ -252,9 +293,10 @@ async fn handshake(
     stream: TcpStream,
     config: &OutboundConfig,
     prepared: &Prepared,
+    stats: Arc<LinkStats>,
 ) -> Result<Call> {
     // The read buffer starts empty and grows to what frames need.
-    let (mut reader, mut writer) = link::split(stream, 0)?;
+    let (mut reader, mut writer) = link::split(stream, 0, config.event_buffer_bytes.max(1))?;
     writer.write_all(&prepared.handshake).await?;
     let after = config.handshake_timeout;
     let reply = loop {
@@ -280,6 +322,9 @@ async fn handshake(
         )));
     }
     let data = ChannelData::from_connect_reply(&reply)?;
+    let peer = Peer::Leg(data.uuid().into());
+    link::log_sent(&peer, &prepared.handshake);
+    link::log_reply(&peer, Some("connect"), &reply);
     drop(reply);
     if data.socket_mode() == Some(SocketMode::Static) {
         tracing::warn!(
@@ -287,7 +332,13 @@ async fn handshake(
             "static outbound socket: events and linger are refused; quote the '&socket(... async full)' app in originate"
         );
     }
-    let (call, driver) = call::new_leg(reader, writer, data, &prepared.internal, config.limits());
+    let (call, driver) = call::new_leg(
+        reader,
+        writer,
+        data,
+        &prepared.internal,
+        config.limits(stats),
+    );
     let span = tracing::info_span!("leg", uuid = %call.uuid());
     tokio::spawn(tracing::Instrument::instrument(driver.run(), span));
     Ok(call)

@@ -435,7 +435,7 @@ impl<U: Send + 'static> Voice<U> {
 
     /// Typed events dropped because the queue was full.
     pub fn dropped_events(&self) -> u64 {
-        self.queue_dropped + self.call.dropped_events()
+        self.queue_dropped
     }
 
     /// A sender for application-specific events: any task may send the app
