@@ -493,9 +493,7 @@ impl Actor {
             let deadline = self.next_deadline();
             tokio::select! {
                 biased;
-                () = shutdown.cancelled() => {
-                    self.hangup("SYSTEM_SHUTDOWN", None);
-                }
+                () = shutdown.cancelled() => self.shut_down(),
                 msg = self.rx.recv() => match msg {
                     Some(m) => self.handle(m),
                     None => break,
@@ -508,6 +506,21 @@ impl Actor {
             self.publish();
         }
         self.core.remove_channel(&self.st.uuid);
+    }
+
+    /// The switch stops: the channel hangs up, and a hangup already under
+    /// way ends now without waiting for its frame or its twin.
+    fn shut_down(&mut self) {
+        self.hangup("SYSTEM_SHUTDOWN", None);
+        if !self.done {
+            let cause = self
+                .st
+                .hangup_cause
+                .clone()
+                .unwrap_or_else(|| "SYSTEM_SHUTDOWN".to_owned());
+            self.hangup_finish(&cause);
+            self.hangup_report();
+        }
     }
 
     fn next_deadline(&self) -> Option<Instant> {
@@ -2021,6 +2034,17 @@ impl Actor {
         let me = self.st.uuid.clone();
         if let Some(b) = self.bridged.take() {
             b.try_send(ChanMsg::PartnerGone(me.clone(), cause.to_owned()));
+            // The side that ran the bridge loop reports its end (trace 16:
+            // a sendmsg hangup on A, bridged with `uuid_bridge A B`).
+            if self.st.profile.bridged != 0 {
+                self.extra.bridged_to = None;
+                self.fire(
+                    "CHANNEL_UNBRIDGE",
+                    at::UNBRIDGE,
+                    &[("Bridge-A-Unique-ID", &me), ("Bridge-B-Unique-ID", &b.uuid)],
+                    &[],
+                );
+            }
         }
         for e in self.eavesdroppers.drain(..) {
             if let Some(h) = self.core.channel(&e) {
