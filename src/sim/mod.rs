@@ -54,16 +54,19 @@ pub mod channel;
 pub mod dialstring;
 pub mod event;
 pub(crate) mod fslog;
+pub(crate) mod listener;
+pub(crate) mod mailbox;
 pub mod numberplan;
 pub mod outbound;
 pub mod packet;
 pub mod server;
 pub mod session;
+pub(crate) mod text;
 pub mod wav;
 
-use crate::sim::actor::ChannelHandle;
 use crate::sim::event::{CoreInfo, FiredEvent};
-use crate::sim::session::ListenerEntry;
+use crate::sim::listener::{ListenerEntry, LogLine};
+use crate::sim::mailbox::ChannelHandle;
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -247,7 +250,17 @@ pub(crate) struct Core {
     started: Instant,
     sessions: AtomicU64,
     listener_ids: AtomicU64,
+    /// The `socket` application's connection ([`outbound::spawn`]). A
+    /// channel reaches the layers above it (the socket, `originate`) only
+    /// through these two entries, so the channel tasks depend on neither.
+    pub(crate) connect_socket: fn(Arc<Core>, ChannelHandle, String, bool, bool),
+    /// Dials one leg for the `bridge` application ([`api::originate_leg`]).
+    pub(crate) dial_leg: fn(Arc<Core>, String) -> DialFuture,
 }
+
+/// What [`Core::dial_leg`] returns: the answered leg, or its cause.
+pub(crate) type DialFuture =
+    std::pin::Pin<Box<dyn std::future::Future<Output = Result<ChannelHandle, String>> + Send>>;
 
 /// Locks a std mutex, recovering from poisoning: a panicked holder cannot
 /// leave these maps half-updated (every update is a single insert/remove).
@@ -269,6 +282,8 @@ impl Core {
             started: Instant::now(),
             sessions: AtomicU64::new(0),
             listener_ids: AtomicU64::new(1),
+            connect_socket: outbound::spawn,
+            dial_leg: |core, dial| Box::pin(async move { api::originate_leg(&core, &dial).await }),
         }
     }
 
@@ -294,7 +309,7 @@ impl Core {
     }
 
     /// Sends a log line to every connection that asked for logs.
-    pub(crate) fn log(&self, line: session::LogLine) {
+    pub(crate) fn log(&self, line: LogLine) {
         let line = Arc::new(line);
         for l in lock(&self.listeners).iter() {
             l.offer_log(&line);
