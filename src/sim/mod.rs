@@ -8,6 +8,36 @@
 //! application is `socket(host:port …)` connects out and speaks the outbound
 //! protocol ([`outbound`], which reuses [`session`]).
 //!
+//! The modules depend downwards only: `mailbox` (channel messages and
+//! handles), `listener` (a connection as the event fan-out sees it) and
+//! `text` are leaves; `actor` uses them and reaches the socket application
+//! and `originate` only through [`Core`]'s `connect_socket` / `dial_leg`;
+//! `api` starts channels; `session` runs commands; `outbound` runs a
+//! session.
+//!
+//! # How calls end (traces 10–16)
+//! - A `sendmsg` hangup is queued like an execute: behind an application
+//!   executed with `event-lock: true` it waits until that application ends;
+//!   `uuid_break <uuid> all` ends the application *and* drops the queued
+//!   messages (mod_commands flushes the private events), so the hangup
+//!   never runs (10); a plain `uuid_break` lets it run next. Without the
+//!   lock it runs at once, nested in the running application (11).
+//! - `uuid_kill` ends a channel whatever runs on it; a playback it cuts
+//!   reports `PLAYBACK ERROR` (12). Of a channel already gone it answers
+//!   `-ERR No such channel!`.
+//! - `uuid_kill <origination_uuid> ORIGINATOR_CANCEL` on a ringing loopback
+//!   originate ends both halves (the `-b` half's CHANNEL_HANGUP before the
+//!   `-a` half's HANGUP_COMPLETE) and the originate answers
+//!   `-ERR ORIGINATOR_CANCEL` (14).
+//! - A closed outbound socket is noticed by the socket application's park
+//!   loop only: while an application runs on top of it (event-locked or
+//!   not) the channel lives on, until that application ends (never, for a
+//!   `loops=-1` ringback: only `uuid_kill` ends it, 15); a parked channel
+//!   hangs up (or resumes its dialplan with `resume`) on its next frame.
+//! - A hangup while bridged with `uuid_bridge`: the bridging side (A) fires
+//!   CHANNEL_UNBRIDGE right after its CHANNEL_HANGUP, the other side hangs
+//!   up after the bridge (16).
+//!
 //! # Timing model
 //! FreeSWITCH does much of its work on 20 ms media frames, and the traces
 //! show it; the simulator reproduces that with one frame delay
@@ -22,6 +52,11 @@
 //! `tests/fixtures_replay.rs`).
 //!
 //! # Known simplifications
+//! - The order of events across channels follows the traces where they
+//!   show it, but a teardown FreeSWITCH runs on several threads at once is
+//!   serialised: after `uuid_bridge A B` and a hangup of A, the simulator's
+//!   A unbridges at once where FreeSWITCH's waits for B (trace 16, see
+//!   `tests/fixtures_replay.rs`).
 //! - A dial string with several legs (`,`) or failover groups (`|`) dials
 //!   only the first leg of the first group.
 //! - Media is not real: playback and tones take their computed duration
