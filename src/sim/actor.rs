@@ -10,9 +10,10 @@ use crate::sim::channel::{ChanState, OtherLeg, SnapExtra, at, normalize_cause, s
 use crate::sim::event::now_micros;
 use crate::sim::listener::ListenerEntry;
 use crate::sim::mailbox::{
-    ChanMsg, ChannelHandle, ConferenceOp, ExecReq, OriginateResult, PrivateMsg, Queued,
+    ChanMsg, ChannelHandle, ConferenceOp, ExecReq, OriginateResult, PrivateMsg,
 };
 use crate::sim::numberplan::{Extension, Outcome};
+use crate::sim::queue::{Queued, SendmsgQueue};
 use crate::sim::text::is_true;
 use crate::sim::wav::{PlayLength, file_type, play_length, write_recording};
 use crate::sim::{Conference, ConferenceMember};
@@ -77,7 +78,7 @@ pub(crate) fn spawn(core: Arc<Core>, handle: ChannelHandle, rx: mpsc::Receiver<C
         originate: s.originate,
         originate_app: s.app,
         stack: Vec::new(),
-        waiting: VecDeque::new(),
+        waiting: SendmsgQueue::default(),
         dialplan: VecDeque::new(),
         run_dialplan: false,
         timers: Vec::new(),
@@ -183,7 +184,7 @@ struct Actor {
     stack: Vec<AppFrame>,
     /// Executes and hangups waiting for an event-locked application to
     /// finish.
-    waiting: VecDeque<Queued>,
+    waiting: SendmsgQueue,
     /// Dialplan (or originate application) steps, run one after another.
     dialplan: VecDeque<ExecReq>,
     run_dialplan: bool,
@@ -767,11 +768,15 @@ impl Actor {
             // waits (trace 10), otherwise it runs now, nested in whatever
             // runs (trace 11). A static socket runs it in its own turn.
             "hangup" => {
-                let can_run = self.top_open().unwrap_or(true);
-                if done.is_none() && !(can_run && self.waiting.is_empty()) {
-                    self.waiting.push_back(Queued::Hangup(pm));
-                    return;
-                }
+                let pm = if done.is_none() {
+                    let open = self.top_open().unwrap_or(true);
+                    match self.waiting.offer(Queued::Hangup(pm), open) {
+                        Some(Queued::Hangup(pm)) => pm,
+                        _ => return,
+                    }
+                } else {
+                    pm
+                };
                 let cause = normalize_cause(&pm.hangup_cause);
                 self.hangup(&cause, Some(pm));
                 if let Some(d) = done {
@@ -805,10 +810,8 @@ impl Actor {
         let can_run = self
             .top_open()
             .unwrap_or(self.dialplan.is_empty() || !self.run_dialplan);
-        if can_run && self.waiting.is_empty() {
+        if let Some(Queued::Exec(req)) = self.waiting.offer(Queued::Exec(req), can_run) {
             self.exec(req);
-        } else {
-            self.waiting.push_back(Queued::Exec(req));
         }
     }
 
@@ -843,7 +846,7 @@ impl Actor {
                 return;
             }
             let top_open = self.top_open().unwrap_or(true);
-            if top_open && let Some(q) = self.waiting.pop_front() {
+            if let Some(q) = self.waiting.next(top_open) {
                 match q {
                     Queued::Exec(req) => self.exec(req),
                     Queued::Hangup(pm) => self.hangup(&normalize_cause(&pm.hangup_cause), Some(pm)),
@@ -1322,11 +1325,7 @@ impl Actor {
         // waiting behind the broken application is dropped, never run
         // (trace 10). A plain break lets the next one run.
         if all {
-            for w in self.waiting.drain(..) {
-                if let Queued::Exec(ExecReq { done: Some(d), .. }) = w {
-                    let _ = d.send(());
-                }
-            }
+            self.waiting.flush();
             self.pending_private.clear();
         }
     }
@@ -1846,11 +1845,7 @@ impl Actor {
         while !self.stack.is_empty() {
             self.finish_top(true);
         }
-        for w in self.waiting.drain(..) {
-            if let Queued::Exec(ExecReq { done: Some(d), .. }) = w {
-                let _ = d.send(());
-            }
-        }
+        self.waiting.flush();
         self.dialplan.clear();
         self.timers.clear();
         self.dtmf_in.clear();

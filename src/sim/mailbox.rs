@@ -215,14 +215,6 @@ impl ExecReq {
     }
 }
 
-/// A `sendmsg` that waits behind an event-locked application: an execute,
-/// or a hangup (FreeSWITCH queues both as private events, trace 10).
-#[derive(Debug)]
-pub(crate) enum Queued {
-    Exec(ExecReq),
-    Hangup(PrivateMsg),
-}
-
 /// What an originate waits for.
 pub(crate) type OriginateResult = oneshot::Sender<Result<(), String>>;
 

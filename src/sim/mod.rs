@@ -94,6 +94,7 @@ pub(crate) mod mailbox;
 pub mod numberplan;
 pub mod outbound;
 pub mod packet;
+pub(crate) mod queue;
 pub mod server;
 pub mod session;
 pub(crate) mod text;
