@@ -43,7 +43,8 @@
 //! show it; the simulator reproduces that with one frame delay
 //! ([`SimConfig::park_delay`]) measured from the triggering event of each
 //! channel: an async `sendmsg` is parsed on the channel's next frame; a
-//! socket that closed is noticed on the next frame; `uuid_kill` fires
+//! socket that closed is noticed on the park loop's next frame (once no
+//! application runs on top of it); `uuid_kill` fires
 //! CHANNEL_HANGUP at once and the rest of the hangup a frame later; the
 //! originate loop sees an answer a frame later; a bridged leg notices its
 //! partner's hangup a frame later. FreeSWITCH's frames come from one global
