@@ -8,187 +8,25 @@
 use crate::esl::Event;
 use crate::sim::channel::{ChanState, OtherLeg, SnapExtra, at, normalize_cause, set_cdr_vars};
 use crate::sim::event::now_micros;
+use crate::sim::listener::ListenerEntry;
+use crate::sim::mailbox::{
+    ChanMsg, ChannelHandle, ConferenceOp, ExecReq, OriginateResult, PrivateMsg,
+};
 use crate::sim::numberplan::{Extension, Outcome};
-use crate::sim::packet::Packet;
-use crate::sim::session::{ListenerEntry, is_true};
+use crate::sim::queue::{Queued, SendmsgQueue};
+use crate::sim::text::is_true;
 use crate::sim::wav::{PlayLength, file_type, play_length, write_recording};
-use crate::sim::{ChannelSnapshot, Core, EavesdropMode, EavesdropSnapshot, lock, outbound};
 use crate::sim::{Conference, ConferenceMember};
+use crate::sim::{Core, EavesdropMode, EavesdropSnapshot, lock};
 use std::collections::VecDeque;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 
-/// Mailbox size per channel. Senders from the network (`api`, `sendmsg`)
-/// wait when it is full; channel-to-channel messages are dropped and logged.
-const MAILBOX: usize = 256;
-
-/// A `sendmsg` as the channel parses it (`switch_ivr_parse_event`).
-#[derive(Debug, Clone, Default)]
-pub(crate) struct PrivateMsg {
-    pub(crate) call_command: String,
-    pub(crate) app: String,
-    pub(crate) arg: String,
-    pub(crate) loops: i64,
-    pub(crate) event_lock: bool,
-    pub(crate) event_uuid: Option<String>,
-    pub(crate) hangup_cause: String,
-    /// The whole command text and headers, for PRIVATE_COMMAND.
-    pub(crate) raw: String,
-    pub(crate) headers: Vec<(String, String)>,
-}
-
-impl PrivateMsg {
-    pub(crate) fn from_frame(frame: &Packet) -> Self {
-        let h = |n: &str| frame.header(n).map(str::to_owned);
-        let mut raw = String::from_utf8_lossy(frame.head()).into_owned();
-        raw.push('\n');
-        let headers: Vec<(String, String)> = frame
-            .headers_bytes()
-            .map(|(n, v)| {
-                (
-                    String::from_utf8_lossy(n).into_owned(),
-                    String::from_utf8_lossy(v).into_owned(),
-                )
-            })
-            .collect();
-        // A long argument may come as the body.
-        let arg = h("execute-app-arg").unwrap_or_else(|| {
-            frame
-                .body()
-                .map(|b| String::from_utf8_lossy(b).into_owned())
-                .unwrap_or_default()
-        });
-        Self {
-            call_command: h("call-command").unwrap_or_default().to_ascii_lowercase(),
-            app: h("execute-app-name").unwrap_or_default(),
-            arg,
-            loops: h("loops").map_or(1, |l| crate::sim::session::atoi(&l).max(1)),
-            event_lock: h("event-lock").is_some_and(|v| is_true(&v)),
-            event_uuid: h("Event-UUID"),
-            hangup_cause: h("hangup-cause").unwrap_or_else(|| "NORMAL_CLEARING".to_owned()),
-            raw,
-            headers,
-        }
-    }
-}
-
-/// What the `conference` API does to a member.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum ConferenceOp {
-    Mute,
-    Unmute,
-    Kick,
-}
-
-/// Messages a channel handles.
-pub(crate) enum ChanMsg {
-    /// A `sendmsg` (with a completion for static sockets).
-    Private(PrivateMsg, Option<oneshot::Sender<()>>),
-    /// `uuid_kill` and friends.
-    Hangup(String),
-    /// `uuid_break [all]`.
-    Break {
-        all: bool,
-    },
-    /// `uuid_recv_dtmf`: digits the channel receives.
-    RecvDtmf(String),
-    /// `uuid_send_dtmf`: digits sent to the far end.
-    SendDtmf(String),
-    SetVar(String, String),
-    GetVar(String, oneshot::Sender<Option<String>>),
-    /// The outbound socket's `connect`.
-    Connect {
-        asynchronous: bool,
-        full: bool,
-        reply: oneshot::Sender<Event>,
-    },
-    /// An inbound `myevents <uuid>` listener to close when we hang up.
-    BindListener(Arc<ListenerEntry>),
-    /// The outbound socket connected (`Some`) or failed to (`None`).
-    SocketUp(Option<(Arc<ListenerEntry>, bool)>),
-    /// The outbound socket closed.
-    SocketClosed {
-        resume: bool,
-    },
-    /// Loopback: the other half answered (ack when our ANSWER has fired).
-    PartnerAnswered(oneshot::Sender<()>),
-    /// Loopback or bridge partner hung up.
-    PartnerGone(String, String),
-    /// DTMF arriving from the far end.
-    FarDtmf(String),
-    /// `uuid_bridge` (`transfer`) or the `bridge` application: become
-    /// bridged to `other`.
-    Bridge {
-        other: ChannelHandle,
-        other_profile: Option<Box<(crate::sim::channel::Profile, String)>>,
-        originator: bool,
-        transfer: bool,
-    },
-    /// `conference <name> mute|unmute|kick <member>` for this member.
-    ConferenceOp(ConferenceOp),
-    /// The leg the `bridge` application dialled answered, or failed with a
-    /// cause.
-    BridgeDialled(Result<ChannelHandle, String>),
-    /// Profile exchange for a bridge.
-    Profile(oneshot::Sender<(crate::sim::channel::Profile, String)>),
-    /// Someone eavesdrops on us.
-    EavesdropAdd(String),
-    /// The channel we eavesdrop on is gone.
-    EavesdropGone(String),
-    /// `uuid_record <uuid> start|stop <path> [limit]`.
-    Record {
-        start: bool,
-        path: String,
-        limit: Option<Duration>,
-        reply: oneshot::Sender<Result<(), String>>,
-    },
-}
-
-/// A cloneable handle on a channel task.
-#[derive(Clone)]
-pub(crate) struct ChannelHandle {
-    pub(crate) uuid: Arc<str>,
-    name: Arc<str>,
-    pub(crate) tx: mpsc::Sender<ChanMsg>,
-    snap: Arc<Mutex<ChannelSnapshot>>,
-}
-
-impl ChannelHandle {
-    pub(crate) fn snapshot(&self) -> ChannelSnapshot {
-        lock(&self.snap).clone()
-    }
-
-    pub(crate) fn name(&self) -> String {
-        self.name.to_string()
-    }
-
-    /// Sends, waiting for room (used for requests from the network).
-    pub(crate) async fn send(&self, msg: ChanMsg) -> bool {
-        self.tx.send(msg).await.is_ok()
-    }
-
-    /// Sends without waiting (channel-to-channel); a full mailbox drops it.
-    pub(crate) fn try_send(&self, msg: ChanMsg) -> bool {
-        match self.tx.try_send(msg) {
-            Ok(()) => true,
-            Err(mpsc::error::TrySendError::Full(_)) => {
-                tracing::warn!(uuid = %self.uuid, "channel mailbox full; message dropped");
-                false
-            }
-            Err(mpsc::error::TrySendError::Closed(_)) => false,
-        }
-    }
-
-    pub(crate) async fn getvar(&self, name: &str) -> Option<String> {
-        let (tx, rx) = oneshot::channel();
-        if !self.send(ChanMsg::GetVar(name.to_owned(), tx)).await {
-            return None;
-        }
-        rx.await.ok().flatten()
-    }
-}
+/// How long a channel whose loopback twin began its hangup waits for the
+/// twin to report its end before finishing on its own.
+const TWIN_GRACE: Duration = Duration::from_secs(1);
 
 /// Who this channel is, at creation.
 pub(crate) enum Role {
@@ -202,35 +40,6 @@ pub(crate) enum Role {
         ext: Extension,
     },
 }
-
-/// An application to run.
-#[derive(Debug)]
-pub(crate) struct ExecReq {
-    pub(crate) app: String,
-    pub(crate) arg: String,
-    pub(crate) uuid: String,
-    pub(crate) locked: bool,
-    pub(crate) done: Option<oneshot::Sender<()>>,
-    pub(crate) private: Option<PrivateMsg>,
-    pub(crate) loops: Option<i64>,
-}
-
-impl ExecReq {
-    pub(crate) fn new(app: &str, arg: &str) -> Self {
-        Self {
-            app: app.to_owned(),
-            arg: arg.to_owned(),
-            uuid: uuid::Uuid::new_v4().to_string(),
-            locked: true,
-            done: None,
-            private: None,
-            loops: None,
-        }
-    }
-}
-
-/// What an originate waits for.
-pub(crate) type OriginateResult = oneshot::Sender<Result<(), String>>;
 
 /// Everything needed to start a channel task.
 pub(crate) struct Spawn {
@@ -249,13 +58,7 @@ pub(crate) fn handle_for(
     state: &ChanState,
     extra: &SnapExtra,
 ) -> Option<(ChannelHandle, mpsc::Receiver<ChanMsg>)> {
-    let (tx, rx) = mpsc::channel(MAILBOX);
-    let handle = ChannelHandle {
-        uuid: Arc::from(state.uuid.as_str()),
-        name: Arc::from(state.name.as_str()),
-        tx,
-        snap: Arc::new(Mutex::new(state.snapshot(extra))),
-    };
+    let (handle, rx) = ChannelHandle::new(&state.uuid, &state.name, state.snapshot(extra));
     core.insert_channel(handle.clone()).then_some((handle, rx))
 }
 
@@ -275,7 +78,7 @@ pub(crate) fn spawn(core: Arc<Core>, handle: ChannelHandle, rx: mpsc::Receiver<C
         originate: s.originate,
         originate_app: s.app,
         stack: Vec::new(),
-        waiting: VecDeque::new(),
+        waiting: SendmsgQueue::default(),
         dialplan: VecDeque::new(),
         run_dialplan: false,
         timers: Vec::new(),
@@ -289,7 +92,10 @@ pub(crate) fn spawn(core: Arc<Core>, handle: ChannelHandle, rx: mpsc::Receiver<C
         last_app: None,
         done: false,
         hangup_after_idle: false,
+        killed: false,
         answer_ack: None,
+        hangup_ack: None,
+        hangup_reporting: None,
         parked: false,
         pending_private: VecDeque::new(),
         socket_closed: None,
@@ -376,8 +182,9 @@ struct Actor {
     originate: Option<OriginateResult>,
     originate_app: Option<ExecReq>,
     stack: Vec<AppFrame>,
-    /// Executes waiting for an event-locked application to finish.
-    waiting: VecDeque<ExecReq>,
+    /// Executes and hangups waiting for an event-locked application to
+    /// finish.
+    waiting: SendmsgQueue,
     /// Dialplan (or originate application) steps, run one after another.
     dialplan: VecDeque<ExecReq>,
     run_dialplan: bool,
@@ -394,7 +201,13 @@ struct Actor {
     last_app: Option<(String, String)>,
     done: bool,
     hangup_after_idle: bool,
+    /// Hung up from outside the channel's thread (`uuid_kill`).
+    killed: bool,
     answer_ack: Option<oneshot::Receiver<()>>,
+    /// Waiting for the loopback twin to fire its CHANNEL_HANGUP before we
+    /// report (the cause to report with).
+    hangup_ack: Option<oneshot::Receiver<()>>,
+    hangup_reporting: Option<String>,
     /// An async socket parks the channel shortly after `connect`; messages
     /// sent before that wait, as in FreeSWITCH, where they are parsed from
     /// the park loop (CHANNEL_PARK precedes the first CHANNEL_EXECUTE).
@@ -466,20 +279,34 @@ impl Actor {
             let deadline = self.next_deadline();
             tokio::select! {
                 biased;
-                () = shutdown.cancelled() => {
-                    self.hangup("SYSTEM_SHUTDOWN", None);
-                }
+                () = shutdown.cancelled() => self.shut_down(),
                 msg = self.rx.recv() => match msg {
                     Some(m) => self.handle(m),
                     None => break,
                 },
                 () = sleep_opt(deadline) => self.on_time(),
                 _ = ack_opt(&mut self.answer_ack) => self.answer_acked(),
+                _ = ack_opt(&mut self.hangup_ack) => self.hangup_report(),
             }
             self.pump();
             self.publish();
         }
         self.core.remove_channel(&self.st.uuid);
+    }
+
+    /// The switch stops: the channel hangs up, and a hangup already under
+    /// way ends now without waiting for its frame or its twin.
+    fn shut_down(&mut self) {
+        self.hangup("SYSTEM_SHUTDOWN", None);
+        if !self.done {
+            let cause = self
+                .st
+                .hangup_cause
+                .clone()
+                .unwrap_or_else(|| "SYSTEM_SHUTDOWN".to_owned());
+            self.hangup_finish(&cause);
+            self.hangup_report();
+        }
     }
 
     fn next_deadline(&self) -> Option<Instant> {
@@ -506,8 +333,7 @@ impl Actor {
     }
 
     fn publish(&self) {
-        let snap = self.st.snapshot(&self.extra);
-        *lock(&self.me.snap) = snap;
+        self.me.publish(self.st.snapshot(&self.extra));
     }
 
     fn hung_up(&self) -> bool {
@@ -612,9 +438,7 @@ impl Actor {
                 while let Some(pm) = self.pending_private.pop_front() {
                     self.private(pm, None);
                 }
-                if let Some(resume) = self.socket_closed.take() {
-                    self.socket_gone(resume);
-                }
+                self.park_loop_check();
             }
         }
     }
@@ -642,9 +466,23 @@ impl Actor {
 
     fn answer_acked(&mut self) {
         self.answer_ack = None;
-        if matches!(self.stack.last().map(|f| &f.kind), Some(Kind::AnswerWait)) {
-            self.answer();
+        if let Some(top) = self.stack.last()
+            && matches!(top.kind, Kind::AnswerWait)
+        {
+            if top.app == "ring_ready" {
+                self.ring_ready();
+            } else {
+                self.answer();
+            }
             self.finish_top(false);
+        }
+    }
+
+    /// Marks the channel ringing (CHANNEL_PROGRESS), once.
+    fn ring_ready(&mut self) {
+        if self.st.profile.progress == 0 && !self.hung_up() {
+            self.st.profile.progress = now_micros();
+            self.fire("CHANNEL_PROGRESS", at::PROGRESS, &[], &[]);
         }
     }
 
@@ -728,9 +566,7 @@ impl Actor {
             // and a hangup's CHANNEL_HANGUP follows its +OK by ~20 ms.
             ChanMsg::Private(pm, Some(done)) => self.private(pm, Some(done)),
             ChanMsg::Private(pm, None) => {
-                if self.pending_private.is_empty() && self.socket_closed.is_none() {
-                    self.schedule(self.core.cfg.park_delay, Timer::Frame);
-                }
+                self.schedule_frame();
                 self.pending_private.push_back(pm);
             }
             ChanMsg::Hangup(cause) => self.hangup_from_outside(&cause),
@@ -774,9 +610,7 @@ impl Actor {
             // app's `hangup` then `exit` hangs up with its cause).
             ChanMsg::SocketClosed { resume } => {
                 if self.socket.as_ref().is_some_and(|s| s.1) {
-                    if self.pending_private.is_empty() && self.socket_closed.is_none() {
-                        self.schedule(self.core.cfg.park_delay, Timer::Frame);
-                    }
+                    self.schedule_frame();
                     self.socket_closed = Some(resume);
                 } else {
                     self.socket_gone(resume);
@@ -784,6 +618,20 @@ impl Actor {
             }
             ChanMsg::PartnerAnswered(ack) => {
                 self.answer();
+                let _ = ack.send(());
+            }
+            // The `-a` half is still routing when its twin rings: its
+            // PROGRESS says CS_ROUTING and call state DOWN (trace 14), and it
+            // reaches CS_CONSUME_MEDIA (and RINGING) right after.
+            ChanMsg::PartnerRinging(ack) => {
+                if self.st.profile.progress == 0 && !self.hung_up() {
+                    let (state, call) = (self.st.state, self.st.call_state);
+                    self.st.state = crate::sim::channel::CState::Routing;
+                    self.st.call_state = "DOWN";
+                    self.ring_ready();
+                    self.st.state = state;
+                    self.st.call_state = if call == "DOWN" { "RINGING" } else { call };
+                }
                 let _ = ack.send(());
             }
             // FreeSWITCH's bridge loop sees its partner gone on its next
@@ -796,6 +644,14 @@ impl Actor {
                 self.schedule(self.core.cfg.park_delay, Timer::BridgeGone(uuid, cause));
             }
             ChanMsg::PartnerGone(uuid, cause) => self.partner_gone(&uuid, &cause),
+            ChanMsg::PartnerHangup(cause, ack) => {
+                if !self.hung_up() {
+                    self.hangup_begin(&cause, None);
+                    // Should the twin never report its end, finish anyway.
+                    self.schedule(TWIN_GRACE, Timer::HangupFinish(cause));
+                }
+                let _ = ack.send(());
+            }
             ChanMsg::FarDtmf(d) => self.queue_dtmf(&d),
             ChanMsg::Bridge {
                 other,
@@ -848,6 +704,27 @@ impl Actor {
         }
     }
 
+    /// Asks for the next media frame (once: messages that arrive before it
+    /// are all parsed on it).
+    fn schedule_frame(&mut self) {
+        if !self.timers.iter().any(|(_, t)| matches!(t, Timer::Frame)) {
+            self.schedule(self.core.cfg.park_delay, Timer::Frame);
+        }
+    }
+
+    /// The socket application's park loop, on its frame: it notices that
+    /// its connection closed only when nothing runs on top of it. An
+    /// application executed from the socket (a playback, a bridge…) keeps
+    /// the channel thread and checks nothing, so a closed socket leaves the
+    /// channel alive until that application ends (trace 15; with `loops=-1`
+    /// and `event-lock`, until someone kills the channel).
+    fn park_loop_check(&mut self) {
+        let parked_in_socket = matches!(self.stack.last().map(|f| &f.kind), Some(Kind::Socket));
+        if parked_in_socket && let Some(resume) = self.socket_closed.take() {
+            self.socket_gone(resume);
+        }
+    }
+
     /// The socket application ends because its connection closed: with
     /// `resume` the dialplan carries on, otherwise the channel hangs up
     /// ("has executed the last dialplan instruction").
@@ -887,7 +764,19 @@ impl Actor {
                 };
                 self.submit(req);
             }
+            // Queued like an execute: behind an event-locked application it
+            // waits (trace 10), otherwise it runs now, nested in whatever
+            // runs (trace 11). A static socket runs it in its own turn.
             "hangup" => {
+                let pm = if done.is_none() {
+                    let open = self.top_open().unwrap_or(true);
+                    match self.waiting.offer(Queued::Hangup(pm), open) {
+                        Some(Queued::Hangup(pm)) => pm,
+                        _ => return,
+                    }
+                } else {
+                    pm
+                };
                 let cause = normalize_cause(&pm.hangup_cause);
                 self.hangup(&cause, Some(pm));
                 if let Some(d) = done {
@@ -921,10 +810,8 @@ impl Actor {
         let can_run = self
             .top_open()
             .unwrap_or(self.dialplan.is_empty() || !self.run_dialplan);
-        if can_run && self.waiting.is_empty() {
+        if let Some(Queued::Exec(req)) = self.waiting.offer(Queued::Exec(req), can_run) {
             self.exec(req);
-        } else {
-            self.waiting.push_back(req);
         }
     }
 
@@ -959,8 +846,11 @@ impl Actor {
                 return;
             }
             let top_open = self.top_open().unwrap_or(true);
-            if top_open && let Some(req) = self.waiting.pop_front() {
-                self.exec(req);
+            if let Some(q) = self.waiting.next(top_open) {
+                match q {
+                    Queued::Exec(req) => self.exec(req),
+                    Queued::Hangup(pm) => self.hangup(&normalize_cause(&pm.hangup_cause), Some(pm)),
+                }
                 continue;
             }
             if self.stack.is_empty() && self.run_dialplan {
@@ -971,6 +861,13 @@ impl Actor {
                 if self.hangup_after_idle && self.waiting.is_empty() && self.bridged.is_none() {
                     self.hangup("NORMAL_CLEARING", None);
                 }
+            }
+            // Back in the socket's park loop with its connection gone: it
+            // notices on its next frame.
+            if self.socket_closed.is_some()
+                && matches!(self.stack.last().map(|f| &f.kind), Some(Kind::Socket))
+            {
+                self.schedule_frame();
             }
             return;
         }
@@ -1042,16 +939,8 @@ impl Actor {
         self.st.vars.set("current_application", &app);
         self.st.vars.unset("current_application_response");
         self.last_app = Some((app.clone(), req.arg.clone()));
-        self.fire(
-            "CHANNEL_EXECUTE",
-            at::EXECUTE,
-            &[],
-            &[
-                ("Application", &app),
-                ("Application-Data", &req.arg),
-                ("Application-UUID", &req.uuid),
-            ],
-        );
+        let fields = app_fields(&app, &req.arg, None, &req.uuid);
+        self.fire("CHANNEL_EXECUTE", at::EXECUTE, &[], &fields);
         self.pause_top();
         let mut frame = AppFrame {
             app: app.clone(),
@@ -1080,10 +969,21 @@ impl Actor {
                 return self.complete(frame);
             }
             "ring_ready" => {
-                if self.st.profile.progress == 0 {
-                    self.st.profile.progress = now_micros();
-                    self.fire("CHANNEL_PROGRESS", at::PROGRESS, &[], &[]);
+                // On a loopback `-b` leg the `-a` half rings first (mod_loopback
+                // passes the indication on before the leg marks itself, trace
+                // 14): wait for its acknowledgement, as `answer` does.
+                if let Role::LoopbackB { partner, .. } = &self.role
+                    && self.st.profile.progress == 0
+                {
+                    let (tx, rx) = oneshot::channel();
+                    if partner.try_send(ChanMsg::PartnerRinging(tx)) {
+                        self.answer_ack = Some(rx);
+                        frame.kind = Kind::AnswerWait;
+                        self.stack.push(frame);
+                        return;
+                    }
                 }
+                self.ring_ready();
                 return self.complete(frame);
             }
             "set" | "export" => {
@@ -1168,7 +1068,13 @@ impl Actor {
                     .to_owned();
                 self.st.vars.set("socket_host", &host);
                 self.stack.push(frame);
-                outbound::spawn(self.core.clone(), self.me.clone(), addr, asynchronous, full);
+                (self.core.connect_socket)(
+                    self.core.clone(),
+                    self.me.clone(),
+                    addr,
+                    asynchronous,
+                    full,
+                );
                 return;
             }
             "eavesdrop" => {
@@ -1251,7 +1157,7 @@ impl Actor {
                         let core = self.core.clone();
                         let me = self.me.clone();
                         self.core.tasks.spawn(async move {
-                            let result = crate::sim::api::originate_leg(&core, &arg).await;
+                            let result = (core.dial_leg)(core.clone(), arg).await;
                             let leg = result.as_ref().ok().cloned();
                             if !me.send(ChanMsg::BridgeDialled(result)).await
                                 && let Some(leg) = leg
@@ -1318,9 +1224,15 @@ impl Actor {
                         ("Playback-Status", status),
                     ],
                 );
-                self.st
-                    .vars
-                    .set("current_application_response", "FILE PLAYED");
+                // Killed from outside (`uuid_kill`), the playback's read
+                // fails and it reports an error; a hangup on its own thread
+                // (a sendmsg, nested) lets it finish cleanly (traces 11, 12).
+                let response = if self.killed {
+                    "PLAYBACK ERROR"
+                } else {
+                    "FILE PLAYED"
+                };
+                self.st.vars.set("current_application_response", response);
             }
             // A static socket never parked, so it does not unpark.
             Kind::Park | Kind::Socket
@@ -1376,16 +1288,12 @@ impl Actor {
             .get("current_application_response")
             .unwrap_or("_none_")
             .to_owned();
+        let fields = app_fields(&frame.app, &frame.arg, Some(&response), &frame.uuid);
         self.fire(
             "CHANNEL_EXECUTE_COMPLETE",
             at::EXECUTE_COMPLETE,
             &[],
-            &[
-                ("Application", &frame.app),
-                ("Application-Data", &frame.arg),
-                ("Application-Response", &response),
-                ("Application-UUID", &frame.uuid),
-            ],
+            &fields,
         );
         if let Some(d) = frame.done {
             let _ = d.send(());
@@ -1412,8 +1320,13 @@ impl Actor {
                 break;
             }
         }
+        // `uuid_break <uuid> all` also flushes the channel's queued private
+        // events (mod_commands' break_function): a sendmsg hangup or execute
+        // waiting behind the broken application is dropped, never run
+        // (trace 10). A plain break lets the next one run.
         if all {
-            self.waiting.clear();
+            self.waiting.flush();
+            self.pending_private.clear();
         }
     }
 
@@ -1794,6 +1707,30 @@ impl Actor {
 
     fn partner_gone(&mut self, uuid: &str, cause: &str) {
         if self.hung_up() {
+            // The twin that began our hangup has finished its own: ours
+            // runs now if we are answered (media wakes the channel thread),
+            // on the next frame if we only ring (trace 14; answered, 04).
+            let twin = match &self.role {
+                Role::LoopbackA { partner } | Role::LoopbackB { partner, .. } => {
+                    *partner.uuid == *uuid
+                }
+                Role::Remote(_) => false,
+            };
+            if twin && !self.done && self.hangup_reporting.is_none() {
+                let cause = self
+                    .st
+                    .hangup_cause
+                    .clone()
+                    .unwrap_or_else(|| cause.to_owned());
+                self.timers
+                    .retain(|(_, t)| !matches!(t, Timer::HangupFinish(_)));
+                let after = if self.st.answered() {
+                    Duration::ZERO
+                } else {
+                    self.core.cfg.park_delay
+                };
+                self.schedule(after, Timer::HangupFinish(cause));
+            }
             return;
         }
         let bridged_to_it = self
@@ -1855,6 +1792,7 @@ impl Actor {
         if self.hung_up() {
             return;
         }
+        self.killed = true;
         self.hangup_begin(cause, None);
         self.schedule(
             self.core.cfg.park_delay,
@@ -1878,10 +1816,24 @@ impl Actor {
     }
 
     fn hangup_finish(&mut self, cause: &str) {
+        if self.done || self.hangup_reporting.is_some() {
+            return;
+        }
         // Tell the others (the loopback twin further down).
         let me = self.st.uuid.clone();
         if let Some(b) = self.bridged.take() {
             b.try_send(ChanMsg::PartnerGone(me.clone(), cause.to_owned()));
+            // The side that ran the bridge loop reports its end (trace 16:
+            // a sendmsg hangup on A, bridged with `uuid_bridge A B`).
+            if self.st.profile.bridged != 0 {
+                self.extra.bridged_to = None;
+                self.fire(
+                    "CHANNEL_UNBRIDGE",
+                    at::UNBRIDGE,
+                    &[("Bridge-A-Unique-ID", &me), ("Bridge-B-Unique-ID", &b.uuid)],
+                    &[],
+                );
+            }
         }
         for e in self.eavesdroppers.drain(..) {
             if let Some(h) = self.core.channel(&e) {
@@ -1893,11 +1845,7 @@ impl Actor {
         while !self.stack.is_empty() {
             self.finish_top(true);
         }
-        for w in self.waiting.drain(..) {
-            if let Some(d) = w.done {
-                let _ = d.send(());
-            }
-        }
+        self.waiting.flush();
         self.dialplan.clear();
         self.timers.clear();
         self.dtmf_in.clear();
@@ -1916,6 +1864,34 @@ impl Actor {
                 ("Channel-Call-State-Number", "10"),
             ],
         );
+        // mod_loopback's on_hangup hangs the twin up from this thread: its
+        // CHANNEL_HANGUP comes before our REPORTING (trace 14).
+        self.hangup_reporting = Some(cause.to_owned());
+        if let Some(p) = self.loopback_partner() {
+            let (tx, rx) = oneshot::channel();
+            if p.try_send(ChanMsg::PartnerHangup(cause.to_owned(), tx)) {
+                self.hangup_ack = Some(rx);
+                return;
+            }
+        }
+        self.hangup_report();
+    }
+
+    fn loopback_partner(&self) -> Option<ChannelHandle> {
+        match &self.role {
+            Role::LoopbackA { partner } | Role::LoopbackB { partner, .. } => Some(partner.clone()),
+            Role::Remote(_) => None,
+        }
+    }
+
+    /// The reporting and destroy states that end a hangup.
+    fn hangup_report(&mut self) {
+        self.hangup_ack = None;
+        let Some(cause) = self.hangup_reporting.clone() else {
+            return;
+        };
+        let cause = cause.as_str();
+        let me = self.st.uuid.clone();
         self.st.state = crate::sim::channel::CState::Reporting;
         self.fire("CHANNEL_STATE", at::STATE, &[], &[]);
         self.st.profile.hangup = now_micros();
@@ -1936,11 +1912,7 @@ impl Actor {
         );
         // The loopback twin goes down after us: the leg that hung up first
         // reports HANGUP_COMPLETE first (traces 01, 04, 08).
-        let partner = match &self.role {
-            Role::LoopbackA { partner } | Role::LoopbackB { partner, .. } => Some(partner.clone()),
-            Role::Remote(_) => None,
-        };
-        if let Some(p) = partner {
+        if let Some(p) = self.loopback_partner() {
             p.try_send(ChanMsg::PartnerGone(me, c.clone()));
         }
         if let Some((l, true)) = &self.socket {
@@ -1955,6 +1927,26 @@ impl Actor {
         self.done = true;
         self.publish();
     }
+}
+
+/// The application headers of CHANNEL_EXECUTE(_COMPLETE). An application
+/// run without an argument (`answer` from the dialplan) has no
+/// `Application-Data` header at all (trace 15).
+fn app_fields<'a>(
+    app: &'a str,
+    arg: &'a str,
+    response: Option<&'a str>,
+    uuid: &'a str,
+) -> Vec<(&'static str, &'a str)> {
+    let mut v = vec![("Application", app)];
+    if !arg.is_empty() {
+        v.push(("Application-Data", arg));
+    }
+    if let Some(r) = response {
+        v.push(("Application-Response", r));
+    }
+    v.push(("Application-UUID", uuid));
+    v
 }
 
 async fn ack_opt(rx: &mut Option<oneshot::Receiver<()>>) {

@@ -2,11 +2,12 @@
 //! reply texts), `originate` among them.
 
 use crate::sim::Core;
-use crate::sim::actor::{self, ChanMsg, ChannelHandle, ExecReq, Role, Spawn};
+use crate::sim::actor::{self, Role, Spawn};
 use crate::sim::channel::{CState, ChanState, Profile, SnapExtra, Vars};
 use crate::sim::dialstring::{Endpoint, OriginateApp, parse_originate};
 use crate::sim::event::{format_local, now_micros, origin};
-use crate::sim::session::LogLine;
+use crate::sim::listener::LogLine;
+use crate::sim::mailbox::{ChanMsg, ChannelHandle, ExecReq};
 use crate::sim::{fslog, numberplan};
 use std::sync::Arc;
 use std::time::Duration;
@@ -230,7 +231,7 @@ async fn uuid_bridge(core: &Core, args: &[&str]) -> String {
     format!("+OK {b}\n")
 }
 
-async fn profile(h: &actor::ChannelHandle) -> Option<Box<(Profile, String)>> {
+async fn profile(h: &ChannelHandle) -> Option<Box<(Profile, String)>> {
     let (tx, rx) = oneshot::channel();
     if !h.send(ChanMsg::Profile(tx)).await {
         return None;
@@ -720,7 +721,7 @@ async fn originate_inner(core: &Arc<Core>, arg: &str, no_app: bool) -> String {
 /// mute|unmute|kick <member-id|all|last>`, and `conference <name> list`
 /// (one line per member: id;channel name;uuid;caller id;…;flags).
 async fn conference(core: &Arc<Core>, args: &[&str]) -> String {
-    use crate::sim::actor::ConferenceOp;
+    use crate::sim::mailbox::ConferenceOp;
     let (Some(name), Some(cmd)) = (args.first(), args.get(1)) else {
         return "-USAGE: conference <name> <command> [args]\n".into();
     };

@@ -12,7 +12,7 @@
 
 use crate::sim::Core;
 use crate::sim::event::{format_local, now_micros};
-use crate::sim::session::LogLine;
+use crate::sim::listener::LogLine;
 
 /// One log line before it is stamped: level, text channel (0 and 3 get the
 /// date/level/file prefix, 1 is raw), file, function, line, user data

@@ -8,12 +8,43 @@
 //! application is `socket(host:port …)` connects out and speaks the outbound
 //! protocol ([`outbound`], which reuses [`session`]).
 //!
+//! The modules depend downwards only: `mailbox` (channel messages and
+//! handles), `listener` (a connection as the event fan-out sees it) and
+//! `text` are leaves; `actor` uses them and reaches the socket application
+//! and `originate` only through [`Core`]'s `connect_socket` / `dial_leg`;
+//! `api` starts channels; `session` runs commands; `outbound` runs a
+//! session.
+//!
+//! # How calls end (traces 10–16)
+//! - A `sendmsg` hangup is queued like an execute: behind an application
+//!   executed with `event-lock: true` it waits until that application ends;
+//!   `uuid_break <uuid> all` ends the application *and* drops the queued
+//!   messages (mod_commands flushes the private events), so the hangup
+//!   never runs (10); a plain `uuid_break` lets it run next. Without the
+//!   lock it runs at once, nested in the running application (11).
+//! - `uuid_kill` ends a channel whatever runs on it; a playback it cuts
+//!   reports `PLAYBACK ERROR` (12). Of a channel already gone it answers
+//!   `-ERR No such channel!`.
+//! - `uuid_kill <origination_uuid> ORIGINATOR_CANCEL` on a ringing loopback
+//!   originate ends both halves (the `-b` half's CHANNEL_HANGUP before the
+//!   `-a` half's HANGUP_COMPLETE) and the originate answers
+//!   `-ERR ORIGINATOR_CANCEL` (14).
+//! - A closed outbound socket is noticed by the socket application's park
+//!   loop only: while an application runs on top of it (event-locked or
+//!   not) the channel lives on, until that application ends (never, for a
+//!   `loops=-1` ringback: only `uuid_kill` ends it, 15); a parked channel
+//!   hangs up (or resumes its dialplan with `resume`) on its next frame.
+//! - A hangup while bridged with `uuid_bridge`: the bridging side (A) fires
+//!   CHANNEL_UNBRIDGE right after its CHANNEL_HANGUP, the other side hangs
+//!   up after the bridge (16).
+//!
 //! # Timing model
 //! FreeSWITCH does much of its work on 20 ms media frames, and the traces
 //! show it; the simulator reproduces that with one frame delay
 //! ([`SimConfig::park_delay`]) measured from the triggering event of each
 //! channel: an async `sendmsg` is parsed on the channel's next frame; a
-//! socket that closed is noticed on the next frame; `uuid_kill` fires
+//! socket that closed is noticed on the park loop's next frame (once no
+//! application runs on top of it); `uuid_kill` fires
 //! CHANNEL_HANGUP at once and the rest of the hangup a frame later; the
 //! originate loop sees an answer a frame later; a bridged leg notices its
 //! partner's hangup a frame later. FreeSWITCH's frames come from one global
@@ -22,6 +53,11 @@
 //! `tests/fixtures_replay.rs`).
 //!
 //! # Known simplifications
+//! - The order of events across channels follows the traces where they
+//!   show it, but a teardown FreeSWITCH runs on several threads at once is
+//!   serialised: after `uuid_bridge A B` and a hangup of A, the simulator's
+//!   A unbridges at once where FreeSWITCH's waits for B (trace 16, see
+//!   `tests/fixtures_replay.rs`).
 //! - A dial string with several legs (`,`) or failover groups (`|`) dials
 //!   only the first leg of the first group.
 //! - Media is not real: playback and tones take their computed duration
@@ -54,16 +90,20 @@ pub mod channel;
 pub mod dialstring;
 pub mod event;
 pub(crate) mod fslog;
+pub(crate) mod listener;
+pub(crate) mod mailbox;
 pub mod numberplan;
 pub mod outbound;
 pub mod packet;
+pub(crate) mod queue;
 pub mod server;
 pub mod session;
+pub(crate) mod text;
 pub mod wav;
 
-use crate::sim::actor::ChannelHandle;
 use crate::sim::event::{CoreInfo, FiredEvent};
-use crate::sim::session::ListenerEntry;
+use crate::sim::listener::{ListenerEntry, LogLine};
+use crate::sim::mailbox::ChannelHandle;
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -247,7 +287,17 @@ pub(crate) struct Core {
     started: Instant,
     sessions: AtomicU64,
     listener_ids: AtomicU64,
+    /// The `socket` application's connection ([`outbound::spawn`]). A
+    /// channel reaches the layers above it (the socket, `originate`) only
+    /// through these two entries, so the channel tasks depend on neither.
+    pub(crate) connect_socket: fn(Arc<Core>, ChannelHandle, String, bool, bool),
+    /// Dials one leg for the `bridge` application ([`api::originate_leg`]).
+    pub(crate) dial_leg: fn(Arc<Core>, String) -> DialFuture,
 }
+
+/// What [`Core::dial_leg`] returns: the answered leg, or its cause.
+pub(crate) type DialFuture =
+    std::pin::Pin<Box<dyn std::future::Future<Output = Result<ChannelHandle, String>> + Send>>;
 
 /// Locks a std mutex, recovering from poisoning: a panicked holder cannot
 /// leave these maps half-updated (every update is a single insert/remove).
@@ -269,6 +319,8 @@ impl Core {
             started: Instant::now(),
             sessions: AtomicU64::new(0),
             listener_ids: AtomicU64::new(1),
+            connect_socket: outbound::spawn,
+            dial_leg: |core, dial| Box::pin(async move { api::originate_leg(&core, &dial).await }),
         }
     }
 
@@ -294,7 +346,7 @@ impl Core {
     }
 
     /// Sends a log line to every connection that asked for logs.
-    pub(crate) fn log(&self, line: session::LogLine) {
+    pub(crate) fn log(&self, line: LogLine) {
         let line = Arc::new(line);
         for l in lock(&self.listeners).iter() {
             l.offer_log(&line);

@@ -9,7 +9,7 @@
 //! 07 shows.
 
 use crate::sim::Core;
-use crate::sim::actor::{ChanMsg, ChannelHandle};
+use crate::sim::mailbox::{ChanMsg, ChannelHandle};
 use crate::sim::session::{Kind, Session};
 use std::sync::Arc;
 use std::time::Duration;
