@@ -201,6 +201,9 @@ pub(crate) enum Role {
         partner: ChannelHandle,
         ext: Extension,
     },
+    /// An `-a` half whose `-b` half the sessions-per-second throttle
+    /// refused: it stays in CS_INIT until killed or the originate times out.
+    LoopbackWithoutB,
 }
 
 /// An application to run.
@@ -445,6 +448,7 @@ impl Actor {
             Role::LoopbackA { .. } => {
                 self.st.state = crate::sim::channel::CState::ConsumeMedia;
             }
+            Role::LoopbackWithoutB => {}
             Role::LoopbackB { ext, .. } => {
                 self.st.state = crate::sim::channel::CState::Execute;
                 self.st.call_state = "RINGING";
@@ -466,9 +470,12 @@ impl Actor {
             let deadline = self.next_deadline();
             tokio::select! {
                 biased;
-                () = shutdown.cancelled() => {
-                    self.hangup("SYSTEM_SHUTDOWN", None);
-                }
+                () = shutdown.cancelled() => match self.st.hangup_cause.clone() {
+                    // A hangup from outside waits for its frame: finish it
+                    // now, or this branch (ready for good) spins forever.
+                    Some(cause) => self.hangup_finish(&cause),
+                    None => self.hangup("SYSTEM_SHUTDOWN", None),
+                },
                 msg = self.rx.recv() => match msg {
                     Some(m) => self.handle(m),
                     None => break,
@@ -1010,6 +1017,7 @@ impl Actor {
             "park",
             "echo",
             "hangup",
+            "sched_hangup",
             "set",
             "export",
             "unset",
@@ -1110,6 +1118,14 @@ impl Actor {
                     "NORMAL_CLEARING".to_owned()
                 } else {
                     normalize_cause(&arg)
+                };
+                self.stack.push(frame);
+                self.hangup(&cause, None);
+                return;
+            }
+            "sched_hangup" => {
+                let Some(cause) = crate::sim::sched::app(&self.core, &self.me, &arg) else {
+                    return self.complete(frame);
                 };
                 self.stack.push(frame);
                 self.hangup(&cause, None);
@@ -1505,7 +1521,7 @@ impl Actor {
         self.extra.sent_dtmf.push_str(digits);
         let partner = match &self.role {
             Role::LoopbackA { partner } | Role::LoopbackB { partner, .. } => Some(partner.clone()),
-            Role::Remote(_) => None,
+            Role::Remote(_) | Role::LoopbackWithoutB => None,
         };
         if let Some(p) = partner.or_else(|| self.bridged.clone()) {
             p.try_send(ChanMsg::FarDtmf(digits.to_owned()));
@@ -1938,7 +1954,7 @@ impl Actor {
         // reports HANGUP_COMPLETE first (traces 01, 04, 08).
         let partner = match &self.role {
             Role::LoopbackA { partner } | Role::LoopbackB { partner, .. } => Some(partner.clone()),
-            Role::Remote(_) => None,
+            Role::Remote(_) | Role::LoopbackWithoutB => None,
         };
         if let Some(p) = partner {
             p.try_send(ChanMsg::PartnerGone(me, c.clone()));
