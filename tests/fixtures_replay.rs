@@ -1002,12 +1002,12 @@ async fn replay_13() -> Option<Report> {
             .frames
             .iter()
             .position(|r| r.get("Job-UUID") == Some(job.as_str()));
-        if !reply.is_some_and(|r| r < i) {
+        if reply.is_none_or(|r| r >= i) {
             report.fail(format!(
                 "[inbound #{i}] job {job} answered before its reply"
             ));
         }
-        if outcome == "-ERR NORMAL_CLEARING" && !hupall_reply.is_some_and(|h| h < i) {
+        if outcome == "-ERR NORMAL_CLEARING" && hupall_reply.is_none_or(|h| h >= i) {
             report.fail(format!(
                 "[inbound #{i}] the stranded call ended before hupall"
             ));
