@@ -320,6 +320,29 @@ async fn trace_13_burst() -> Option<()> {
         "{throttle:?}"
     );
     assert_eq!(c.logged("[CRIT] mod_loopback.c:258 Failure.").len(), 1);
+    // In FreeSWITCH's order: the A leg enters CS_INIT, its B leg is
+    // refused, mod_loopback gives up, the A leg sleeps in CS_INIT.
+    let logs: Vec<&str> = c
+        .pending
+        .iter()
+        .filter(|m| m.get("Content-Type") == Some("log/data"))
+        .map(|m| m.body.as_str())
+        .collect();
+    let failure = logs
+        .iter()
+        .position(|l| l.contains("mod_loopback.c:258 Failure."))
+        .expect("Failure. logged");
+    assert!(
+        logs[failure - 2].contains("(loopback/answer-park-a) State INIT\n"),
+        "{:?}",
+        &logs[failure - 2..]
+    );
+    assert!(
+        logs[failure - 1].contains("Throttle Error! "),
+        "{:?}",
+        &logs[failure - 2..]
+    );
+    assert!(logs[failure + 1].contains("(loopback/answer-park-a) State INIT going to sleep"));
     assert_eq!(
         c.logged(
             "Cannot create outgoing channel of type [loopback] cause: [DESTINATION_OUT_OF_ORDER]"

@@ -304,30 +304,28 @@ pub(crate) async fn throttle_clock(core: Arc<Core>) {
 /// channels of one originate (two for loopback: A, then B from A's
 /// CS_INIT), taken from this second's budget in one go so that concurrent
 /// originates cannot interleave between A and B. Stops at the first
-/// refusal, which logs `Throttle Error!` with the live session count (the
-/// A leg just granted included), as FreeSWITCH does. Returns how many were
-/// granted; no channel may be created beyond that.
-pub(crate) fn admit_sessions(core: &Core, n: usize) -> usize {
+/// refusal. Returns how many were granted (no channel may be created
+/// beyond that) and, after a refusal, the `Throttle Error!` line to log,
+/// with the live session count (the A leg just granted included), as
+/// FreeSWITCH logs it.
+pub(crate) fn admit_sessions(core: &Core, n: usize) -> (usize, Option<fslog::Raw>) {
     roll_throttle(core);
     let granted = {
         let mut t = lock(&core.throttle);
         (0..n).take_while(|_| t.take()).count()
     };
-    if granted < n {
+    let refusal = (granted < n).then(|| {
         let live = core.channel_count() + granted;
-        fslog::emit(
-            core,
-            vec![fslog::line(
-                2,
-                "switch_core_session.c",
-                "switch_core_session_request_uuid",
-                2422,
-                "",
-                format!("Throttle Error! {live}"),
-            )],
-        );
-    }
-    granted
+        fslog::line(
+            2,
+            "switch_core_session.c",
+            "switch_core_session_request_uuid",
+            2422,
+            "",
+            format!("Throttle Error! {live}"),
+        )
+    });
+    (granted, refusal)
 }
 
 async fn show(core: &Core, arg: &str) -> String {
@@ -699,8 +697,9 @@ async fn originate_inner(core: &Arc<Core>, arg: &str, no_app: bool) -> String {
         destination: number.clone(),
         ..SnapExtra::default()
     };
-    let granted = admit_sessions(core, if loopback { 2 } else { 1 });
+    let (granted, refusal) = admit_sessions(core, if loopback { 2 } else { 1 });
     if granted == 0 {
+        fslog::emit(core, refusal.into_iter().collect());
         return throttled(core, &leg.endpoint);
     }
     let Some((a_handle, a_rx)) = actor::handle_for(core, &a_state, &a_extra) else {
@@ -728,7 +727,7 @@ async fn originate_inner(core: &Arc<Core>, arg: &str, no_app: bool) -> String {
         Endpoint::Loopback { number, context } => {
             let steps = actor::extension_steps(&numberplan::extension(number, context), &core.cfg);
             let target = leg.target.strip_prefix("loopback/").unwrap_or(&leg.target);
-            Some(fslog::loopback_originate(&fslog::LoopbackOriginate {
+            let o = fslog::LoopbackOriginate {
                 target,
                 number,
                 context,
@@ -745,7 +744,12 @@ async fn originate_inner(core: &Arc<Core>, arg: &str, no_app: bool) -> String {
                 app_arg,
                 cur: core.channel_count() + 1,
                 total: core.sessions_since_startup() + 1,
-            }))
+            };
+            Some(if granted == 2 {
+                fslog::loopback_originate(&o)
+            } else {
+                fslog::loopback_a_without_b(&o)
+            })
         }
         _ => None,
     };
@@ -760,16 +764,10 @@ async fn originate_inner(core: &Arc<Core>, arg: &str, no_app: bool) -> String {
         // mod_loopback could not create the B leg: the A leg stays in
         // CS_INIT, and the originate waits for it until it times out or is
         // killed (trace 13: `hupall` ends it, `-ERR NORMAL_CLEARING`).
+        let (created, after) = loopback_log.clone().unwrap_or_default();
         fslog::emit(
             core,
-            vec![fslog::line(
-                2,
-                "mod_loopback.c",
-                "channel_on_init",
-                258,
-                &uuid,
-                "Failure.".into(),
-            )],
+            created.into_iter().chain(refusal).chain(after).collect(),
         );
         actor::spawn(
             core.clone(),

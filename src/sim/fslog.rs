@@ -18,7 +18,7 @@ use crate::sim::session::LogLine;
 /// One log line before it is stamped: level, text channel (0 and 3 get the
 /// date/level/file prefix, 1 is raw), file, function, line, user data
 /// (the channel uuid, or empty), text.
-type Raw = (u8, u8, &'static str, &'static str, u32, String, String);
+pub(crate) type Raw = (u8, u8, &'static str, &'static str, u32, String, String);
 
 /// Stamps and sends lines to every connection that asked for logs.
 pub(crate) fn emit(core: &Core, lines: Vec<Raw>) {
@@ -218,6 +218,14 @@ const A_EXECUTE: &[Row] = &[
     (6, 1, "switch_core_session.c", "switch_core_session_exec", 2902, Who::A, "EXECUTE [depth=0] {a} {app}({arg})"),
 ];
 
+/// After a loopback A leg's CS_INIT when the throttle refused its B leg
+/// (trace 13): mod_loopback gives up, and the A leg sleeps in CS_INIT.
+#[rustfmt::skip]
+const A_WITHOUT_B: &[Row] = &[
+    (2, 3, LB, "channel_on_init", 258, Who::A, "Failure."),
+    (7, 3, SM, RUN, 624, Who::A, "({a}) State INIT going to sleep"),
+];
+
 /// Fills a template's `{name}` placeholders.
 fn fill(template: &str, value: &dyn Fn(&str) -> String) -> String {
     let mut out = String::with_capacity(template.len() + 64);
@@ -248,77 +256,120 @@ fn fill(template: &str, value: &dyn Fn(&str) -> String) -> String {
 /// `num`, `ctx`, `cid_name`, `cid_num`, `callee`, and `app`/`arg` (the step
 /// or application a row is about).
 pub(crate) fn loopback_originate(o: &LoopbackOriginate<'_>) -> (Vec<Raw>, Vec<Raw>) {
-    let tmp = if o.chosen_uuid {
-        uuid::Uuid::new_v4().to_string()
-    } else {
-        o.a_uuid.to_owned()
-    };
-    let first = format!("loopback/{}-a", o.target);
-    let (c1, t1) = (
-        o.cur.saturating_sub(1).max(1),
-        o.total.saturating_sub(1).max(1),
-    );
-    let (c2, t2) = (c1 + 1, t1 + 1);
-    let emit = |v: &mut Vec<Raw>, rows: &[Row], app: (&str, &str)| {
-        let value = |k: &str| -> String {
-            match k {
-                "first" => first.clone(),
-                "tmp" => tmp.clone(),
-                "a" => o.a.to_owned(),
-                "au" => o.a_uuid.to_owned(),
-                "b" => o.b.to_owned(),
-                "bu" => o.b_uuid.to_owned(),
-                "c1" => c1.to_string(),
-                "t1" => t1.to_string(),
-                "c2" => c2.to_string(),
-                "t2" => t2.to_string(),
-                "num" => o.number.to_owned(),
-                "ctx" => o.context.to_owned(),
-                "cid_name" => o.cid_name.to_owned(),
-                "cid_num" => o.cid_num.to_owned(),
-                "callee" => o.callee.to_owned(),
-                "app" => app.0.to_owned(),
-                "arg" => app.1.to_owned(),
-                other => format!("{{{other}}}"),
-            }
-        };
-        for &(level, channel, file, func, line, who, text) in rows {
-            let ud = match who {
-                Who::Tmp => tmp.clone(),
-                Who::A => o.a_uuid.to_owned(),
-                Who::B => o.b_uuid.to_owned(),
-            };
-            v.push((level, channel, file, func, line, ud, fill(text, &value)));
-        }
-    };
+    let r = Renderer::new(o);
     let none = ("", "");
     let mut before: Vec<Raw> = Vec::with_capacity(64);
-    emit(&mut before, A_CREATED, none);
-    if o.chosen_uuid {
-        emit(&mut before, A_UUID_SET, none);
-    }
-    emit(&mut before, A_INIT, none);
-    emit(&mut before, B_ROUTED, none);
+    r.a_created(&mut before);
+    r.emit(&mut before, B_ROUTED, none);
     for (app, arg) in o.steps {
-        emit(&mut before, B_ACTION, (app, arg));
+        r.emit(&mut before, B_ACTION, (app, arg));
     }
-    emit(&mut before, B_EXECUTE, none);
+    r.emit(&mut before, B_EXECUTE, none);
     // The B leg runs its steps up to the answer, and starts the next one
     // before the originate notices (it polls every 20 ms).
     let mut answered = false;
     for (app, arg) in o.steps {
-        emit(&mut before, B_STEP, (app, arg));
+        r.emit(&mut before, B_STEP, (app, arg));
         if answered {
             break;
         }
         if *app == "answer" {
             answered = true;
-            emit(&mut before, ANSWERED, none);
+            r.emit(&mut before, ANSWERED, none);
         }
     }
     let mut after: Vec<Raw> = Vec::with_capacity(8);
-    emit(&mut after, A_EXECUTE, (o.app, o.app_arg));
+    r.emit(&mut after, A_EXECUTE, (o.app, o.app_arg));
     (before, after)
+}
+
+/// A loopback originate whose B leg the throttle refused: the A leg's
+/// lines up to its CS_INIT, and those after the refusal (`Throttle Error!`
+/// comes between them).
+pub(crate) fn loopback_a_without_b(o: &LoopbackOriginate<'_>) -> (Vec<Raw>, Vec<Raw>) {
+    let r = Renderer::new(o);
+    let (mut before, mut after) = (Vec::new(), Vec::new());
+    r.a_created(&mut before);
+    r.emit(&mut after, A_WITHOUT_B, ("", ""));
+    (before, after)
+}
+
+/// Fills the tables' rows for one originate.
+struct Renderer<'o, 'a> {
+    o: &'o LoopbackOriginate<'a>,
+    /// The A leg's first uuid (another one when the client chose it).
+    tmp: String,
+    /// The A leg's name before mod_loopback renames it.
+    first: String,
+    /// Live and total sessions before and after the B leg exists.
+    counts: (usize, u64, usize, u64),
+}
+
+impl<'o, 'a> Renderer<'o, 'a> {
+    fn new(o: &'o LoopbackOriginate<'a>) -> Self {
+        let tmp = if o.chosen_uuid {
+            uuid::Uuid::new_v4().to_string()
+        } else {
+            o.a_uuid.to_owned()
+        };
+        let (c1, t1) = (
+            o.cur.saturating_sub(1).max(1),
+            o.total.saturating_sub(1).max(1),
+        );
+        Self {
+            o,
+            tmp,
+            first: format!("loopback/{}-a", o.target),
+            counts: (c1, t1, c1 + 1, t1 + 1),
+        }
+    }
+
+    /// The A leg is created and enters CS_INIT.
+    fn a_created(&self, v: &mut Vec<Raw>) {
+        let none = ("", "");
+        self.emit(v, A_CREATED, none);
+        if self.o.chosen_uuid {
+            self.emit(v, A_UUID_SET, none);
+        }
+        self.emit(v, A_INIT, none);
+    }
+
+    fn value(&self, k: &str, app: (&str, &str)) -> String {
+        let o = self.o;
+        let (c1, t1, c2, t2) = self.counts;
+        match k {
+            "first" => self.first.clone(),
+            "tmp" => self.tmp.clone(),
+            "a" => o.a.to_owned(),
+            "au" => o.a_uuid.to_owned(),
+            "b" => o.b.to_owned(),
+            "bu" => o.b_uuid.to_owned(),
+            "c1" => c1.to_string(),
+            "t1" => t1.to_string(),
+            "c2" => c2.to_string(),
+            "t2" => t2.to_string(),
+            "num" => o.number.to_owned(),
+            "ctx" => o.context.to_owned(),
+            "cid_name" => o.cid_name.to_owned(),
+            "cid_num" => o.cid_num.to_owned(),
+            "callee" => o.callee.to_owned(),
+            "app" => app.0.to_owned(),
+            "arg" => app.1.to_owned(),
+            other => format!("{{{other}}}"),
+        }
+    }
+
+    fn emit(&self, v: &mut Vec<Raw>, rows: &[Row], app: (&str, &str)) {
+        for &(level, channel, file, func, line, who, text) in rows {
+            let ud = match who {
+                Who::Tmp => self.tmp.clone(),
+                Who::A => self.o.a_uuid.to_owned(),
+                Who::B => self.o.b_uuid.to_owned(),
+            };
+            let text = fill(text, &|k| self.value(k, app));
+            v.push((level, channel, file, func, line, ud, text));
+        }
+    }
 }
 
 #[cfg(test)]
