@@ -42,6 +42,13 @@
 //! - Event filters whose value starts with `/` (regular expressions) are
 //!   compared literally (case-insensitively), without the slashes.
 //! - The local time zone in `Event-Date-Local` is UTC.
+//! - Sessions per second are limited as FreeSWITCH limits them
+//!   ([`throttle`]); the 1000-session maximum and `min-idle-cpu` are not.
+//! - [`SimConfig::denied_api`] restricts every inbound connection; in
+//!   FreeSWITCH `esl-allowed-api` restricts the users who log in with
+//!   `userauth`, which the simulator does not implement.
+//! - `sched_hangup` fires no `RE_SCHEDULE` events, and `sched_api`,
+//!   `sched_transfer` and `sched_del` do not exist.
 //! - Client input is read as `read_packet` does ([`packet`]), except that a
 //!   `Content-Length` over [`SimConfig::max_packet_body`] closes the
 //!   connection instead of being allocated.
