@@ -103,6 +103,10 @@ fn start_sim() -> (Proc, SocketAddr) {
             &addr.to_string(),
             "--password",
             "ClueCon",
+            // These scenarios measure Redswitch, not the switch's
+            // sessions-per-second throttle (30 by default).
+            "--sessions-per-second",
+            "1000000",
         ])
         .env("RUST_LOG", "warn")
         .stdout(Stdio::null())

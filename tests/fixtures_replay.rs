@@ -976,3 +976,199 @@ async fn trace_15_socket_closed_midcall() {
 async fn trace_16_bridge_then_hangup() {
     check("16-bridge-then-hangup").await;
 }
+
+// ---------------------------------------------------------------------
+// Trace 13: the sessions-per-second throttle.
+//
+// Replayed against the simulator at FreeSWITCH's default limit (30) and
+// compared as strictly as the others, with one exception: its 25
+// originates are `bgapi` jobs running at the same time, so the order in
+// which their BACKGROUND_JOB events interleave with later command replies
+// is a race in FreeSWITCH itself. So BACKGROUND_JOB frames are matched by
+// outcome instead of by position: the same number of `+OK <uuid>` (14),
+// `-ERR DESTINATION_OUT_OF_ORDER` (10) and `-ERR NORMAL_CLEARING` (the
+// call whose B leg was refused, ended by `hupall`), each compared with
+// `compare` against FreeSWITCH's event of the same outcome, each after
+// its own `+OK Job-UUID` reply, and the last one after the `hupall`
+// reply. Every other frame is compared in order, as in `replay`.
+//
+// The throttle counts in fixed one-second windows, so a burst that
+// straddles a window boundary is admitted more (as on FreeSWITCH); such a
+// run is reported and replayed again.
+// ---------------------------------------------------------------------
+
+fn job_outcome(f: &WireFrame) -> Option<String> {
+    if frame_label(f) != "EV:BACKGROUND_JOB" {
+        return None;
+    }
+    let text = String::from_utf8_lossy(&f.body).into_owned();
+    let body = text.split_once("\n\n").map_or("", |(_, b)| b);
+    Some(match body.strip_prefix("+OK ") {
+        Some(_) => "+OK".to_owned(),
+        None => body.trim_end().to_owned(),
+    })
+}
+
+fn job_uuid(f: &WireFrame) -> Option<String> {
+    event_headers(f)?
+        .into_iter()
+        .find(|(n, _)| n == "Job-UUID")
+        .map(|(_, v)| v)
+}
+
+/// One replay of trace 13; `None` when the burst straddled a window.
+async fn replay_13() -> Option<Report> {
+    let name = "13-sessions-per-second-throttle";
+    let chunks = load(name, &[]);
+    let sim = Simulator::start(SimConfig {
+        esl_listen: "127.0.0.1:0".parse().expect("addr"),
+        ..SimConfig::default()
+    })
+    .await
+    .expect("start sim");
+    let mut report = Report {
+        trace: name.to_owned(),
+        failures: Vec::new(),
+        notes: Vec::new(),
+    };
+    let mut conn = Conn {
+        // No outbound socket in this trace: nothing to write back.
+        out_addr: "127.0.0.1:8084".into(),
+        trace_addr: "127.0.0.1:8084".into(),
+        name: "inbound".into(),
+        stream: TcpStream::connect(sim.esl_addr())
+            .await
+            .expect("connect sim"),
+        buf: Vec::new(),
+        raw: Vec::new(),
+        learned: 0,
+        frames: Vec::new(),
+        eof: false,
+    };
+    let mut fs_buf = Vec::new();
+    let mut fs_frames: Vec<WireFrame> = Vec::new();
+    let mut fs_eof = false;
+    let step = Duration::from_secs(12);
+    for c in chunks.iter().filter(|c| c.conn == "inbound") {
+        if c.from_fs {
+            fs_eof |= c.data.is_empty();
+            fs_buf.extend_from_slice(&c.data);
+            fs_frames.extend(split_frames(&mut fs_buf));
+            continue;
+        }
+        conn.fill_until(fs_frames.len(), Instant::now() + step)
+            .await;
+        if conn.stream.write_all(&c.data).await.is_err() {
+            report.fail("[inbound] write failed (simulator closed early)".into());
+        }
+    }
+    conn.fill_until(fs_frames.len(), Instant::now() + step)
+        .await;
+    let closed = !fs_eof
+        || conn
+            .expect_eof(Instant::now() + Duration::from_secs(6))
+            .await;
+    sim.shutdown().await;
+
+    let outcomes = |frames: &[WireFrame]| {
+        let mut v: Vec<String> = frames.iter().filter_map(job_outcome).collect();
+        v.sort();
+        v
+    };
+    if outcomes(&fs_frames) != outcomes(&conn.frames) {
+        eprintln!(
+            "{name}: outcomes differ (a burst straddling a one-second window, or a throttle unlike FreeSWITCH's): {:?}",
+            outcomes(&conn.frames)
+        );
+        return None;
+    }
+    // Every frame but the jobs' results, in order.
+    let others = |frames: &[WireFrame]| -> Vec<WireFrame> {
+        frames
+            .iter()
+            .filter(|f| job_outcome(f).is_none())
+            .cloned()
+            .collect()
+    };
+    let (fs_others, sim_others) = (others(&fs_frames), others(&conn.frames));
+    let labels = |v: &[WireFrame]| v.iter().map(frame_label).collect::<Vec<_>>();
+    if labels(&fs_others) != labels(&sim_others) {
+        report.fail(format!(
+            "[inbound] frame sequence (jobs' results aside) differs:\n  fs:  {:?}\n  sim: {:?}",
+            labels(&fs_others),
+            labels(&sim_others)
+        ));
+    }
+    for (i, (f, s)) in fs_others.iter().zip(&sim_others).enumerate() {
+        compare("inbound", i, f, s, &[], &mut report);
+    }
+    // The jobs' results, matched by outcome.
+    for outcome in [
+        "+OK",
+        "-ERR DESTINATION_OUT_OF_ORDER",
+        "-ERR NORMAL_CLEARING",
+    ] {
+        let of = |frames: &[WireFrame]| -> Vec<WireFrame> {
+            frames
+                .iter()
+                .filter(|f| job_outcome(f).as_deref() == Some(outcome))
+                .cloned()
+                .collect()
+        };
+        for (i, (f, s)) in of(&fs_frames).iter().zip(&of(&conn.frames)).enumerate() {
+            compare(&format!("inbound {outcome}"), i, f, s, &[], &mut report);
+        }
+    }
+    // Each result after its own reply; the stranded call's after hupall.
+    let hupall_reply = conn
+        .frames
+        .iter()
+        .position(|f| f.body.starts_with(b"+OK hangup all channels"));
+    for (i, f) in conn.frames.iter().enumerate() {
+        let (Some(outcome), Some(job)) = (job_outcome(f), job_uuid(f)) else {
+            continue;
+        };
+        let reply = conn
+            .frames
+            .iter()
+            .position(|r| r.get("Job-UUID") == Some(job.as_str()));
+        if reply.is_none_or(|r| r >= i) {
+            report.fail(format!(
+                "[inbound #{i}] job {job} answered before its reply"
+            ));
+        }
+        if outcome == "-ERR NORMAL_CLEARING" && hupall_reply.is_none_or(|h| h >= i) {
+            report.fail(format!(
+                "[inbound #{i}] the stranded call ended before hupall"
+            ));
+        }
+    }
+    if !closed {
+        report.fail("[inbound] FreeSWITCH closed the connection, the simulator did not".into());
+    }
+    Some(report)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn trace_13_sessions_per_second_throttle() {
+    let _turn = ONE_AT_A_TIME.lock().await;
+    for _ in 0..4 {
+        let Some(r) = replay_13().await else {
+            continue;
+        };
+        for n in &r.notes {
+            eprintln!("{}: note: {n}", r.trace);
+        }
+        for f in &r.failures {
+            eprintln!("{}: MISMATCH: {f}", r.trace);
+        }
+        assert!(
+            r.failures.is_empty(),
+            "{}: {} mismatches (see stderr)",
+            r.trace,
+            r.failures.len()
+        );
+        return;
+    }
+    panic!("trace 13: the jobs' outcomes never matched FreeSWITCH's (see stderr)");
+}

@@ -39,6 +39,9 @@ pub(crate) enum Role {
         partner: ChannelHandle,
         ext: Extension,
     },
+    /// An `-a` half whose `-b` half the sessions-per-second throttle
+    /// refused: it stays in CS_INIT until killed or the originate times out.
+    LoopbackWithoutB,
 }
 
 /// Everything needed to start a channel task.
@@ -258,6 +261,7 @@ impl Actor {
             Role::LoopbackA { .. } => {
                 self.st.state = crate::sim::channel::CState::ConsumeMedia;
             }
+            Role::LoopbackWithoutB => {}
             Role::LoopbackB { ext, .. } => {
                 self.st.state = crate::sim::channel::CState::Execute;
                 self.st.call_state = "RINGING";
@@ -907,6 +911,7 @@ impl Actor {
             "park",
             "echo",
             "hangup",
+            "sched_hangup",
             "set",
             "export",
             "unset",
@@ -1010,6 +1015,14 @@ impl Actor {
                     "NORMAL_CLEARING".to_owned()
                 } else {
                     normalize_cause(&arg)
+                };
+                self.stack.push(frame);
+                self.hangup(&cause, None);
+                return;
+            }
+            "sched_hangup" => {
+                let Some(cause) = crate::sim::sched::app(&self.core, &self.me, &arg) else {
+                    return self.complete(frame);
                 };
                 self.stack.push(frame);
                 self.hangup(&cause, None);
@@ -1418,7 +1431,7 @@ impl Actor {
         self.extra.sent_dtmf.push_str(digits);
         let partner = match &self.role {
             Role::LoopbackA { partner } | Role::LoopbackB { partner, .. } => Some(partner.clone()),
-            Role::Remote(_) => None,
+            Role::Remote(_) | Role::LoopbackWithoutB => None,
         };
         if let Some(p) = partner.or_else(|| self.bridged.clone()) {
             p.try_send(ChanMsg::FarDtmf(digits.to_owned()));
@@ -1714,7 +1727,7 @@ impl Actor {
                 Role::LoopbackA { partner } | Role::LoopbackB { partner, .. } => {
                     *partner.uuid == *uuid
                 }
-                Role::Remote(_) => false,
+                Role::Remote(_) | Role::LoopbackWithoutB => false,
             };
             if twin && !self.done && self.hangup_reporting.is_none() {
                 let cause = self
@@ -1880,7 +1893,7 @@ impl Actor {
     fn loopback_partner(&self) -> Option<ChannelHandle> {
         match &self.role {
             Role::LoopbackA { partner } | Role::LoopbackB { partner, .. } => Some(partner.clone()),
-            Role::Remote(_) => None,
+            Role::Remote(_) | Role::LoopbackWithoutB => None,
         }
     }
 

@@ -78,6 +78,13 @@
 //! - Event filters whose value starts with `/` (regular expressions) are
 //!   compared literally (case-insensitively), without the slashes.
 //! - The local time zone in `Event-Date-Local` is UTC.
+//! - Sessions per second are limited as FreeSWITCH limits them
+//!   ([`throttle`]); the 1000-session maximum and `min-idle-cpu` are not.
+//! - [`SimConfig::denied_api`] restricts every inbound connection; in
+//!   FreeSWITCH `esl-allowed-api` restricts the users who log in with
+//!   `userauth`, which the simulator does not implement.
+//! - `sched_hangup` fires no `RE_SCHEDULE` events, and `sched_api`,
+//!   `sched_transfer` and `sched_del` do not exist.
 //! - Client input is read as `read_packet` does ([`packet`]), except that a
 //!   `Content-Length` over [`SimConfig::max_packet_body`] closes the
 //!   connection instead of being allocated.
@@ -96,9 +103,11 @@ pub mod numberplan;
 pub mod outbound;
 pub mod packet;
 pub(crate) mod queue;
+pub(crate) mod sched;
 pub mod server;
 pub mod session;
 pub(crate) mod text;
+pub mod throttle;
 pub mod wav;
 
 use crate::sim::event::{CoreInfo, FiredEvent};
@@ -169,6 +178,17 @@ pub struct SimConfig {
     pub noanswer_time: Duration,
     /// Tone length of the `answer-tone` test extension (30 s).
     pub answer_tone_time: Duration,
+    /// FreeSWITCH's sessions-per-second limit (`sessions-per-second` in
+    /// switch.conf.xml, 30 by default; `fsctl sps N` changes it at run
+    /// time). Every channel counts, so a loopback originate costs two; see
+    /// [`throttle`] for how FreeSWITCH counts.
+    pub sessions_per_second: u32,
+    /// API commands the event-socket user may not run: `api`/`bgapi` of
+    /// one of them is answered `-ERR permission denied` (a command/reply),
+    /// as mod_event_socket answers a user whose `esl-allowed-api` lists
+    /// every other command. Empty (the default): every command is allowed.
+    /// Applies to inbound connections; outbound sockets are not restricted.
+    pub denied_api: Vec<String>,
 }
 
 impl Default for SimConfig {
@@ -194,6 +214,8 @@ impl Default for SimConfig {
             socket_extension: "127.0.0.1:8084".to_owned(),
             noanswer_time: Duration::from_secs(3),
             answer_tone_time: Duration::from_secs(30),
+            sessions_per_second: throttle::DEFAULT_SESSIONS_PER_SECOND,
+            denied_api: Vec::new(),
         }
     }
 }
@@ -293,6 +315,8 @@ pub(crate) struct Core {
     pub(crate) connect_socket: fn(Arc<Core>, ChannelHandle, String, bool, bool),
     /// Dials one leg for the `bridge` application ([`api::originate_leg`]).
     pub(crate) dial_leg: fn(Arc<Core>, String) -> DialFuture,
+    /// The sessions-per-second budget and the counters of `status`.
+    pub(crate) throttle: Mutex<throttle::Throttle>,
 }
 
 /// What [`Core::dial_leg`] returns: the answered leg, or its cause.
@@ -308,6 +332,8 @@ pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 impl Core {
     fn new(cfg: SimConfig) -> Self {
         let info = CoreInfo::new(cfg.hostname.clone(), cfg.ipv4.clone(), cfg.ipv6.clone());
+        let started = Instant::now();
+        let throttle = throttle::Throttle::new(cfg.sessions_per_second, started);
         Self {
             cfg,
             info,
@@ -316,11 +342,12 @@ impl Core {
             listeners: Mutex::new(Vec::new()),
             shutdown: CancellationToken::new(),
             tasks: TaskTracker::new(),
-            started: Instant::now(),
+            started,
             sessions: AtomicU64::new(0),
             listener_ids: AtomicU64::new(1),
             connect_socket: outbound::spawn,
             dial_leg: |core, dial| Box::pin(async move { api::originate_leg(&core, &dial).await }),
+            throttle: Mutex::new(throttle),
         }
     }
 
@@ -364,6 +391,9 @@ impl Core {
         }
         map.insert(h.uuid.to_string(), h);
         self.sessions.fetch_add(1, Ordering::Relaxed);
+        let live = map.len();
+        drop(map);
+        lock(&self.throttle).created(live);
         true
     }
 
@@ -407,6 +437,7 @@ impl Simulator {
         let task_core = core.clone();
         core.tasks
             .spawn(async move { server::run(listener, task_core).await });
+        core.tasks.spawn(api::throttle_clock(core.clone()));
         Ok(SimHandle {
             inner: Arc::new(HandleInner { core, addr }),
         })
