@@ -149,6 +149,15 @@ impl Agent {
         let maintenance = queue.spawn_maintenance(cancel.child_token());
         let conn = redis.connection().await?;
 
+        // The switch's sessions-per-second limit, now and after reconnects.
+        config.call.pacer.read_limit(&inbound).await;
+        tasks.spawn(
+            config
+                .call
+                .pacer
+                .clone()
+                .follow(inbound.clone(), cancel.child_token()),
+        );
         let worker = Worker {
             queue: Arc::new(queue),
             dialer,
@@ -231,6 +240,12 @@ impl Worker {
                 }
                 Ok(Some(job)) => {
                     backoff = Duration::from_millis(100);
+                    // Dialled in the order taken, under the switch's rate.
+                    let slot = self.settings.pacer.reserve(self.settings.caller_sessions());
+                    tokio::select! {
+                        () = stop.cancelled() => break,
+                        () = slot.wait() => {}
+                    }
                     job
                 }
                 Ok(None) => continue,

@@ -13,6 +13,8 @@
 //! - [`store`]: connections to Redis, standalone or cluster.
 //! - [`asp_call`]: the asp-call flow, written with the call API of
 //!   [`crate::switch`].
+//! - [`pacing`]: originates paced under FreeSWITCH's sessions-per-second
+//!   limit.
 //! - [`agent`]: `redswitch serve`: takes jobs, runs calls, routes control.
 //!
 //! This is the only part of the agent that talks to Redis (the tester
@@ -40,6 +42,7 @@ pub mod asp_call;
 pub mod control;
 pub mod events;
 pub mod job;
+pub mod pacing;
 pub mod queue;
 pub mod store;
 pub mod validate;

@@ -46,6 +46,7 @@ pub fn agent_config(
             recordings_dir: recordings.to_owned(),
             ring_timeout: Duration::from_secs(2),
             linger: Duration::from_secs(5),
+            ..CallSettings::default()
         },
         max_calls: 2000,
         instance: format!("test-{}", &uuid::Uuid::new_v4().simple().to_string()[..8]),
@@ -188,7 +189,7 @@ impl Stack {
     /// for `dial_id`.
     pub fn leg(&self, dial_id: &str, side: u8) -> Option<ChannelSnapshot> {
         self.sim.channels().into_iter().find(|c| {
-            c.variables.get("redswitch_dial_id").map(String::as_str) == Some(dial_id)
+            c.variables.get("dial_id").map(String::as_str) == Some(dial_id)
                 && c.variables.get("redswitch_side").map(String::as_str) == Some(&side.to_string())
                 && c.hangup_cause.is_none()
         })
