@@ -3,8 +3,7 @@
 //! queue, a reused `dial_id`, and at-least-once delivery when an instance
 //! dies holding a job.
 
-#[allow(dead_code)]
-mod support;
+use redswitch_test_support as support;
 
 use redswitch::service::queue::{JobQueue, QueueConfig};
 use redswitch::service::store::RedisClient;
@@ -146,7 +145,7 @@ async fn bad_jobs_are_dead_lettered_and_nothing_reaches_freeswitch() {
         stack.push_raw(&case.raw).await;
     }
     let n = cases.len();
-    support::wait_until(
+    support::eventually(
         "every bad job dead-lettered",
         Duration::from_secs(10),
         || {
@@ -286,7 +285,7 @@ async fn a_dial_id_reused_while_its_call_is_live_is_refused() {
         failure["cause"],
         "dial_id already has an active call on this instance"
     );
-    support::wait_until("dead-lettered", Duration::from_secs(5), || {
+    support::eventually("dead-lettered", Duration::from_secs(5), || {
         let stack = &stack;
         async move { !stack.lrange(&format!("{JOBS}.dead")).await.is_empty() }
     })

@@ -6,7 +6,7 @@
 #[path = "../examples/ivr_dialer.rs"]
 mod ivr_dialer;
 
-mod voice_support;
+use redswitch_test_support::voice as voice_support;
 
 use clap::Parser;
 use redswitch::sim::{SimConfig, Simulator};
@@ -59,10 +59,6 @@ async fn ivr_dialer_hears_the_digits_and_records_the_answer() {
         "{len:?}"
     );
     // The call is over.
-    assert!(
-        voice_support::eventually(Duration::from_secs(5), || sim.channels().is_empty()).await,
-        "{:?}",
-        sim.channels()
-    );
+    redswitch_test_support::assert_no_channels(sim.esl_addr()).await;
     sim.shutdown().await;
 }

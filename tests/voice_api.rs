@@ -2,7 +2,7 @@
 //! inbound calls, play (done, barge-in, time limit, stop), record, DTMF
 //! modes, collection, sending, timers, app events, bridge, reject, hangup.
 
-mod voice_support;
+use redswitch_test_support::voice as voice_support;
 
 use redswitch::switch::Direction;
 use redswitch::switch::voice::{
@@ -13,7 +13,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
-use voice_support::{Harness, eventually, recorded_length};
+use redswitch_test_support::eventually;
+use std::future::ready;
+use voice_support::{Harness, recorded_length};
 
 const TONE_2S: &str = "tone_stream://%(2000,0,440)";
 const T: Duration = Duration::from_secs(10);
@@ -168,10 +170,10 @@ async fn a_play_without_barge_in_ignores_digits_and_a_time_limit_or_stop_cuts_it
     v.start_play(&["silence_stream://5000"], PlayOptions::default())
         .unwrap();
     let uuid = v.uuid().to_owned();
-    assert!(
-        eventually(T, || h.channel(&uuid).is_some_and(|c| c.playing.is_some())).await,
-        "the sim never started playing"
-    );
+    eventually("the sim to start playing", T, || {
+        ready(h.channel(&uuid).is_some_and(|c| c.playing.is_some()))
+    })
+    .await;
     v.stop_media().await.unwrap();
     let outcome = loop {
         if let VoiceEvent::Play(o) = next(&mut v).await {

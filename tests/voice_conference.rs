@@ -8,7 +8,7 @@
 //! `conference` as an unknown application and hangs the leg up with
 //! DESTINATION_OUT_OF_ORDER, as FreeSWITCH does for an application it lacks.
 
-mod voice_support;
+use redswitch_test_support::voice as voice_support;
 
 use redswitch::switch::voice::{AppRouter, Voice, VoiceError, VoiceEvent};
 use std::time::Duration;

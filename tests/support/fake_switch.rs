@@ -1,7 +1,6 @@
 //! Test peers for the `switch` tests: a small fake FreeSWITCH event socket
 //! (inbound), a replayer of the recorded outbound traces, and frame builders.
 //! Each speaks the bytes the traces in `tests/fixtures/` show.
-#![allow(dead_code)] // each test file uses a different part of this module
 
 use base64::Engine;
 use bytes::{Bytes, BytesMut};
