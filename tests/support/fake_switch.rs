@@ -266,7 +266,7 @@ pub enum Dir {
 /// The chunks of connection `conn` in a trace's `.raw.jsonl`.
 pub fn trace_chunks(scenario: &str, conn: &str) -> Vec<(Dir, Vec<u8>)> {
     let path = format!(
-        "{}/tests/fixtures/freeswitch-1.10/{scenario}.raw.jsonl",
+        "{}/../fixtures/freeswitch-1.10/{scenario}.raw.jsonl",
         env!("CARGO_MANIFEST_DIR")
     );
     let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{path}: {e}"));
