@@ -532,3 +532,32 @@ async fn inbound_calls_run_the_routed_app() {
     );
     h.shutdown().await;
 }
+
+/// `hangup` ends the leg at once while an application runs on it with
+/// `event-lock` (a play, a record): it does not queue behind them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hangup_during_play_or_record_ends_the_leg_at_once() {
+    let h = Harness::start(AppRouter::new()).await;
+    let mut v: Voice = h.call("15551230005").await;
+    let uuid = v.uuid().to_owned();
+    v.start_play(&["silence_stream://60000"], PlayOptions::default())
+        .unwrap();
+    eventually("the sim to start playing", T, || {
+        ready(h.channel(&uuid).is_some_and(|c| c.playing.is_some()))
+    })
+    .await;
+    v.hangup("NORMAL_CLEARING").await.unwrap();
+    eventually("the playing leg to end", T, || ready(h.channel(&uuid).is_none())).await;
+
+    let mut v: Voice = h.call("15551230006").await;
+    let uuid = v.uuid().to_owned();
+    v.start_record(&h.recording("cut.wav"), RecordOptions::default())
+        .unwrap();
+    eventually("the sim to start recording", T, || {
+        ready(h.channel(&uuid).is_some_and(|c| c.recording.is_some()))
+    })
+    .await;
+    v.hangup("NORMAL_CLEARING").await.unwrap();
+    eventually("the recording leg to end", T, || ready(h.channel(&uuid).is_none())).await;
+    h.shutdown().await;
+}
