@@ -2,6 +2,7 @@
 //! are dialled in order, paced so that FreeSWITCH refuses none.
 
 use redswitch::esl::EventFormat;
+use redswitch::service::pacing::{LimitSource, Pacer};
 use redswitch::switch::{InboundClient, InboundConfig};
 use redswitch_test_support::stack::{Follower, Stack, job};
 use std::time::Duration;
@@ -56,9 +57,50 @@ async fn burst(stack: &Stack, n: usize) {
     let _ = watch.close().await;
 }
 
+/// The switch never had to refuse a session: the peak rate its `status`
+/// reports (attempts counted, refused ones included) stayed within its
+/// limit.
+async fn assert_no_throttling(stack: &Stack) {
+    let status = stack.api("status").await;
+    let line = status
+        .lines()
+        .find(|l| l.contains("session(s) per Sec out of max"))
+        .unwrap_or_else(|| panic!("no rate line in {status:?}"));
+    // `N session(s) per Sec out of max M, peak P, last 5min P5`
+    let number_after = |word: &str| -> u64 {
+        line.split(word)
+            .nth(1)
+            .and_then(|r| r.trim_start().split(|c: char| !c.is_ascii_digit()).next())
+            .and_then(|n| n.parse().ok())
+            .unwrap_or_else(|| panic!("no {word:?} in {line:?}"))
+    };
+    let (max, peak) = (number_after("out of max"), number_after("peak"));
+    assert!(peak <= max, "the switch saw {peak} sessions/s, over its limit {max}: {line}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sixty_jobs_at_once_all_come_up_at_the_default_limit() {
     let stack = Stack::start(1).await;
     burst(&stack, 60).await;
+    assert_no_throttling(&stack).await;
+    stack.stop().await;
+}
+
+/// A burst far beyond a low limit: every call is placed, in order, and the
+/// switch refuses none. (100 jobs: two sessions a call at 10 sessions/s is
+/// about 30 s.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_burst_against_a_limit_of_ten_is_placed_in_order() {
+    let mut stack = Stack::start(0).await;
+    assert_eq!(
+        stack.api("fsctl sps 10").await.trim(),
+        "+OK sessions per second: 10"
+    );
+    let pacer = Pacer::new(None);
+    stack.add_agent_with(|agent| agent.call.pacer = pacer.clone()).await;
+    // Read at connect.
+    assert_eq!((pacer.limit(), pacer.source()), (10, LimitSource::Switch));
+    burst(&stack, 100).await;
+    assert_no_throttling(&stack).await;
     stack.stop().await;
 }

@@ -96,12 +96,18 @@ impl Stack {
     /// Starts one more agent on this stack (e.g. after a dead instance's
     /// liveness key expired).
     pub async fn add_agent(&mut self) {
-        let config = agent_config(
+        self.add_agent_with(|_| {}).await;
+    }
+
+    /// Starts one more agent with its settings changed by `agent`.
+    pub async fn add_agent_with(&mut self, agent: impl FnOnce(&mut AgentConfig)) {
+        let mut config = agent_config(
             &self.redis.url(),
             &self.sim,
             self.recordings.path(),
             self.media.path(),
         );
+        agent(&mut config);
         self.agents.push(
             Agent::start(config, self.cancel.child_token())
                 .await
