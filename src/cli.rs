@@ -195,7 +195,9 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
         let digits = rest.find(|c: char| !c.is_ascii_digit()).ok_or_else(bad)?;
         let n: u64 = rest[..digits].parse().map_err(|_| bad())?;
         rest = &rest[digits..];
-        let unit_len = rest.find(|c: char| c.is_ascii_digit()).unwrap_or(rest.len());
+        let unit_len = rest
+            .find(|c: char| c.is_ascii_digit())
+            .unwrap_or(rest.len());
         let unit = match &rest[..unit_len] {
             "ms" => Duration::from_millis(1),
             "s" => Duration::from_secs(1),
@@ -388,7 +390,17 @@ mod tests {
         assert_eq!(parse_duration("1h30m"), Ok(Duration::from_secs(5400)));
         assert_eq!(parse_duration("3600"), Ok(Duration::from_secs(3600)));
         assert_eq!(parse_duration("1500ms"), Ok(Duration::from_millis(1500)));
-        for bad in ["", "0", "0s", "h", "4x", "4 h", "-1h", "1.5h", "99999999999d"] {
+        for bad in [
+            "",
+            "0",
+            "0s",
+            "h",
+            "4x",
+            "4 h",
+            "-1h",
+            "1.5h",
+            "99999999999d",
+        ] {
             assert!(parse_duration(bad).is_err(), "{bad:?}");
         }
         let cli = Cli::try_parse_from(["redswitch"]).unwrap();

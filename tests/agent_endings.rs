@@ -39,7 +39,9 @@ async fn callee_ringing(stack: &Stack, callee: &str) -> (Follower, String) {
     stack
         .wait_leg(&dial_id, 0, "in ringback", |c| c.playing.is_some())
         .await;
-    stack.wait_leg(&dial_id, 1, "ringing", |c| !c.answered).await;
+    stack
+        .wait_leg(&dial_id, 1, "ringing", |c| !c.answered)
+        .await;
     (f, dial_id)
 }
 
@@ -182,7 +184,10 @@ async fn barge_then_hangup_ends_all_three() {
     stack.publish(&dial_id, r#"{"type":"hangup"}"#).await;
     assert_eq!(f.answer(Some("hangup")).await["type"], "ack");
     let causes = ends(&mut f, &[0, 1, 2]).await;
-    assert!(causes.values().all(|c| c == "NORMAL_CLEARING"), "{causes:?}");
+    assert!(
+        causes.values().all(|c| c == "NORMAL_CLEARING"),
+        "{causes:?}"
+    );
     stack.stop().await;
 }
 
@@ -202,7 +207,9 @@ async fn caller_hangs_up_during_play() {
     let caller = stack
         .wait_leg(&dial_id, 0, "playing", |c| c.playing.is_some())
         .await;
-    stack.api(&format!("uuid_kill {} NORMAL_CLEARING", caller.uuid)).await;
+    stack
+        .api(&format!("uuid_kill {} NORMAL_CLEARING", caller.uuid))
+        .await;
     let causes = ends(&mut f, &[0, 1]).await;
     assert_eq!(causes[&0], "NORMAL_CLEARING");
     assert!(
@@ -227,7 +234,9 @@ async fn callee_hangs_up_during_record() {
         .wait_leg(&dial_id, 0, "recording", |c| c.recording.is_some())
         .await;
     let callee = stack.leg(&dial_id, 1).expect("callee leg");
-    stack.api(&format!("uuid_kill {} USER_BUSY", callee.uuid)).await;
+    stack
+        .api(&format!("uuid_kill {} USER_BUSY", callee.uuid))
+        .await;
     let causes = ends(&mut f, &[0, 1]).await;
     assert_eq!(causes[&1], "USER_BUSY");
     assert_eq!(causes[&0], "NORMAL_CLEARING");
@@ -254,7 +263,9 @@ async fn legs_carry_instance_and_dial_id_for_hupall() {
         assert_eq!(leg.variables[DIAL_ID_VARIABLE], dial_id);
     }
     stack
-        .api(&format!("hupall MANAGER_REQUEST redswitch_instance {instance}"))
+        .api(&format!(
+            "hupall MANAGER_REQUEST redswitch_instance {instance}"
+        ))
         .await;
     let causes = ends(&mut f, &[0, 1]).await;
     assert!(
@@ -284,10 +295,12 @@ async fn max_call_duration_is_enforced_by_the_switch() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn killing_a_gone_leg_is_not_an_error() {
     let stack = Stack::start(0).await;
-    let (inbound, events) =
-        InboundClient::connect(InboundConfig::new(stack.sim.esl_addr().to_string(), "ClueCon"))
-            .await
-            .unwrap();
+    let (inbound, events) = InboundClient::connect(InboundConfig::new(
+        stack.sim.esl_addr().to_string(),
+        "ClueCon",
+    ))
+    .await
+    .unwrap();
     let (dialer, _task) = Dialer::start(inbound, events, "127.0.0.1:1", "gone-test")
         .await
         .unwrap();
@@ -301,10 +314,12 @@ async fn killing_a_gone_leg_is_not_an_error() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_refused_bridge_is_retried_once_then_reported() {
     let stack = Stack::start(0).await;
-    let (inbound, events) =
-        InboundClient::connect(InboundConfig::new(stack.sim.esl_addr().to_string(), "ClueCon"))
-            .await
-            .unwrap();
+    let (inbound, events) = InboundClient::connect(InboundConfig::new(
+        stack.sim.esl_addr().to_string(),
+        "ClueCon",
+    ))
+    .await
+    .unwrap();
     let (dialer, _task) = Dialer::start(inbound, events, "127.0.0.1:1", "bridge-test")
         .await
         .unwrap();

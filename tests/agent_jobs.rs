@@ -389,7 +389,10 @@ async fn a_job_taken_by_an_instance_that_died_is_done_by_a_live_one() {
     let leg = stack
         .wait_leg(&dial_id, 0, "bridged", |c| c.bridged_to.is_some())
         .await;
-    assert_eq!(leg.variables["redswitch_instance"], stack.agents[0].instance);
+    assert_eq!(
+        leg.variables["redswitch_instance"],
+        stack.agents[0].instance
+    );
     stack.publish(&dial_id, r#"{"type":"hangup"}"#).await;
     f.hangups(&[0, 1]).await;
     f.drain(Duration::from_millis(300)).await;

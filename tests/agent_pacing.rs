@@ -15,10 +15,12 @@ const ANSWERS_THEN_HANGS_UP: &str = "15554870001";
 /// the order the jobs were pushed.
 async fn burst(stack: &Stack, n: usize) {
     // The switch's own view of the order: CHANNEL_CREATE of each caller.
-    let (watch, mut created) =
-        InboundClient::connect(InboundConfig::new(stack.sim.esl_addr().to_string(), "ClueCon"))
-            .await
-            .unwrap();
+    let (watch, mut created) = InboundClient::connect(InboundConfig::new(
+        stack.sim.esl_addr().to_string(),
+        "ClueCon",
+    ))
+    .await
+    .unwrap();
     watch
         .subscribe(EventFormat::Plain, ["CHANNEL_CREATE"])
         .await
@@ -75,7 +77,10 @@ async fn assert_no_throttling(stack: &Stack) {
             .unwrap_or_else(|| panic!("no {word:?} in {line:?}"))
     };
     let (max, peak) = (number_after("out of max"), number_after("peak"));
-    assert!(peak <= max, "the switch saw {peak} sessions/s, over its limit {max}: {line}");
+    assert!(
+        peak <= max,
+        "the switch saw {peak} sessions/s, over its limit {max}: {line}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -97,7 +102,9 @@ async fn a_burst_against_a_limit_of_ten_is_placed_in_order() {
         "+OK sessions per second: 10"
     );
     let pacer = Pacer::new(None);
-    stack.add_agent_with(|agent| agent.call.pacer = pacer.clone()).await;
+    stack
+        .add_agent_with(|agent| agent.call.pacer = pacer.clone())
+        .await;
     // Read at connect.
     assert_eq!((pacer.limit(), pacer.source()), (10, LimitSource::Switch));
     burst(&stack, 100).await;

@@ -9,12 +9,12 @@ use redswitch::switch::voice::{
     AppRouter, CollectEnd, DtmfMode, PlayOptions, PlayOutcome, RecordOptions, RecordOutcome, Voice,
     VoiceEvent,
 };
+use redswitch_test_support::eventually;
+use std::future::ready;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
-use redswitch_test_support::eventually;
-use std::future::ready;
 use voice_support::{Harness, recorded_length};
 
 const TONE_2S: &str = "tone_stream://%(2000,0,440)";
@@ -547,17 +547,23 @@ async fn hangup_during_play_or_record_ends_the_leg_at_once() {
     })
     .await;
     v.hangup("NORMAL_CLEARING").await.unwrap();
-    eventually("the playing leg to end", T, || ready(h.channel(&uuid).is_none())).await;
+    eventually("the playing leg to end", T, || {
+        ready(h.channel(&uuid).is_none())
+    })
+    .await;
 
     let mut v: Voice = h.call("15551230006").await;
     let uuid = v.uuid().to_owned();
-    v.start_record(&h.recording("cut.wav"), RecordOptions::default())
+    v.start_record(h.recording("cut.wav"), RecordOptions::default())
         .unwrap();
     eventually("the sim to start recording", T, || {
         ready(h.channel(&uuid).is_some_and(|c| c.recording.is_some()))
     })
     .await;
     v.hangup("NORMAL_CLEARING").await.unwrap();
-    eventually("the recording leg to end", T, || ready(h.channel(&uuid).is_none())).await;
+    eventually("the recording leg to end", T, || {
+        ready(h.channel(&uuid).is_none())
+    })
+    .await;
     h.shutdown().await;
 }

@@ -8,12 +8,12 @@ use redswitch_test_support::voice as voice_support;
 use redswitch::switch::voice::{
     AppError, AppRouter, PlayOptions, PlayOutcome, Voice, VoiceError, spawn_app,
 };
+use redswitch_test_support::eventually;
+use std::future::ready;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 use tokio::sync::mpsc;
-use redswitch_test_support::eventually;
-use std::future::ready;
 use voice_support::Harness;
 
 const T: Duration = Duration::from_secs(10);
@@ -184,7 +184,10 @@ async fn results_errors_and_panics_reach_whoever_started_the_app() {
     .unwrap();
     assert_eq!(result.unwrap(), "Done");
     // The app left the leg up; run_app hung it up.
-    eventually("run_app to end the leg", T, || ready(h.channel(&uuid).is_none())).await;
+    eventually("run_app to end the leg", T, || {
+        ready(h.channel(&uuid).is_none())
+    })
+    .await;
 
     let v: Voice = h.call("15551240004").await;
     let err = spawn_app(v, |_v: Voice| async { Err::<(), _>("no such menu") })

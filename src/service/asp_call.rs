@@ -879,9 +879,7 @@ impl AspCall {
             | ControlMessage::Mute
             | ControlMessage::Threeway
             | ControlMessage::Unthreeway => {
-                let barger = self
-                    .answered(Side::Barger)
-                    .map_err(|_| Refusal::NoBarger)?;
+                let barger = self.answered(Side::Barger).map_err(|_| Refusal::NoBarger)?;
                 let digit = eavesdrop_digit(msg).unwrap_or('0');
                 self.api(format!("uuid_recv_dtmf {} {digit}", barger.uuid()))
                     .await?;

@@ -225,7 +225,10 @@ impl Pacer {
         self.bucket().set_limit(limit, Instant::now());
         *self.inner.source.lock().unwrap_or_else(|p| p.into_inner()) = source;
         if source == LimitSource::Switch {
-            tracing::info!(sessions_per_second = limit, "pacing originates under the switch's limit");
+            tracing::info!(
+                sessions_per_second = limit,
+                "pacing originates under the switch's limit"
+            );
         }
     }
 
@@ -299,9 +302,8 @@ mod tests {
         for limit in [1, 2, 10, 30, 100] {
             let start = Instant::now();
             let mut bucket = Bucket::new(limit, start);
-            let grants: Vec<Duration> = (0..400)
-                .map(|_| bucket.reserve(2, start) - start)
-                .collect();
+            let grants: Vec<Duration> =
+                (0..400).map(|_| bucket.reserve(2, start) - start).collect();
             for (i, &t) in grants.iter().enumerate() {
                 let in_window = grants[i..]
                     .iter()

@@ -553,7 +553,10 @@ pub async fn kill_leg(call: &Call, cause: &str) -> std::result::Result<(), Error
     if call.hangup_cause().is_some() || call.is_closed() {
         return Ok(());
     }
-    match call.api(&format!("uuid_kill {} {cause}", call.uuid())).await {
+    match call
+        .api(&format!("uuid_kill {} {cause}", call.uuid()))
+        .await
+    {
         Ok(_) => Ok(()),
         Err(Error::CommandFailed { reply }) if reply.contains("No such channel") => Ok(()),
         // The socket closed under us: the channel hung up.
