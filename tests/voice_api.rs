@@ -2,20 +2,18 @@
 //! inbound calls, play (done, barge-in, time limit, stop), record, DTMF
 //! modes, collection, sending, timers, app events, bridge, reject, hangup.
 
-use redswitch_test_support::voice as voice_support;
-
 use redswitch::switch::Direction;
 use redswitch::switch::voice::{
     AppRouter, CollectEnd, DtmfMode, PlayOptions, PlayOutcome, RecordOptions, RecordOutcome, Voice,
     VoiceEvent,
 };
 use redswitch_test_support::eventually;
+use redswitch_test_support::voice::{Harness, recorded_length};
 use std::future::ready;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
-use voice_support::{Harness, recorded_length};
 
 const TONE_2S: &str = "tone_stream://%(2000,0,440)";
 const T: Duration = Duration::from_secs(10);

@@ -3,18 +3,16 @@
 //! up, bad DTMF digits and durations. Plus the app's result and error
 //! reaching whoever started it.
 
-use redswitch_test_support::voice as voice_support;
-
 use redswitch::switch::voice::{
     AppError, AppRouter, PlayOptions, PlayOutcome, Voice, VoiceError, spawn_app,
 };
 use redswitch_test_support::eventually;
+use redswitch_test_support::voice::Harness;
 use std::future::ready;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 use tokio::sync::mpsc;
-use voice_support::Harness;
 
 const T: Duration = Duration::from_secs(10);
 
