@@ -3,8 +3,8 @@
 
 use redswitch::esl::EventFormat;
 use redswitch::service::pacing::{LimitSource, Pacer};
-use redswitch::switch::{InboundClient, InboundConfig};
 use redswitch::sim::Simulator;
+use redswitch::switch::{InboundClient, InboundConfig};
 use redswitch_test_support::eventually;
 use redswitch_test_support::stack::{Follower, Stack, job};
 use std::time::Duration;

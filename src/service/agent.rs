@@ -27,6 +27,7 @@ use crate::service::asp_call::{AspCall, CallSettings, StartError};
 use crate::service::control::{ControlRouter, RouterConfig};
 use crate::service::events::CallEvents;
 use crate::service::job;
+use crate::service::pacing::{Turn, Turns};
 use crate::service::queue::{JobQueue, QueueConfig, QueueError, TakenJob};
 use crate::service::store::{RedisClient, StoreError};
 use crate::switch::app::{Dialer, reject_unknown};
@@ -213,6 +214,7 @@ struct Worker {
 impl Worker {
     async fn take_jobs(&self, stop: CancellationToken) {
         let mut backoff = Duration::from_millis(100);
+        let mut turns = Turns::default();
         while !stop.is_cancelled() {
             if !self.inbound.is_connected() {
                 // No jobs while FreeSWITCH is away: they wait in Redis.
@@ -259,6 +261,7 @@ impl Worker {
                     continue;
                 }
             };
+            let turn = turns.next();
             let queue = self.queue.clone();
             let dialer = self.dialer.clone();
             let router = self.router.clone();
@@ -266,7 +269,7 @@ impl Worker {
             let settings = self.settings.clone();
             self.tasks.spawn(async move {
                 let _permit = permit;
-                handle_job(queue, dialer, router, conn, settings, taken).await;
+                handle_job(queue, dialer, router, conn, settings, taken, turn).await;
             });
         }
         match self.queue.release().await {
@@ -284,6 +287,7 @@ async fn handle_job(
     conn: crate::service::store::RedisConn,
     settings: CallSettings,
     taken: TakenJob,
+    turn: Turn,
 ) {
     let job = match job::parse(taken.raw()) {
         Ok(job) => job,
@@ -297,7 +301,7 @@ async fn handle_job(
     };
     let events = CallEvents::for_job(conn, &job);
     let dial_id = job.dial_id.clone();
-    let started = AspCall::start(dialer, &router, settings, job, events).await;
+    let started = AspCall::start(dialer, &router, settings, job, events, turn).await;
     // Placed, or answered with `failure`: either way the job is decided. A
     // job refused for its reused dial_id is kept with the bad ones.
     let decided = match &started {
