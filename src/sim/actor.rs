@@ -498,8 +498,10 @@ impl Actor {
             tokio::select! {
                 biased;
                 () = shutdown.cancelled() => match self.st.hangup_cause.clone() {
-                    // A hangup from outside waits for its frame: finish it
-                    // now, or this branch (ready for good) spins forever.
+                    // A hangup from outside waits for its frame, its report
+                    // for the next one: finish them now, or this branch
+                    // (ready for good) spins forever.
+                    _ if self.hangup_reporting.is_some() => self.hangup_report(),
                     Some(cause) => self.hangup_finish(&cause),
                     None => self.hangup("SYSTEM_SHUTDOWN", None),
                 },
