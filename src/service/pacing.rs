@@ -41,6 +41,9 @@ pub const THROTTLE_BACKOFF: [Duration; 6] = [
     Duration::from_secs(8),
 ];
 
+/// How often the limit is read again while connected.
+pub const REREAD: Duration = Duration::from_secs(5);
+
 /// How often the connection's state is looked at to notice a reconnect.
 const RECONNECT_POLL: Duration = Duration::from_millis(250);
 
@@ -224,9 +227,10 @@ impl Pacer {
                 (DEFAULT_SESSIONS_PER_SECOND, LimitSource::Fallback)
             }
         };
+        let changed = (self.limit(), self.source()) != (limit, source);
         self.bucket().set_limit(limit, Instant::now());
         *self.inner.source.lock().unwrap_or_else(|p| p.into_inner()) = source;
-        if source == LimitSource::Switch {
+        if changed && source == LimitSource::Switch {
             tracing::info!(
                 sessions_per_second = limit,
                 "pacing originates under the switch's limit"
@@ -245,14 +249,18 @@ impl Pacer {
         }
     }
 
-    /// Reads the limit again each time `inbound` reconnects, until `stop`
-    /// (call [`Pacer::read_limit`] once connected first).
+    /// Reads the limit again each time `inbound` reconnects, and every
+    /// [`REREAD`] while connected (a reconnect faster than the poll would
+    /// otherwise go unseen), until `stop` (call [`Pacer::read_limit`] once
+    /// connected first).
     pub async fn follow(self, inbound: InboundClient, stop: CancellationToken) {
         let mut connected = inbound.is_connected();
+        let mut read_at = Instant::now();
         while !stop.is_cancelled() {
             let now = inbound.is_connected();
-            if now && !connected {
+            if now && (!connected || read_at.elapsed() >= REREAD) {
                 self.read_limit(&inbound).await;
+                read_at = Instant::now();
             }
             connected = now;
             tokio::select! {
