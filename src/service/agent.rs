@@ -261,7 +261,7 @@ impl Worker {
                     continue;
                 }
             };
-            let turn = turns.next();
+            let turn = turns.take();
             let queue = self.queue.clone();
             let dialer = self.dialer.clone();
             let router = self.router.clone();

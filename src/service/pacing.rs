@@ -281,7 +281,7 @@ pub struct Turns {
 
 impl Turns {
     /// The next turn, after every turn handed out before it.
-    pub fn next(&mut self) -> Turn {
+    pub fn take(&mut self) -> Turn {
         let (done, after) = oneshot::channel();
         Turn {
             before: self.last.replace(after),
@@ -345,7 +345,7 @@ mod tests {
     #[tokio::test]
     async fn turns_go_in_order_and_a_dropped_turn_releases() {
         let mut turns = Turns::default();
-        let (mut a, b, mut c) = (turns.next(), turns.next(), turns.next());
+        let (mut a, b, mut c) = (turns.take(), turns.take(), turns.take());
         a.wait().await;
         let waiting = tokio::spawn(async move {
             c.wait().await;
