@@ -124,6 +124,27 @@ pub struct Config {
         global = true
     )]
     pub media_dir: PathBuf,
+    /// Longest a call leg may last; FreeSWITCH itself hangs it up then
+    /// (`ALLOTTED_TIMEOUT`), whatever becomes of the agent. E.g. `4h`,
+    /// `90m`, `1h30m`, `3600s`.
+    #[arg(
+        long,
+        env = "REDSWITCH_MAX_CALL_DURATION",
+        default_value = "4h",
+        value_parser = parse_duration,
+        global = true
+    )]
+    pub max_call_duration: Duration,
+    /// Sessions per second to pace originates at (a loopback leg counts
+    /// two); by default the switch's own limit (`fsctl sps`), or 30 when it
+    /// will not tell.
+    #[arg(
+        long,
+        env = "REDSWITCH_SESSIONS_PER_SECOND",
+        value_parser = clap::value_parser!(u32).range(1..),
+        global = true
+    )]
+    pub sessions_per_second: Option<u32>,
     /// `text` or `json` log lines (RUST_LOG sets levels).
     #[arg(long, env = "REDSWITCH_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text, global = true)]
     pub log_format: LogFormat,
@@ -159,6 +180,47 @@ impl Config {
     pub fn redis_timeout(&self) -> Duration {
         Duration::from_secs(self.redis_timeout)
     }
+}
+
+/// Parses a duration written for people: a number and a unit (`ms`, `s`,
+/// `m`, `h`, `d`), several of them in a row (`1h30m`); a bare number is
+/// seconds. Zero is refused.
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    let bad = || format!("{text:?} is not a duration (e.g. 4h, 90m, 1h30m, 3600s)");
+    let mut total = Duration::ZERO;
+    let mut rest = text.trim();
+    if rest.is_empty() {
+        return Err(bad());
+    }
+    if let Ok(secs) = rest.parse::<u64>() {
+        rest = "";
+        total = Duration::from_secs(secs);
+    }
+    while !rest.is_empty() {
+        let digits = rest.find(|c: char| !c.is_ascii_digit()).ok_or_else(bad)?;
+        let n: u64 = rest[..digits].parse().map_err(|_| bad())?;
+        rest = &rest[digits..];
+        let unit_len = rest
+            .find(|c: char| c.is_ascii_digit())
+            .unwrap_or(rest.len());
+        let unit = match &rest[..unit_len] {
+            "ms" => Duration::from_millis(1),
+            "s" => Duration::from_secs(1),
+            "m" => Duration::from_secs(60),
+            "h" => Duration::from_secs(3600),
+            "d" => Duration::from_secs(86_400),
+            _ => return Err(bad()),
+        };
+        rest = &rest[unit_len..];
+        let part = unit
+            .checked_mul(u32::try_from(n).map_err(|_| bad())?)
+            .ok_or_else(bad)?;
+        total = total.checked_add(part).ok_or_else(bad)?;
+    }
+    if total.is_zero() {
+        return Err(bad());
+    }
+    Ok(total)
 }
 
 /// Joins a host (possibly `host:port`, `[v6]:port`, or a bare IPv6
@@ -359,6 +421,33 @@ mod tests {
         assert_eq!(c.advertise(), "127.0.0.1:8084");
         assert_eq!(c.allow.len(), 2);
         assert!(cli.command.is_none());
+    }
+
+    #[test]
+    fn durations_for_people() {
+        assert_eq!(parse_duration("4h"), Ok(Duration::from_secs(4 * 3600)));
+        assert_eq!(parse_duration("90s"), Ok(Duration::from_secs(90)));
+        assert_eq!(parse_duration("10m"), Ok(Duration::from_secs(600)));
+        assert_eq!(parse_duration("1h30m"), Ok(Duration::from_secs(5400)));
+        assert_eq!(parse_duration("3600"), Ok(Duration::from_secs(3600)));
+        assert_eq!(parse_duration("1500ms"), Ok(Duration::from_millis(1500)));
+        for bad in [
+            "",
+            "0",
+            "0s",
+            "h",
+            "4x",
+            "4 h",
+            "-1h",
+            "1.5h",
+            "99999999999d",
+        ] {
+            assert!(parse_duration(bad).is_err(), "{bad:?}");
+        }
+        let cli = Cli::try_parse_from(["redswitch"]).unwrap();
+        assert_eq!(cli.config.max_call_duration, Duration::from_secs(4 * 3600));
+        assert_eq!(cli.config.sessions_per_second, None);
+        assert!(Cli::try_parse_from(["redswitch", "--sessions-per-second", "0"]).is_err());
     }
 
     #[test]

@@ -3,8 +3,7 @@
 //! queue, a reused `dial_id`, and at-least-once delivery when an instance
 //! dies holding a job.
 
-#[allow(dead_code)]
-mod support;
+use redswitch_test_support as support;
 
 use redswitch::service::queue::{JobQueue, QueueConfig};
 use redswitch::service::store::RedisClient;
@@ -146,7 +145,7 @@ async fn bad_jobs_are_dead_lettered_and_nothing_reaches_freeswitch() {
         stack.push_raw(&case.raw).await;
     }
     let n = cases.len();
-    support::wait_until(
+    support::eventually(
         "every bad job dead-lettered",
         Duration::from_secs(10),
         || {
@@ -286,7 +285,7 @@ async fn a_dial_id_reused_while_its_call_is_live_is_refused() {
         failure["cause"],
         "dial_id already has an active call on this instance"
     );
-    support::wait_until("dead-lettered", Duration::from_secs(5), || {
+    support::eventually("dead-lettered", Duration::from_secs(5), || {
         let stack = &stack;
         async move { !stack.lrange(&format!("{JOBS}.dead")).await.is_empty() }
     })
@@ -337,7 +336,7 @@ async fn two_agents_share_the_queue_and_control_reaches_the_owner() {
         let leg = stack
             .wait_leg(dial_id, 0, "bridged", |c| c.bridged_to.is_some())
             .await;
-        owners.insert(dial_id.clone(), leg.variables["redswitch_owner"].clone());
+        owners.insert(dial_id.clone(), leg.variables["redswitch_instance"].clone());
     }
     let instances: BTreeSet<_> = stack.agents.iter().map(|a| a.instance.clone()).collect();
     let used: BTreeSet<_> = owners.values().cloned().collect();
@@ -390,7 +389,10 @@ async fn a_job_taken_by_an_instance_that_died_is_done_by_a_live_one() {
     let leg = stack
         .wait_leg(&dial_id, 0, "bridged", |c| c.bridged_to.is_some())
         .await;
-    assert_eq!(leg.variables["redswitch_owner"], stack.agents[0].instance);
+    assert_eq!(
+        leg.variables["redswitch_instance"],
+        stack.agents[0].instance
+    );
     stack.publish(&dial_id, r#"{"type":"hangup"}"#).await;
     f.hangups(&[0, 1]).await;
     f.drain(Duration::from_millis(300)).await;

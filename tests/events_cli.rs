@@ -3,8 +3,7 @@
 //! the real binary (exactly `--count` events, exit codes, `--reconnect`, and
 //! bounded memory when nobody reads its output).
 
-#[path = "switch_support/mod.rs"]
-mod support;
+use redswitch_test_support::fake_switch as support;
 
 use clap::Parser;
 use redswitch::commands::events::{EventsArgs, Summary, run_to};

@@ -4,8 +4,7 @@
 //! `push`, `control`, `calls`, `check` and `demo` given one node's URL or
 //! the node list.
 
-#[allow(dead_code)]
-mod support;
+use redswitch_test_support as support;
 
 use std::time::Duration;
 
@@ -15,7 +14,7 @@ use redswitch::service::events::{CallEvents, Event, Side};
 use redswitch::service::queue::{JobQueue, QueueConfig, push_job};
 use redswitch::service::store::RedisClient;
 use redswitch::service::validate::Id;
-use support::redis::{RedisCluster, raw_command};
+use support::redis_server::{RedisCluster, raw_command};
 use tokio_util::sync::CancellationToken;
 
 fn id(s: &str) -> Id {

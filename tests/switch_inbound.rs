@@ -3,8 +3,7 @@
 //! backpressure from a slow consumer, and every bad input that concerns the
 //! client.
 
-#[path = "switch_support/mod.rs"]
-mod support;
+use redswitch_test_support::fake_switch as support;
 
 use redswitch::esl::EventFormat;
 use redswitch::switch::{Error, InboundClient, InboundConfig, ReconnectPolicy};

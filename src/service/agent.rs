@@ -28,6 +28,7 @@ use crate::service::control::{ControlRouter, RouterConfig};
 use crate::service::events::CallEvents;
 use crate::service::job;
 use crate::service::monitor::Monitor;
+use crate::service::pacing::{Turn, Turns};
 use crate::service::queue::{JobQueue, QueueConfig, QueueError, TakenJob};
 use crate::service::stats::{CallMeter, Stats};
 use crate::service::store::{RedisClient, StoreError};
@@ -166,6 +167,15 @@ impl Agent {
         monitor.watch("the FreeSWITCH event router", &dispatcher);
         monitor.watch("the FreeSWITCH probe", &probe);
 
+        // The switch's sessions-per-second limit, now and after reconnects.
+        config.call.pacer.read_limit(&inbound).await;
+        tasks.spawn(
+            config
+                .call
+                .pacer
+                .clone()
+                .follow(inbound.clone(), cancel.child_token()),
+        );
         let worker = Worker {
             queue: Arc::new(queue),
             dialer,
@@ -231,6 +241,7 @@ struct Worker {
 impl Worker {
     async fn take_jobs(&self, stop: CancellationToken) {
         let mut backoff = crate::backoff::Backoff::RECONNECT.attempts();
+        let mut turns = Turns::default();
         while !stop.is_cancelled() {
             if !self.inbound.is_connected() {
                 // No jobs while FreeSWITCH is away: they wait in Redis.
@@ -258,6 +269,12 @@ impl Worker {
                 }
                 Ok(Some(job)) => {
                     backoff.reset();
+                    // Dialled in the order taken, under the switch's rate.
+                    let slot = self.settings.pacer.reserve(self.settings.caller_sessions());
+                    tokio::select! {
+                        () = stop.cancelled() => break,
+                        () = slot.wait() => {}
+                    }
                     job
                 }
                 Ok(None) => continue,
@@ -270,6 +287,7 @@ impl Worker {
                     continue;
                 }
             };
+            let turn = turns.take();
             let queue = self.queue.clone();
             let dialer = self.dialer.clone();
             let router = self.router.clone();
@@ -280,7 +298,7 @@ impl Worker {
             self.tasks.spawn(
                 async move {
                     let _permit = permit;
-                    handle_job(queue, dialer, router, conn, settings, taken, meter).await;
+                    handle_job(queue, dialer, router, conn, settings, taken, meter, turn).await;
                 }
                 .instrument(span),
             );
@@ -301,6 +319,7 @@ async fn handle_job(
     settings: CallSettings,
     taken: TakenJob,
     meter: CallMeter,
+    turn: Turn,
 ) {
     let job = match job::parse(taken.raw()) {
         Ok(job) => job,
@@ -317,7 +336,7 @@ async fn handle_job(
     tracing::Span::current().record("dial_id", tracing::field::display(&job.dial_id));
     let events = CallEvents::for_job(conn, &job);
     let dial_id = job.dial_id.clone();
-    let started = AspCall::start(dialer, &router, settings, job, events, meter).await;
+    let started = AspCall::start(dialer, &router, settings, job, events, meter, turn).await;
     // Placed, or answered with `failure`: either way the job is decided. A
     // job refused for its reused dial_id is kept with the bad ones.
     let decided = match &started {

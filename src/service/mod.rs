@@ -15,6 +15,8 @@
 //!   that is safe.
 //! - [`asp_call`]: the asp-call flow, written with the call API of
 //!   [`crate::switch`].
+//! - [`pacing`]: originates paced under FreeSWITCH's sessions-per-second
+//!   limit.
 //! - [`agent`]: `redswitch serve`: takes jobs, runs calls, routes control.
 //! - [`stats`]: what the agent counts (jobs, calls, hangups, timings).
 //! - [`monitor`]: a running agent's liveness, readiness and readings.
@@ -46,6 +48,7 @@ pub mod control;
 pub mod events;
 pub mod job;
 pub mod monitor;
+pub mod pacing;
 pub mod queue;
 pub mod retry;
 pub mod stats;
