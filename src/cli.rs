@@ -123,6 +123,16 @@ pub struct Config {
         global = true
     )]
     pub media_dir: PathBuf,
+    /// After SIGTERM, how long live calls may go on before they are hung
+    /// up (a second SIGTERM or Ctrl-C hangs up at once). E.g. `10m`, `30s`.
+    #[arg(
+        long,
+        env = "REDSWITCH_DRAIN_TIMEOUT",
+        default_value = "10m",
+        value_parser = parse_duration,
+        global = true
+    )]
+    pub drain_timeout: Duration,
     /// `text` or `json` log lines (RUST_LOG sets levels).
     #[arg(long, env = "REDSWITCH_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text, global = true)]
     pub log_format: LogFormat,
@@ -154,6 +164,45 @@ impl Config {
     pub fn redis_timeout(&self) -> Duration {
         Duration::from_secs(self.redis_timeout)
     }
+}
+
+/// Parses a duration written for people: a number and a unit (`ms`, `s`,
+/// `m`, `h`, `d`), several of them in a row (`1h30m`); a bare number is
+/// seconds. Zero is refused.
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    let bad = || format!("{text:?} is not a duration (e.g. 4h, 90m, 1h30m, 3600s)");
+    let mut total = Duration::ZERO;
+    let mut rest = text.trim();
+    if rest.is_empty() {
+        return Err(bad());
+    }
+    if let Ok(secs) = rest.parse::<u64>() {
+        rest = "";
+        total = Duration::from_secs(secs);
+    }
+    while !rest.is_empty() {
+        let digits = rest.find(|c: char| !c.is_ascii_digit()).ok_or_else(bad)?;
+        let n: u64 = rest[..digits].parse().map_err(|_| bad())?;
+        rest = &rest[digits..];
+        let unit_len = rest.find(|c: char| c.is_ascii_digit()).unwrap_or(rest.len());
+        let unit = match &rest[..unit_len] {
+            "ms" => Duration::from_millis(1),
+            "s" => Duration::from_secs(1),
+            "m" => Duration::from_secs(60),
+            "h" => Duration::from_secs(3600),
+            "d" => Duration::from_secs(86_400),
+            _ => return Err(bad()),
+        };
+        rest = &rest[unit_len..];
+        let part = unit
+            .checked_mul(u32::try_from(n).map_err(|_| bad())?)
+            .ok_or_else(bad)?;
+        total = total.checked_add(part).ok_or_else(bad)?;
+    }
+    if total.is_zero() {
+        return Err(bad());
+    }
+    Ok(total)
 }
 
 /// Joins a host (possibly `host:port`, `[v6]:port`, or a bare IPv6

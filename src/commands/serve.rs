@@ -4,6 +4,7 @@
 use crate::cli::Config;
 use crate::service::agent::{self, AgentConfig, AgentError};
 use crate::service::asp_call::CallSettings;
+use crate::service::claims::ClaimConfig;
 use crate::service::store::RedisClient;
 use crate::switch::{InboundClient, InboundConfig};
 use std::path::{Path, PathBuf};
@@ -56,6 +57,8 @@ pub fn agent_config(config: &Config) -> Result<AgentConfig, ServeError> {
         },
         max_calls: 10_000,
         instance: instance_id(),
+        drain_timeout: config.drain_timeout,
+        claims: ClaimConfig::default(),
     })
 }
 
@@ -75,37 +78,50 @@ pub fn instance_id() -> String {
     format!("{host}-{}-{}", std::process::id(), &random[..8])
 }
 
-/// Cancels `token` on Ctrl-C or SIGTERM.
-pub fn cancel_on_signal(token: CancellationToken) {
+/// The first Ctrl-C or SIGTERM cancels `drain` (no new jobs; live calls
+/// go on), the second cancels `hangup` (every call hung up now).
+pub fn cancel_on_signal(drain: CancellationToken, hangup: CancellationToken) {
     tokio::spawn(async move {
         #[cfg(unix)]
-        {
+        let mut term = {
             use tokio::signal::unix::{SignalKind, signal};
-            match signal(SignalKind::terminate()) {
-                Ok(mut term) => {
-                    tokio::select! {
-                        _ = tokio::signal::ctrl_c() => {}
-                        _ = term.recv() => {}
+            signal(SignalKind::terminate()).ok()
+        };
+        for (n, token) in [drain, hangup].into_iter().enumerate() {
+            #[cfg(unix)]
+            {
+                let term_recv = async {
+                    match &mut term {
+                        Some(term) => {
+                            term.recv().await;
+                        }
+                        None => std::future::pending().await,
                     }
-                }
-                Err(_) => {
-                    let _ = tokio::signal::ctrl_c().await;
+                };
+                tokio::select! {
+                    _ = tokio::signal::ctrl_c() => {}
+                    () = term_recv => {}
                 }
             }
+            #[cfg(not(unix))]
+            let _ = tokio::signal::ctrl_c().await;
+            if n == 0 {
+                tracing::info!("stopping: no new jobs, waiting for calls in progress");
+            } else {
+                tracing::warn!("second signal: hanging up every call");
+            }
+            token.cancel();
         }
-        #[cfg(not(unix))]
-        let _ = tokio::signal::ctrl_c().await;
-        tracing::info!("stopping: no new jobs, waiting for calls in progress");
-        token.cancel();
     });
 }
 
 /// `redswitch serve`.
 pub async fn serve(config: &Config) -> Result<(), ServeError> {
     let agent_config = agent_config(config)?;
-    let cancel = CancellationToken::new();
-    cancel_on_signal(cancel.clone());
-    agent::serve(agent_config, cancel).await?;
+    let drain = CancellationToken::new();
+    let hangup = CancellationToken::new();
+    cancel_on_signal(drain.clone(), hangup.clone());
+    agent::serve(agent_config, drain, hangup).await?;
     Ok(())
 }
 

@@ -326,6 +326,7 @@ impl AspCall {
         );
         match call.dialer.originate(&req).await {
             Ok(ringing) => {
+                call.events.leg_dialled(Side::Caller, ringing.uuid());
                 call.legs[0] = Leg::Ringing(ringing);
                 Ok(call)
             }
@@ -462,7 +463,10 @@ impl AspCall {
                     &self.job.caller_id_legb.clone(),
                 );
                 match self.dialer.originate(&req).await {
-                    Ok(ringing) => self.legs[1] = Leg::Ringing(ringing),
+                    Ok(ringing) => {
+                        self.events.leg_dialled(Side::Callee, ringing.uuid());
+                        self.legs[1] = Leg::Ringing(ringing);
+                    }
                     Err(error) => {
                         tracing::warn!(dial_id = %self.job.dial_id, %error, "originate of the callee refused");
                         self.publish(Event::Hangup {
@@ -601,6 +605,7 @@ impl AspCall {
                     .originate(&req)
                     .await
                     .map_err(|e| e.to_string())?;
+                self.events.leg_dialled(Side::Barger, ringing.uuid());
                 self.legs[2] = Leg::Ringing(ringing);
                 Ok(None)
             }

@@ -1,23 +1,26 @@
 //! The messages Redswitch publishes (SPEC §4) and the Redis state kept with
 //! them (SPEC §6).
 //!
-//! For one call, [`CallEvents`] writes each event in one round trip:
+//! For one call, [`CallEvents`] writes each event through the agent's
+//! [`Outbox`] (in order with everything else, surviving Redis outages):
 //!
 //! | key | type | what | expiry |
 //! |---|---|---|---|
 //! | channel `<dial_id>` | pub/sub | `PUBLISH` of the event JSON | — |
 //! | `redswitch_history.<org_id>.<user_id>` | list | `RPUSH` of the same JSON; deleted by [`CallEvents::start_call`] | 4 h, re-set on each write |
 //! | `redswitch.<dial_id>.<org_id>.<user_id>` | list | `ACTIVE.<side>` pushed on `answer-event`, `LREM`-ed on `hangup-event` | 24 h, re-set on each write |
+//! | `{redswitch_history.<org_id>.<user_id>}.call.<token>` | hash | the call's last sequence number `seq`, `started`, and per side `s<n>` = `a` (answered) or `h` (its `hangup-event` is written) | the claim's TTL while the call is live, 10 min once it ended |
 //!
-//! The state keys are written before the `PUBLISH`, so a controller
-//! reacting to an event already sees the state it describes. On a
-//! standalone Redis all of an event's writes are one `MULTI`/`EXEC`
-//! transaction: one round trip, and history order equals publish order even
-//! with several writers. On a cluster the two keys live in different slots
-//! (their names are fixed by the SPEC, so no hash tag can join them) and
-//! neither a transaction nor a redis-rs cluster pipeline may span slots:
-//! each key's commands go as their own single-key transaction, both sent at
-//! once, then the `PUBLISH` — two round trips of latency.
+//! Each event is two commands, each on one hash slot (so this works on a
+//! cluster too, where the history and active keys sit in different slots):
+//! first the active-list change (so a controller reacting to the event
+//! already sees the state it describes), then one Lua script that appends
+//! the event to the history, updates the call state and publishes it.
+//! Both are idempotent: the script does nothing for a sequence number the
+//! call has already written (a retry after a lost reply), and an
+//! `ACTIVE.<side>` item is pushed only when absent. The call state is what
+//! another instance reads to close the call out should this one die (see
+//! [`super::claims`]).
 
 use std::sync::Arc;
 
@@ -25,7 +28,7 @@ use redis::aio::ConnectionLike;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use super::job::AspCallJob;
-use super::store::RedisConn;
+use super::outbox::{Outbox, OutboxError, Written};
 use super::validate::Id;
 
 /// History lists live this long after their last write.
@@ -233,6 +236,12 @@ pub enum EventsError {
     /// Redis failed; the event may not have been published.
     #[error("publishing event: {0}")]
     Redis(#[from] redis::RedisError),
+    /// The outbox is full (Redis away for long): the event was dropped.
+    #[error(transparent)]
+    Dropped(#[from] OutboxError),
+    /// Redis refused the event's commands (not an outage).
+    #[error("Redis refused the event's commands")]
+    Refused,
 }
 
 /// `redswitch_history.<org_id>.<user_id>`.
@@ -250,17 +259,92 @@ pub fn active_item(side: Side) -> String {
     format!("ACTIVE.{}", side.number())
 }
 
+/// The call-state hash kept next to the history (same hash slot, so the
+/// event script updates both atomically): `{<history>}.call.<token>`.
+pub fn call_state_key(history: &str, token: &str) -> String {
+    format!("{{{history}}}.call.{token}")
+}
+
+/// How long a call's state hash lives after its last write while the call
+/// is live; set per call from the claim TTL (the longest a call may last).
+pub const DEFAULT_STATE_TTL_SECS: i64 = 5 * 3600;
+/// How long it lives once the call has ended (late control answers may
+/// still be written).
+pub const ENDED_STATE_TTL_SECS: i64 = 600;
+
+/// The event script. Appends the event to the history and publishes it
+/// only when its sequence number is newer than the call's last one, so a
+/// retry after a lost reply changes nothing.
+///
+/// KEYS: history, call state. ARGV: seq, json, reset (`1` deletes the
+/// history first), history TTL, state TTL, channel, state field (or ``),
+/// its value.
+const EVENT_SCRIPT: &str = r"
+local last = tonumber(redis.call('HGET', KEYS[2], 'seq') or '0')
+if tonumber(ARGV[1]) <= last then return 0 end
+if ARGV[3] == '1' then redis.call('DEL', KEYS[1]) end
+redis.call('RPUSH', KEYS[1], ARGV[2])
+redis.call('EXPIRE', KEYS[1], ARGV[4])
+redis.call('HSET', KEYS[2], 'seq', ARGV[1])
+if ARGV[7] ~= '' then redis.call('HSET', KEYS[2], ARGV[7], ARGV[8]) end
+redis.call('EXPIRE', KEYS[2], ARGV[5])
+redis.call('PUBLISH', ARGV[6], ARGV[2])
+return 1
+";
+
+/// The active-list script: `add` pushes the item only when absent, `rem`
+/// removes it; either re-sets the expiry while the list exists.
+///
+/// KEYS: active list. ARGV: `add`/`rem`, item, TTL.
+const ACTIVE_SCRIPT: &str = r"
+if ARGV[1] == 'add' then
+  if not redis.call('LPOS', KEYS[1], ARGV[2]) then redis.call('RPUSH', KEYS[1], ARGV[2]) end
+else
+  redis.call('LREM', KEYS[1], 0, ARGV[2])
+end
+if redis.call('EXISTS', KEYS[1]) == 1 then redis.call('EXPIRE', KEYS[1], ARGV[3]) end
+return 1
+";
+
+/// An `EVAL` of `script` with `keys` and `args`.
+pub(crate) fn eval(script: &str, keys: &[&str], args: &[&str]) -> redis::Cmd {
+    let mut cmd = redis::cmd("EVAL");
+    cmd.arg(script).arg(keys.len());
+    for k in keys {
+        cmd.arg(*k);
+    }
+    for a in args {
+        cmd.arg(*a);
+    }
+    cmd
+}
+
 struct CallKeys {
     dial_id: Id,
     history: String,
     active: String,
+    /// This call's token (unique per call, also when a `dial_id` is
+    /// reused): names its state hash.
+    token: String,
+    state: String,
+    /// The last sequence number given out.
+    seq: std::sync::atomic::AtomicU64,
+    /// The state hash's TTL in seconds (shortened once the call ended).
+    state_ttl: std::sync::atomic::AtomicI64,
+    /// Where the legs of the call are recorded, for a call that holds a
+    /// claim.
+    record: Option<super::claims::CallRecord>,
+    /// Held while a sequence number is taken and its entry queued, so the
+    /// outbox order and the sequence agree when several tasks publish.
+    order: std::sync::Mutex<()>,
 }
 
-/// Publishes the events of one call and keeps its Redis state. Clones share
-/// the keys and the connection, so the tasks of both legs can hold one.
+/// Publishes the events of one call and keeps its Redis state, through an
+/// [`Outbox`]. Clones share the keys, the sequence and the outbox, so the
+/// tasks of both legs can hold one.
 #[derive(Clone)]
 pub struct CallEvents {
-    conn: RedisConn,
+    outbox: Outbox,
     keys: Arc<CallKeys>,
 }
 
@@ -270,26 +354,60 @@ impl std::fmt::Debug for CallEvents {
             .field("dial_id", &self.keys.dial_id)
             .field("history", &self.keys.history)
             .field("active", &self.keys.active)
+            .field("token", &self.keys.token)
             .finish()
     }
 }
 
 impl CallEvents {
-    /// Events for the call `dial_id` of `user_id` in `org_id`.
-    pub fn new(conn: RedisConn, dial_id: &Id, org_id: &Id, user_id: &Id) -> Self {
+    /// Events for the call `dial_id` of `user_id` in `org_id`, written
+    /// through `outbox` (a [`RedisConn`](super::store::RedisConn) gets an
+    /// outbox of its own).
+    pub fn new(outbox: impl Into<Outbox>, dial_id: &Id, org_id: &Id, user_id: &Id) -> Self {
+        let token = uuid::Uuid::new_v4().simple().to_string();
+        Self::resume(outbox.into(), dial_id, org_id, user_id, token, 0, None)
+    }
+
+    /// Events for the call of `job`.
+    pub fn for_job(outbox: impl Into<Outbox>, job: &AspCallJob) -> Self {
+        Self::new(outbox, &job.dial_id, &job.org_id, &job.user_id)
+    }
+
+    /// Events of a call whose `token` is known and whose last written
+    /// sequence number is `seq`: a claimed call (with `record`), or a dead
+    /// instance's call being closed out.
+    pub(crate) fn resume(
+        outbox: Outbox,
+        dial_id: &Id,
+        org_id: &Id,
+        user_id: &Id,
+        token: String,
+        seq: u64,
+        record: Option<super::claims::CallRecord>,
+    ) -> Self {
+        let history = history_key(org_id, user_id);
         Self {
-            conn,
+            outbox,
             keys: Arc::new(CallKeys {
                 dial_id: dial_id.clone(),
-                history: history_key(org_id, user_id),
                 active: active_key(dial_id, org_id, user_id),
+                state: call_state_key(&history, &token),
+                history,
+                token,
+                seq: std::sync::atomic::AtomicU64::new(seq),
+                state_ttl: std::sync::atomic::AtomicI64::new(DEFAULT_STATE_TTL_SECS),
+                record,
+                order: std::sync::Mutex::new(()),
             }),
         }
     }
 
-    /// Events for the call of `job`.
-    pub fn for_job(conn: RedisConn, job: &AspCallJob) -> Self {
-        Self::new(conn, &job.dial_id, &job.org_id, &job.user_id)
+    /// Sets how long the call's state hash lives while the call is live.
+    pub(crate) fn set_state_ttl(&self, ttl: std::time::Duration) {
+        let secs = i64::try_from(ttl.as_secs()).unwrap_or(i64::MAX).max(1);
+        self.keys
+            .state_ttl
+            .store(secs, std::sync::atomic::Ordering::Relaxed);
     }
 
     /// The call's channel (its `dial_id`).
@@ -307,6 +425,25 @@ impl CallEvents {
         &self.keys.active
     }
 
+    /// The call's state hash (sequence number, which sides ended).
+    pub fn state_key(&self) -> &str {
+        &self.keys.state
+    }
+
+    /// The outbox the events go through.
+    pub fn outbox(&self) -> &Outbox {
+        &self.outbox
+    }
+
+    /// FreeSWITCH accepted the originate of `side`'s leg `uuid`: recorded
+    /// with the call's claim (if it holds one), so that the call can be
+    /// ended by another instance should this one die.
+    pub fn leg_dialled(&self, side: Side, uuid: &str) {
+        if let Some(record) = &self.keys.record {
+            record.leg_dialled(&self.outbox, side, uuid);
+        }
+    }
+
     /// The call has started: deletes the user's history, then publishes
     /// `call-start` and makes it the history's first entry.
     pub async fn start_call(&self) -> Result<(), EventsError> {
@@ -317,97 +454,98 @@ impl CallEvents {
     }
 
     /// Publishes `event`, appends it to the history and updates the
-    /// active-call list for answers and hangups: one round trip.
+    /// active-call list for answers and hangups, through the outbox: in
+    /// order with everything else the agent writes. Returns once written,
+    /// or at once while Redis is away (the outbox then holds the event).
     pub async fn publish(&self, event: &Event) -> Result<(), EventsError> {
         self.write(event, false).await
     }
 
-    /// The writes of one event, grouped by key: (active-list commands,
-    /// history commands, the publish).
-    fn commands(
-        &self,
-        event: &Event,
-        reset_history: bool,
-    ) -> (Option<redis::Pipeline>, redis::Pipeline, redis::Cmd) {
+    /// The commands of one event: the active-list change (state first, so
+    /// a controller reacting to the event already sees it), then history,
+    /// call state and publish in one script. Each is idempotent and on one
+    /// hash slot.
+    fn commands(&self, event: &Event, reset_history: bool) -> Vec<redis::Cmd> {
+        use std::sync::atomic::Ordering::Relaxed;
         let json = event.to_json();
         let keys = &self.keys;
-        let active = match event {
-            Event::Answer { side } => {
-                let mut pipe = redis::pipe();
-                pipe.rpush(&keys.active, active_item(*side)).ignore();
-                Some(pipe)
-            }
-            Event::Hangup { side, .. } => {
-                let mut pipe = redis::pipe();
-                pipe.lrem(&keys.active, 0, active_item(*side)).ignore();
-                Some(pipe)
-            }
-            _ => None,
+        let active_ttl = ACTIVE_TTL_SECS.to_string();
+        let (active, mark) = match event {
+            Event::CallStart { .. } => (None, Some(("started".to_owned(), "1"))),
+            Event::Answer { side } => (Some(("add", *side)), Some((side_field(*side), "a"))),
+            Event::Hangup { side, .. } => (Some(("rem", *side)), Some((side_field(*side), "h"))),
+            _ => (None, None),
+        };
+        let mut cmds = Vec::with_capacity(2);
+        if let Some((op, side)) = active {
+            cmds.push(eval(
+                ACTIVE_SCRIPT,
+                &[&keys.active],
+                &[op, &active_item(side), &active_ttl],
+            ));
         }
-        .map(|mut pipe| {
-            pipe.expire(&keys.active, ACTIVE_TTL_SECS).ignore();
-            pipe
-        });
-        let mut history = redis::pipe();
-        if reset_history {
-            history.del(&keys.history).ignore();
-        }
-        history.rpush(&keys.history, &json).ignore();
-        history.expire(&keys.history, HISTORY_TTL_SECS).ignore();
-        let mut publish = redis::cmd("PUBLISH");
-        publish.arg(keys.dial_id.as_str()).arg(json);
-        (active, history, publish)
+        let seq = (keys.seq.fetch_add(1, Relaxed) + 1).to_string();
+        let (field, value) = mark.unwrap_or((String::new(), ""));
+        cmds.push(eval(
+            EVENT_SCRIPT,
+            &[&keys.history, &keys.state],
+            &[
+                &seq,
+                &json,
+                if reset_history { "1" } else { "0" },
+                &HISTORY_TTL_SECS.to_string(),
+                &keys.state_ttl.load(Relaxed).to_string(),
+                keys.dial_id.as_str(),
+                &field,
+                value,
+            ],
+        ));
+        cmds
     }
 
     async fn write(&self, event: &Event, reset_history: bool) -> Result<(), EventsError> {
-        let (active, history, publish) = self.commands(event, reset_history);
-        let mut conn = self.conn.clone();
-        if !self.conn.is_cluster() {
-            // Standalone: everything in one MULTI/EXEC, one round trip.
-            let mut all = redis::pipe();
-            all.atomic();
-            for cmd in active.iter().chain([&history]).flat_map(|p| p.cmd_iter()) {
-                all.add_command(cmd.clone()).ignore();
-            }
-            all.add_command(publish).ignore();
-            all.query_async::<()>(&mut conn).await?;
-            return Ok(());
+        // The sequence number is taken under the push, so the outbox order
+        // and the sequence agree even when both legs' tasks publish.
+        let receipt = {
+            let _order = self.keys.order.lock().unwrap_or_else(|p| p.into_inner());
+            let cmds = self.commands(event, reset_history);
+            self.outbox.push(event.event_type(), cmds)?
+        };
+        match receipt.written().await {
+            Written::Done | Written::Queued => Ok(()),
+            Written::Refused => Err(EventsError::Refused),
         }
-        // Cluster: the two keys are in different slots, so each key's
-        // commands go as their own single-slot transaction, both at once;
-        // the publish follows once the state is written.
-        let mut history = history;
-        let history_write = async {
-            let mut conn = conn.clone();
-            history.atomic().query_async::<()>(&mut conn).await
-        };
-        let active_write = async {
-            match active {
-                Some(mut pipe) => {
-                    let mut conn = conn.clone();
-                    pipe.atomic().query_async::<()>(&mut conn).await
-                }
-                None => Ok(()),
-            }
-        };
-        let (history_done, active_done) = futures::join!(history_write, active_write);
-        history_done?;
-        active_done?;
-        publish.query_async::<()>(&mut conn).await?;
-        Ok(())
+    }
+
+    /// The call ended: its state hash is kept only a short while for late
+    /// answers; removed with the claim by [`super::claims`].
+    pub(crate) fn ended(&self) {
+        self.set_state_ttl(std::time::Duration::from_secs(ENDED_STATE_TTL_SECS as u64));
     }
 }
 
-/// Publishes `event` on `dial_id` only, without history: for a bad job,
-/// whose `org_id`/`user_id` cannot be trusted to build key names.
+/// The call-state field for `side`: `s0`, `s1`, `s2` (`a` answered, `h`
+/// its `hangup-event` is written).
+pub fn side_field(side: Side) -> String {
+    format!("s{}", side.number())
+}
+
+/// The `PUBLISH` of `event` on `dial_id` only, without history: for a bad
+/// job, whose `org_id`/`user_id` cannot be trusted to build key names.
+pub fn publish_only_cmd(dial_id: &Id, event: &Event) -> redis::Cmd {
+    let mut cmd = redis::cmd("PUBLISH");
+    cmd.arg(dial_id.as_str()).arg(event.to_json());
+    cmd
+}
+
+/// Publishes `event` on `dial_id` only, without history (see
+/// [`publish_only_cmd`]).
 pub async fn publish_only<C: ConnectionLike + Send>(
     conn: &mut C,
     dial_id: &Id,
     event: &Event,
 ) -> Result<(), EventsError> {
-    redis::cmd("PUBLISH")
-        .arg(dial_id.as_str())
-        .arg(event.to_json())
+    publish_only_cmd(dial_id, event)
         .query_async::<()>(conn)
         .await?;
     Ok(())
