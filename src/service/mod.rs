@@ -31,7 +31,7 @@
 //! | key | type | expiry |
 //! |---|---|---|
 //! | `J` | list of jobs, oldest first | none |
-//! | `T.processing.<instance>` | list: jobs taken, not yet decided | none (emptied by ack or reaper) |
+//! | `T.processing.<instance>` | list: jobs taken, not yet ended | none (emptied as calls end, or by a reaper) |
 //! | `T.alive.<instance>` | string: liveness | 15 s, re-set every 5 s |
 //! | `T.instances` | set of instance ids | none (pruned by the reaper) |
 //! | `J.dead` | list of dead letters | none; capped at 10,000 |

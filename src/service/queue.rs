@@ -3,13 +3,15 @@
 //! Producers `RPUSH` jobs onto the job list; each Redswitch instance moves
 //! the oldest job atomically into a processing list of its own
 //! (`BLMOVE … LEFT RIGHT`), handles it, and removes it from there once the
-//! job's fate is decided ([`JobQueue::ack`], or [`JobQueue::dead_letter`] for
-//! a bad job). An instance proves it is alive by refreshing a liveness key
-//! with a short expiry. Every instance runs a reaper: an instance whose
-//! liveness key expired is dead, and its processing list is moved back to
-//! the **head** of the job list, so those jobs are redone first by a live
-//! instance. A job is therefore never silently dropped, and may run twice
-//! when an instance dies (or stalls past its liveness TTL) after starting it.
+//! job is done: its call ended (see [`crate::service::claims`]), or the job
+//! was refused ([`JobQueue::dead_letter`] for a bad job). An instance
+//! proves it is alive by refreshing a liveness key with a short expiry.
+//! Every instance runs a reaper: an instance whose liveness key expired is
+//! dead, and the jobs of its processing list it had not claimed (never
+//! dialled) are moved back to the **head** of the job list, so those jobs
+//! are redone first by a live instance. Claimed jobs are never redone:
+//! they are handed to the caller of [`JobQueue::reap_dead`] to be closed
+//! out. A job is therefore never silently dropped, and never dialled twice.
 //!
 //! # Keys
 //!
@@ -36,12 +38,13 @@
 //!
 //! # Races
 //!
-//! The reaper moves a dead instance's jobs one at a time with `LMOVE`, each
-//! atomic, so two reapers racing split the jobs between them and none is
-//! lost or duplicated. An instance that was only late (its key expired, then
-//! it beat again) may still finish a job that was requeued; its `ack` then
-//! finds nothing to remove and says so in the log. That is the "at least
-//! once" of SPEC §3.
+//! The reaper moves a dead instance's unclaimed jobs in one script per
+//! processing list, so two reapers racing cannot lose or duplicate a job,
+//! nor requeue a job that is claimed at that moment. An instance that was
+//! only late (its key expired, then it beat again) may find an undialled
+//! job it held requeued; its `ack` then finds nothing to remove and says
+//! so in the log, and the job's claim (taken by whichever instance dials
+//! first) keeps it from being dialled twice.
 
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
