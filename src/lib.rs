@@ -13,9 +13,12 @@
 //!   flow, control routing, published events and Redis state).
 //! - [`sim`]: a protocol-faithful FreeSWITCH simulator for tests, demos and
 //!   load tests. It depends only on [`esl`].
+//! - [`backoff`]: the one backoff policy every reconnect and retry uses,
+//!   and sleeping until an optional deadline.
 //! - [`cli`]: the command line (flags and environment variables), and
 //!   [`commands`]: what each subcommand does.
 
+pub mod backoff;
 pub mod cli;
 pub mod commands;
 pub mod esl;

@@ -198,7 +198,7 @@ impl Fault {
         Self {
             redis,
             switch: Switch::start(watch_every).await,
-            dir: tempfile::Builder::new().keep(true).tempdir_in("/tmp").unwrap(),
+            dir: tempfile::tempdir().unwrap(),
             agents: Vec::new(),
             jobs: BTreeMap::new(),
         }

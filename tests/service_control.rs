@@ -7,6 +7,7 @@ mod support;
 use std::time::Duration;
 
 use redis::AsyncCommands;
+use redswitch::backoff::Backoff;
 use redswitch::service::control::{
     ControlError, ControlMessage, ControlRouter, Delivery, RouterConfig, RouterError, Subscription,
 };
@@ -180,7 +181,7 @@ async fn a_dial_id_in_use_is_refused_until_released() {
 }
 
 #[tokio::test]
-async fn a_full_mailbox_turns_extra_messages_into_errors_in_order() {
+async fn a_full_mailbox_turns_extra_commands_into_errors_and_hangup_jumps_the_queue() {
     let server = RedisServer::start();
     let config = RouterConfig {
         mailbox: 2,
@@ -190,39 +191,99 @@ async fn a_full_mailbox_turns_extra_messages_into_errors_in_order() {
     let mut f = fixture(&server, config).await;
     let mut sub = f.router.subscribe(&id("slow")).await.unwrap();
     let mut probe = f.router.subscribe(&id("probe")).await.unwrap();
-    for t in ["hangup", "mute", "whisper", "threeway", "unthreeway"] {
+    for t in [
+        "mute",
+        "whisper",
+        "threeway",
+        "unthreeway",
+        "mute",
+        "hangup",
+    ] {
         publish(&mut f.conn, "slow", &format!(r#"{{"type":"{t}"}}"#)).await;
     }
     // The router handles messages in order: once the probe has its message,
-    // all five were dispatched before the call reads any.
+    // all six were dispatched before the call reads any.
     publish(&mut f.conn, "probe", r#"{"type":"hangup"}"#).await;
     assert_eq!(recv(&mut probe).await, Ok(ControlMessage::Hangup));
-    assert_eq!(sub.backlog(), 4);
+    assert_eq!(sub.backlog(), 5);
+    assert_eq!(sub.unanswered(), 1);
+    assert_eq!(f.router.unanswered(), 1);
+    // The hangup, sent last, comes first; then the rest in order.
     assert_eq!(recv(&mut sub).await, Ok(ControlMessage::Hangup));
     assert_eq!(recv(&mut sub).await, Ok(ControlMessage::Mute));
-    for t in ["whisper", "threeway"] {
+    assert_eq!(recv(&mut sub).await, Ok(ControlMessage::Whisper));
+    for t in ["threeway", "unthreeway"] {
         let bad = recv(&mut sub).await.unwrap_err();
         assert_eq!(
             (bad.event.as_deref(), bad.error),
             (Some(t), ControlError::MailboxFull)
         );
     }
-    // The fifth exceeded the overflow cap and was dropped (logged).
+    // The fifth command exceeded the overflow cap: counted, not answered.
     assert!(
         tokio::time::timeout(Duration::from_millis(200), sub.recv())
             .await
             .is_err()
     );
     // Reading freed the mailbox: new messages go through again.
-    publish(&mut f.conn, "slow", r#"{"type":"hangup"}"#).await;
+    publish(&mut f.conn, "slow", r#"{"type":"mute"}"#).await;
+    assert_eq!(recv(&mut sub).await, Ok(ControlMessage::Mute));
+}
+
+#[tokio::test]
+async fn garbage_spends_its_own_budget_and_never_blocks_commands() {
+    let server = RedisServer::start();
+    let config = RouterConfig {
+        mailbox: 4,
+        error_burst: 5,
+        errors_per_sec: 0.001,
+        ..RouterConfig::default()
+    };
+    let mut f = fixture(&server, config).await;
+    let mut sub = f.router.subscribe(&id("flooded")).await.unwrap();
+    for i in 0..100 {
+        publish(&mut f.conn, "flooded", &format!("garbage {i}")).await;
+    }
+    for t in ["mute", "whisper", "threeway", "unthreeway"] {
+        publish(&mut f.conn, "flooded", &format!(r#"{{"type":"{t}"}}"#)).await;
+    }
+    publish(&mut f.conn, "flooded", r#"{"type":"hangup"}"#).await;
+    let router = f.router.clone();
+    support::wait_until("the flood counted", Duration::from_secs(5), || {
+        let router = router.clone();
+        async move { router.unanswered() == 95 }
+    })
+    .await;
     assert_eq!(recv(&mut sub).await, Ok(ControlMessage::Hangup));
+    let mut errors = 0;
+    let mut commands = Vec::new();
+    while let Ok(Some(d)) = tokio::time::timeout(Duration::from_millis(200), sub.recv()).await {
+        match d {
+            Ok(c) => commands.push(c),
+            Err(bad) => {
+                assert!(matches!(bad.error, ControlError::NotJson(_)), "{bad:?}");
+                errors += 1;
+            }
+        }
+    }
+    assert_eq!(errors, 5, "the error budget");
+    assert_eq!(
+        commands,
+        [
+            ControlMessage::Mute,
+            ControlMessage::Whisper,
+            ControlMessage::Threeway,
+            ControlMessage::Unthreeway
+        ]
+    );
+    assert_eq!(sub.unanswered(), 95);
 }
 
 #[tokio::test]
 async fn resubscribes_every_live_call_after_client_kill() {
     let server = RedisServer::start();
     let config = RouterConfig {
-        min_backoff: Duration::from_millis(20),
+        backoff: Backoff::new(Duration::from_millis(20), Duration::from_secs(1)),
         ..RouterConfig::default()
     };
     let mut f = fixture(&server, config).await;
@@ -262,8 +323,7 @@ async fn resubscribes_every_live_call_after_client_kill() {
 async fn survives_a_redis_restart_and_subscribes_calls_made_while_down() {
     let mut server = RedisServer::start();
     let config = RouterConfig {
-        min_backoff: Duration::from_millis(20),
-        max_backoff: Duration::from_millis(200),
+        backoff: Backoff::new(Duration::from_millis(20), Duration::from_millis(200)),
         ..RouterConfig::default()
     };
     let mut f = fixture(&server, config).await;

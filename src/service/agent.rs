@@ -36,7 +36,7 @@ use crate::service::claims::{self, Claim, ClaimConfig, Claims};
 use crate::service::control::{ControlRouter, RouterConfig};
 use crate::service::events::{CallEvents, Event, publish_only_cmd};
 use crate::service::job;
-use crate::service::outbox::{DEFAULT_CAPACITY, Outbox};
+use crate::service::outbox::{DEFAULT_CAPACITY, Outbox, Receipt};
 use crate::service::queue::{JobQueue, QueueConfig, QueueError, TakenJob};
 use crate::service::store::{RedisClient, StoreError};
 use crate::switch::app::{Dialer, reject_unknown};
@@ -311,7 +311,7 @@ struct Worker {
 
 impl Worker {
     async fn take_jobs(&self, stop: &CancellationToken) {
-        let mut backoff = Duration::from_millis(100);
+        let mut backoff = crate::backoff::Backoff::RECONNECT.attempts();
         while !stop.is_cancelled() {
             if !self.inbound.is_connected() {
                 // No jobs while FreeSWITCH is away: they wait in Redis.
@@ -339,7 +339,7 @@ impl Worker {
                     continue;
                 }
                 Ok(Some(job)) => {
-                    backoff = Duration::from_millis(100);
+                    backoff.reset();
                     job
                 }
                 Ok(None) => continue,
@@ -347,9 +347,8 @@ impl Worker {
                     tracing::warn!(%error, "taking a job failed; retrying");
                     tokio::select! {
                         () = stop.cancelled() => break,
-                        () = tokio::time::sleep(backoff) => {}
+                        () = tokio::time::sleep(backoff.next_delay()) => {}
                     }
-                    backoff = (backoff * 2).min(Duration::from_secs(5));
                     continue;
                 }
             };
@@ -431,10 +430,12 @@ impl JobRun {
                     let failure = Event::Failure {
                         cause: reason.clone(),
                     };
-                    self.queue_writes("bad-job", vec![publish_only_cmd(dial_id, &failure)])
-                        .await;
+                    let notice = vec![publish_only_cmd(dial_id, &failure)];
+                    if let Err(error) = self.outbox.push("bad-job", notice) {
+                        tracing::error!(%error, "could not queue a failure notice");
+                    }
                 }
-                self.dead_letter(&taken, &reason).await;
+                self.dead_letter(taken, &reason);
                 return;
             }
         };
@@ -453,7 +454,7 @@ impl JobRun {
                 if let Err(error) = events.publish(&failure).await {
                     tracing::warn!(%dial_id, %error, "could not publish failure");
                 }
-                self.dead_letter(&taken, claims::DIAL_ID_CLAIMED).await;
+                self.dead_letter(taken, claims::DIAL_ID_CLAIMED);
                 return;
             }
             Err(error) => {
@@ -481,15 +482,15 @@ impl JobRun {
                 // Nothing was dialled: another instance (or this one, once
                 // FreeSWITCH is back) will do it.
                 tracing::warn!(%dial_id, %error, "FreeSWITCH went away; job returned to the queue");
-                self.claims.give_back(&record, &taken).await;
+                let receipt = self.claims.give_back(&record, &taken);
+                self.forget_once_written(receipt, taken);
                 return;
             }
             Err(StartError::NotAttempted(refused)) if refused.refused => {
-                self.queue_writes(
-                    "dead-letter",
-                    vec![self.queue.dead_letter_cmd(&taken, &refused.cause)],
-                )
-                .await;
+                let dead_letter = vec![self.queue.dead_letter_cmd(&taken, &refused.cause)];
+                if let Err(error) = self.outbox.push("dead-letter", dead_letter) {
+                    tracing::error!(%error, "could not queue a dead letter");
+                }
             }
             Err(StartError::NotAttempted(_)) => {}
             Ok(call) => {
@@ -497,25 +498,35 @@ impl JobRun {
                 tracing::debug!(%dial_id, "call ended");
             }
         }
-        self.claims.finish(&record, &taken, &events).await;
+        let receipt = self.claims.finish(&record, &taken, &events);
+        self.forget_once_written(receipt, taken);
     }
 
     /// Keeps a job that will not run on the dead-letter list and
     /// acknowledges it, through the outbox.
-    async fn dead_letter(&self, taken: &TakenJob, reason: &str) {
-        self.queue_writes(
-            "dead-letter",
-            vec![
-                self.queue.dead_letter_cmd(taken, reason),
-                self.queue.ack_cmd(taken),
-            ],
-        )
-        .await;
+    fn dead_letter(&self, taken: TakenJob, reason: &str) {
+        let cmds = vec![
+            self.queue.dead_letter_cmd(&taken, reason),
+            self.queue.ack_cmd(&taken),
+        ];
+        let receipt = self
+            .outbox
+            .push("dead-letter", cmds)
+            .inspect_err(|error| tracing::error!(%error, "could not queue a dead letter"))
+            .ok();
+        self.forget_once_written(receipt, taken);
     }
 
-    async fn queue_writes(&self, what: &'static str, cmds: Vec<redis::Cmd>) {
-        if let Err(error) = self.outbox.send(what, cmds).await {
-            tracing::error!(%error, what, "could not queue a write");
-        }
+    /// The queue keeps holding a job until its removal from the processing
+    /// list is written (however long Redis is away): a take retried after
+    /// a lost reply must not mistake it for a job nobody holds.
+    fn forget_once_written(&self, receipt: Option<Receipt>, taken: TakenJob) {
+        let Some(receipt) = receipt else { return };
+        let queue = self.queue.clone();
+        tokio::spawn(async move {
+            if receipt.done().await.is_some() {
+                queue.forget(&taken);
+            }
+        });
     }
 }

@@ -63,7 +63,7 @@ use redis::AsyncCommands;
 
 use super::events::{CallEvents, ENDED_STATE_TTL_SECS, Event, Side, call_state_key, eval};
 use super::job::{self, AspCallJob};
-use super::outbox::{Outbox, OutboxError};
+use super::outbox::{Outbox, OutboxError, Receipt};
 use super::queue::{QueueKeys, TakenJob};
 use super::store::RedisConn;
 use crate::switch::InboundClient;
@@ -369,8 +369,14 @@ impl Claims {
     }
 
     /// The claimed call ended (every event of it is queued before): the
-    /// claim and the job go, in order after its events.
-    pub async fn finish(&self, record: &CallRecord, taken: &TakenJob, events: &CallEvents) {
+    /// claim and the job go, in order after its events. The receipt tells
+    /// when that is written.
+    pub fn finish(
+        &self,
+        record: &CallRecord,
+        taken: &TakenJob,
+        events: &CallEvents,
+    ) -> Option<Receipt> {
         events.ended();
         let cmds = self.finish_cmds(
             &record.inner.key,
@@ -380,9 +386,11 @@ impl Claims {
             events.state_key(),
         );
         self.live().remove(record.token());
-        if let Err(error) = self.inner.outbox.send("finish", cmds).await {
-            tracing::error!(%error, "could not queue the end of a claimed job");
-        }
+        self.inner
+            .outbox
+            .push("finish", cmds)
+            .inspect_err(|error| tracing::error!(%error, "could not queue the end of a claimed job"))
+            .ok()
     }
 
     fn finish_cmds(
@@ -404,8 +412,8 @@ impl Claims {
 
     /// Nothing was dialled (FreeSWITCH went away before the originate was
     /// accepted): the claim goes and the job returns to the head of the
-    /// queue.
-    pub async fn give_back(&self, record: &CallRecord, taken: &TakenJob) {
+    /// queue. The receipt tells when that is written.
+    pub fn give_back(&self, record: &CallRecord, taken: &TakenJob) -> Option<Receipt> {
         let keys = &self.inner.keys;
         let raw = String::from_utf8_lossy(taken.raw()).into_owned();
         let cmd = eval(
@@ -414,9 +422,11 @@ impl Claims {
             &[record.token(), &raw],
         );
         self.live().remove(record.token());
-        if let Err(error) = self.inner.outbox.send("give-back", vec![cmd]).await {
-            tracing::error!(%error, "could not queue giving a job back");
-        }
+        self.inner
+            .outbox
+            .push("give-back", vec![cmd])
+            .inspect_err(|error| tracing::error!(%error, "could not queue giving a job back"))
+            .ok()
     }
 
     /// Live calls of this instance.

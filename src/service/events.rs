@@ -274,14 +274,25 @@ pub const ENDED_STATE_TTL_SECS: i64 = 600;
 
 /// The event script. Appends the event to the history and publishes it
 /// only when its sequence number is newer than the call's last one, so a
-/// retry after a lost reply changes nothing.
+/// retry after a lost reply changes nothing. On a standalone Redis it also
+/// makes the event's active-list change (a third key), so the whole event
+/// is one atomic round trip; on a cluster that change is
+/// [`ACTIVE_SCRIPT`], sent first.
 ///
-/// KEYS: history, call state. ARGV: seq, json, reset (`1` deletes the
-/// history first), history TTL, state TTL, channel, state field (or ``),
-/// its value.
+/// KEYS: history, call state[, active list]. ARGV: seq, json, reset (`1`
+/// deletes the history first), history TTL, state TTL, channel, state
+/// field (or ``), its value[, `add`/`rem`/``, item, active TTL].
 const EVENT_SCRIPT: &str = r"
 local last = tonumber(redis.call('HGET', KEYS[2], 'seq') or '0')
 if tonumber(ARGV[1]) <= last then return 0 end
+if KEYS[3] and ARGV[9] ~= '' then
+  if ARGV[9] == 'add' then
+    if not redis.call('LPOS', KEYS[3], ARGV[10]) then redis.call('RPUSH', KEYS[3], ARGV[10]) end
+  else
+    redis.call('LREM', KEYS[3], 0, ARGV[10])
+  end
+  if redis.call('EXISTS', KEYS[3]) == 1 then redis.call('EXPIRE', KEYS[3], ARGV[11]) end
+end
 if ARGV[3] == '1' then redis.call('DEL', KEYS[1]) end
 redis.call('RPUSH', KEYS[1], ARGV[2])
 redis.call('EXPIRE', KEYS[1], ARGV[4])
@@ -445,7 +456,8 @@ impl CallEvents {
     }
 
     /// The call has started: deletes the user's history, then publishes
-    /// `call-start` and makes it the history's first entry.
+    /// `call-start` and makes it the history's first entry. Idempotent (see
+    /// the module doc); retried after a broken connection.
     pub async fn start_call(&self) -> Result<(), EventsError> {
         let event = Event::CallStart {
             dial_id: self.keys.dial_id.to_string(),
@@ -461,10 +473,10 @@ impl CallEvents {
         self.write(event, false).await
     }
 
-    /// The commands of one event: the active-list change (state first, so
-    /// a controller reacting to the event already sees it), then history,
-    /// call state and publish in one script. Each is idempotent and on one
-    /// hash slot.
+    /// The commands of one event: on a standalone Redis one script; on a
+    /// cluster the active-list change first (so a controller reacting to
+    /// the event already sees it), then history, call state and publish in
+    /// one script. Each is idempotent and on one hash slot.
     fn commands(&self, event: &Event, reset_history: bool) -> Vec<redis::Cmd> {
         use std::sync::atomic::Ordering::Relaxed;
         let json = event.to_json();
@@ -476,30 +488,42 @@ impl CallEvents {
             Event::Hangup { side, .. } => (Some(("rem", *side)), Some((side_field(*side), "h"))),
             _ => (None, None),
         };
+        let seq = (keys.seq.fetch_add(1, Relaxed) + 1).to_string();
+        let (field, value) = mark.unwrap_or((String::new(), ""));
+        let (op, item) = active.map_or(("", String::new()), |(op, side)| (op, active_item(side)));
+        let mut args = vec![
+            seq.as_str(),
+            &json,
+            if reset_history { "1" } else { "0" },
+            "",
+            "",
+            keys.dial_id.as_str(),
+            &field,
+            value,
+        ];
+        let (history_ttl, state_ttl) = (
+            HISTORY_TTL_SECS.to_string(),
+            keys.state_ttl.load(Relaxed).to_string(),
+        );
+        args[3] = &history_ttl;
+        args[4] = &state_ttl;
+        if !self.outbox.is_cluster() {
+            args.extend([op, &item, &active_ttl]);
+            return vec![eval(
+                EVENT_SCRIPT,
+                &[&keys.history, &keys.state, &keys.active],
+                &args,
+            )];
+        }
         let mut cmds = Vec::with_capacity(2);
-        if let Some((op, side)) = active {
+        if !op.is_empty() {
             cmds.push(eval(
                 ACTIVE_SCRIPT,
                 &[&keys.active],
-                &[op, &active_item(side), &active_ttl],
+                &[op, &item, &active_ttl],
             ));
         }
-        let seq = (keys.seq.fetch_add(1, Relaxed) + 1).to_string();
-        let (field, value) = mark.unwrap_or((String::new(), ""));
-        cmds.push(eval(
-            EVENT_SCRIPT,
-            &[&keys.history, &keys.state],
-            &[
-                &seq,
-                &json,
-                if reset_history { "1" } else { "0" },
-                &HISTORY_TTL_SECS.to_string(),
-                &keys.state_ttl.load(Relaxed).to_string(),
-                keys.dial_id.as_str(),
-                &field,
-                value,
-            ],
-        ));
+        cmds.push(eval(EVENT_SCRIPT, &[&keys.history, &keys.state], &args));
         cmds
     }
 

@@ -15,6 +15,8 @@
 //! - [`control`]: control messages from controllers, and the router that
 //!   delivers them from one pub/sub connection to each call's mailbox.
 //! - [`store`]: connections to Redis, standalone or cluster.
+//! - [`retry`]: re-running a Redis command whose connection broke, where
+//!   that is safe.
 //! - [`asp_call`]: the asp-call flow, written with the call API of
 //!   [`crate::switch`].
 //! - [`agent`]: `redswitch serve`: takes jobs, runs calls, routes control.
@@ -39,6 +41,7 @@
 //! | `{redswitch_history.<org_id>.<user_id>}.call.<token>` | hash: a call's sequence number and which sides ended | as the claim while live; 10 min after the end |
 //! | `redswitch_history.<org_id>.<user_id>` | list of published JSON | 4 h, re-set on each write |
 //! | `redswitch.<dial_id>.<org_id>.<user_id>` | list of `ACTIVE.<side>` | 24 h, re-set on each write |
+//! | `{redswitch_history.<org_id>.<user_id>}.sent.<dial_id>` | set of the call's written event numbers (a retried write is not repeated) | 4 h, re-set on each write |
 //! | channel `<dial_id>` | pub/sub: events out, control in | — |
 
 pub mod agent;
@@ -49,5 +52,6 @@ pub mod events;
 pub mod job;
 pub mod outbox;
 pub mod queue;
+pub mod retry;
 pub mod store;
 pub mod validate;

@@ -94,6 +94,9 @@ struct Entry {
 
 struct Shared {
     queue: Mutex<VecDeque<Entry>>,
+    /// Whether the connection is to a cluster (each command then goes on
+    /// its own; producers keep every command on one slot).
+    cluster: bool,
     wake: Notify,
     /// `true` while the writer cannot reach Redis.
     outage: watch::Sender<bool>,
@@ -153,6 +156,12 @@ pub struct Receipt {
 }
 
 impl Receipt {
+    /// Waits until the entry is written (however long Redis is away);
+    /// `None` when it never will be (the outbox ended first).
+    pub async fn done(self) -> Option<Written> {
+        self.done.await.ok()
+    }
+
     /// Returns once the entry is written, or at once when Redis is away
     /// (the entry then waits in the outbox).
     pub async fn written(mut self) -> Written {
@@ -169,6 +178,7 @@ impl Outbox {
     pub fn spawn(conn: RedisConn, capacity: usize) -> Self {
         let shared = Arc::new(Shared {
             queue: Mutex::new(VecDeque::new()),
+            cluster: conn.is_cluster(),
             wake: Notify::new(),
             outage: watch::Sender::new(false),
             capacity: capacity.max(1),
@@ -228,6 +238,11 @@ impl Outbox {
                 "outbox full while Redis is away: dropping"
             );
         }
+    }
+
+    /// Whether Redis is a cluster (no command may span hash slots).
+    pub fn is_cluster(&self) -> bool {
+        self.shared.cluster
     }
 
     /// Entries waiting to be written (the `redswitch_outbox_pending` gauge).

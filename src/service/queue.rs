@@ -45,8 +45,31 @@
 //! job it held requeued; its `ack` then finds nothing to remove and says
 //! so in the log, and the job's claim (taken by whichever instance dials
 //! first) keeps it from being dialled twice.
+//!
+//! # Broken connections
+//!
+//! Every operation runs under [`with_retry`]: an attempt that failed
+//! because the connection broke (a Redis restart, a failover, a killed
+//! client) is re-run on a fresh connection with backoff, for up to 10 s.
+//! Each operation's doc says whether it is idempotent; those that are not
+//! by nature are made so:
+//!
+//! - [`take`](JobQueue::take) (`BLMOVE`) may have moved a job although its
+//!   reply was lost. Before trying again it looks at its processing list for
+//!   a job it does not hold (this process keeps a count of the jobs it
+//!   holds) and takes that one.
+//! - [`ack`](JobQueue::ack) (`LREM`) compares the job's copies on the list
+//!   with the copies held before removing one again.
+//! - [`give_back`](JobQueue::give_back) is a Lua script that pushes the job
+//!   back only if it removed it from the processing list.
+//! - [`dead_letter`](JobQueue::dead_letter) is a Lua script that looks for
+//!   its entry (which carries its own timestamp) before pushing it.
+//! - the reaper's requeue is one Lua script: a second run after a lost
+//!   reply finds the jobs already moved.
 
-use std::sync::Arc;
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use redis::AsyncCommands;
@@ -54,8 +77,9 @@ use redis::aio::ConnectionLike;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-use super::events::{Event, eval, publish_only};
+use super::events::{Event, eval, publish_only_cmd};
 use super::job::BadJob;
+use super::retry::{Idempotency, with_retry};
 use super::store::{RedisClient, RedisConn, StoreError};
 use super::validate::{Id, ValidationError};
 
@@ -301,7 +325,8 @@ pub fn dead_letter_entry(raw: &[u8], reason: &str, at_unix_ms: u64) -> String {
 }
 
 /// Pushes a raw job onto the job list (what producers do; used by
-/// `redswitch push` and tests).
+/// `redswitch push` and tests). Not idempotent (a second `RPUSH` queues the
+/// job twice), so not retried: the producer decides.
 pub async fn push_job<C: ConnectionLike + Send + Sync>(
     conn: &mut C,
     jobs_key: &str,
@@ -318,7 +343,47 @@ struct Inner {
     conn: RedisConn,
     /// A connection of its own for `BLMOVE`, which blocks the connection.
     blocking: RedisConn,
+    /// Copies of each raw job this process took and has not decided, to
+    /// tell a job a lost `BLMOVE` reply left on the processing list from
+    /// the jobs being handled. A std mutex: never held across an await.
+    held: Mutex<HashMap<Vec<u8>, usize>>,
 }
+
+impl Inner {
+    fn held(&self) -> std::sync::MutexGuard<'_, HashMap<Vec<u8>, usize>> {
+        // A poisoned map is still consistent: each operation is one update.
+        self.held.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn hold(&self, raw: &[u8]) {
+        *self.held().entry(raw.to_vec()).or_default() += 1;
+    }
+
+    fn release_hold(&self, raw: &[u8]) {
+        let mut held = self.held();
+        if let Some(n) = held.get_mut(raw) {
+            *n -= 1;
+            if *n == 0 {
+                held.remove(raw);
+            }
+        }
+    }
+
+    fn held_copies(&self, raw: &[u8]) -> usize {
+        self.held().get(raw).copied().unwrap_or(0)
+    }
+}
+
+/// Moves a job from the processing list (`KEYS[1]`) back to the head of
+/// the job list (`KEYS[2]`) only if it was still there: running it twice
+/// gives the job back once.
+const GIVE_BACK: &str = r"
+if redis.call('LREM', KEYS[1], 1, ARGV[1]) == 1 then
+  redis.call('LPUSH', KEYS[2], ARGV[1])
+  return 1
+end
+return 0
+";
 
 /// One instance's view of the job queue. Clones share the connections.
 #[derive(Clone)]
@@ -350,6 +415,7 @@ impl JobQueue {
                 keys,
                 conn,
                 blocking,
+                held: Mutex::new(HashMap::new()),
             }),
         };
         queue.heartbeat().await?;
@@ -368,24 +434,31 @@ impl JobQueue {
 
     /// Re-sets this instance's liveness key and registers it. Returns
     /// whether the key was still there: `false` means other instances may
-    /// have requeued this instance's jobs.
+    /// have requeued this instance's jobs. Idempotent (a retry after a lost
+    /// reply finds the key it set itself).
     pub async fn heartbeat(&self) -> Result<bool, QueueError> {
         let keys = &self.inner.keys;
         let ttl_ms = u64::try_from(self.inner.config.liveness_ttl.as_millis()).unwrap_or(u64::MAX);
-        let mut conn = self.inner.conn.clone();
-        // Same slot, so a transaction works on a cluster too.
-        let (previous,): (Option<String>,) = redis::pipe()
-            .atomic()
-            .cmd("SET")
-            .arg(&keys.alive)
-            .arg(unix_ms())
-            .arg("PX")
-            .arg(ttl_ms.max(1))
-            .arg("GET")
-            .sadd(&keys.instances, &self.inner.config.instance)
-            .ignore()
-            .query_async(&mut conn)
-            .await?;
+        let previous = with_retry("heartbeat", Idempotency::Idempotent, |_| {
+            let mut conn = self.inner.conn.clone();
+            async move {
+                // Same slot, so a transaction works on a cluster too.
+                let (previous,): (Option<String>,) = redis::pipe()
+                    .atomic()
+                    .cmd("SET")
+                    .arg(&keys.alive)
+                    .arg(unix_ms())
+                    .arg("PX")
+                    .arg(ttl_ms.max(1))
+                    .arg("GET")
+                    .sadd(&keys.instances, &self.inner.config.instance)
+                    .ignore()
+                    .query_async(&mut conn)
+                    .await?;
+                Ok(previous)
+            }
+        })
+        .await?;
         Ok(previous.is_some())
     }
 
@@ -397,26 +470,85 @@ impl JobQueue {
     /// the answer stays on the processing list until [`release`](Self::release)
     /// or this instance's death. Call it in a loop and check for shutdown
     /// between calls; the take timeout bounds the wait.
+    ///
+    /// Not idempotent by nature (a second `BLMOVE` takes a second job);
+    /// made safe by a check before the retry: after a connection broke with
+    /// the command out, a job on the processing list that this process does
+    /// not hold is the one that was moved, and is taken instead.
     pub async fn take(&self) -> Result<Option<TakenJob>, QueueError> {
         let keys = &self.inner.keys;
-        let mut conn = self.inner.blocking.clone();
-        let raw: Option<Vec<u8>> = redis::cmd("BLMOVE")
-            .arg(&keys.jobs)
-            .arg(&keys.processing)
-            .arg("LEFT")
-            .arg("RIGHT")
-            .arg(self.inner.config.take_timeout.as_secs_f64())
+        let raw = with_retry("take", Idempotency::Idempotent, |attempt| async move {
+            if attempt.maybe_applied
+                && let Some(raw) = self.unheld().await?
+            {
+                tracing::info!("took the job a broken connection left on the processing list");
+                return Ok(Some(raw));
+            }
+            let mut conn = self.inner.blocking.clone();
+            redis::cmd("BLMOVE")
+                .arg(&keys.jobs)
+                .arg(&keys.processing)
+                .arg("LEFT")
+                .arg("RIGHT")
+                .arg(self.inner.config.take_timeout.as_secs_f64())
+                .query_async::<Option<Vec<u8>>>(&mut conn)
+                .await
+        })
+        .await?;
+        Ok(raw.map(|raw| {
+            self.inner.hold(&raw);
+            TakenJob { raw }
+        }))
+    }
+
+    /// A job on this instance's processing list that this process does not
+    /// hold: one whose `BLMOVE` reply was lost.
+    async fn unheld(&self) -> Result<Option<Vec<u8>>, redis::RedisError> {
+        let mut conn = self.inner.conn.clone();
+        let listed: Vec<Vec<u8>> = conn.lrange(&self.inner.keys.processing, 0, -1).await?;
+        let mut seen: HashMap<&[u8], usize> = HashMap::new();
+        for raw in &listed {
+            *seen.entry(raw).or_default() += 1;
+        }
+        Ok(seen
+            .into_iter()
+            .find(|(raw, n)| *n > self.inner.held_copies(raw))
+            .map(|(raw, _)| raw.to_vec()))
+    }
+
+    /// Copies of `raw` on this instance's processing list.
+    async fn listed_copies(&self, raw: &[u8]) -> Result<usize, redis::RedisError> {
+        let mut conn = self.inner.conn.clone();
+        let at: Vec<i64> = redis::cmd("LPOS")
+            .arg(&self.inner.keys.processing)
+            .arg(raw)
+            .arg("COUNT")
+            .arg(0)
             .query_async(&mut conn)
             .await?;
-        Ok(raw.map(|raw| TakenJob { raw }))
+        Ok(at.len())
     }
 
     /// The job's fate is decided: removes it from the processing list.
     /// Returns `false` when it was no longer there (a reaper requeued it
     /// because this instance looked dead).
+    ///
+    /// Idempotent with a check: after a connection broke with the `LREM`
+    /// out, fewer copies on the list than this process holds means it was
+    /// removed.
     pub async fn ack(&self, job: &TakenJob) -> Result<bool, QueueError> {
-        let mut conn = self.inner.conn.clone();
-        let removed: i64 = self.ack_cmd(job).query_async(&mut conn).await?;
+        let removed = with_retry("ack", Idempotency::Idempotent, |attempt| async move {
+            if attempt.maybe_applied
+                && self.listed_copies(&job.raw).await? < self.inner.held_copies(&job.raw)
+            {
+                return Ok(1);
+            }
+            let mut conn = self.inner.conn.clone();
+            conn.lrem::<_, _, i64>(&self.inner.keys.processing, 1, &job.raw)
+                .await
+        })
+        .await?;
+        self.inner.release_hold(&job.raw);
         if removed == 0 {
             tracing::warn!(
                 processing = %self.inner.keys.processing,
@@ -426,8 +558,16 @@ impl JobQueue {
         Ok(removed > 0)
     }
 
+    /// Forgets `job` once its `LREM` was written through an outbox (see
+    /// [`ack_cmd`](Self::ack_cmd)); until then this process still holds it,
+    /// so a take retried after a lost reply does not mistake it for a job
+    /// nobody holds.
+    pub fn forget(&self, job: &TakenJob) {
+        self.inner.release_hold(&job.raw);
+    }
+
     /// The `LREM` that acknowledges `job` (idempotent: a second one
-    /// removes nothing).
+    /// removes nothing); call [`forget`](Self::forget) once it is written.
     pub fn ack_cmd(&self, job: &TakenJob) -> redis::Cmd {
         let mut cmd = redis::cmd("LREM");
         cmd.arg(&self.inner.keys.processing).arg(1).arg(&job.raw);
@@ -435,30 +575,44 @@ impl JobQueue {
     }
 
     /// Puts an undecided job back at the head of the job list (FreeSWITCH
-    /// went away before the call could be placed), in one transaction so it
-    /// is never both queued and in flight, nor lost.
+    /// went away before the call could be placed), atomically so it is
+    /// never both queued and in flight, nor lost. Idempotent: a Lua script
+    /// pushes it back only if it was still on the processing list.
     pub async fn give_back(&self, job: &TakenJob) -> Result<(), QueueError> {
         let keys = &self.inner.keys;
-        let mut conn = self.inner.conn.clone();
-        redis::pipe()
-            .atomic()
-            .lrem(&keys.processing, 1, &job.raw)
-            .ignore()
-            .lpush(&keys.jobs, &job.raw)
-            .ignore()
-            .query_async::<()>(&mut conn)
-            .await?;
+        with_retry("give back", Idempotency::Idempotent, |_| {
+            let mut conn = self.inner.conn.clone();
+            // EVAL rather than EVALSHA: the script is short, and a
+            // restarted Redis has an empty script cache.
+            let mut eval = redis::cmd("EVAL");
+            eval.arg(GIVE_BACK)
+                .arg(2)
+                .arg(&keys.processing)
+                .arg(&keys.jobs)
+                .arg(&job.raw);
+            async move { eval.query_async::<i64>(&mut conn).await }
+        })
+        .await?;
+        self.inner.release_hold(&job.raw);
         Ok(())
     }
 
     /// Keeps `job` on the dead-letter list with `reason`, then acknowledges
     /// it. Written first, removed second: a crash in between leaves the job
     /// both dead-lettered and requeued, never lost.
+    ///
+    /// Idempotent with a check: after a connection broke with the push out,
+    /// the entry (unique by its timestamp) is looked for before pushing it
+    /// again. The dead-letter list may be in another cluster slot than the
+    /// processing list, so no script can do both.
     pub async fn dead_letter(&self, job: &TakenJob, reason: &str) -> Result<(), QueueError> {
-        let mut conn = self.inner.conn.clone();
-        self.dead_letter_cmd(job, reason)
-            .query_async::<()>(&mut conn)
-            .await?;
+        let cmd = self.dead_letter_cmd(job, reason);
+        with_retry("dead letter", Idempotency::Idempotent, |_| {
+            let mut conn = self.inner.conn.clone();
+            let cmd = &cmd;
+            async move { cmd.query_async::<()>(&mut conn).await }
+        })
+        .await?;
         self.ack(job).await?;
         Ok(())
     }
@@ -474,16 +628,27 @@ impl JobQueue {
     /// Refuses a bad job (SPEC §3): publishes a `failure` on its `dial_id`
     /// when that is valid, then dead-letters it with the reason. Nothing is
     /// written to history: a bad job's `org_id`/`user_id` cannot be trusted
-    /// to build key names.
+    /// to build key names. The `PUBLISH` is not idempotent and is retried
+    /// only when Redis certainly did not run it: the notice is at most once,
+    /// the dead letter is the record.
     pub async fn reject(&self, job: &TakenJob, bad: &BadJob) -> Result<(), QueueError> {
         let reason = bad.reason();
         if let Some(dial_id) = &bad.dial_id {
-            let mut conn = self.inner.conn.clone();
             let failure = Event::Failure {
                 cause: reason.clone(),
             };
+            let notice = with_retry("failure notice", Idempotency::NotIdempotent, |_| {
+                let mut conn = self.inner.conn.clone();
+                let failure = &failure;
+                async move {
+                    publish_only_cmd(dial_id, failure)
+                        .query_async::<()>(&mut conn)
+                        .await
+                }
+            })
+            .await;
             // The dead letter matters more than the notice: keep going.
-            if let Err(e) = publish_only(&mut conn, dial_id, &failure).await {
+            if let Err(e) = notice {
                 tracing::warn!(%dial_id, error = %e, "could not publish failure for bad job");
             }
         }
@@ -496,14 +661,19 @@ impl JobQueue {
     /// `instance` holds a claim for, which stay (see [`REQUEUE_SCRIPT`]).
     async fn requeue(&self, instance: &str) -> Result<(usize, Vec<TakenJob>), QueueError> {
         let keys = &self.inner.keys;
-        let mut conn = self.inner.conn.clone();
-        let (moved, kept): (usize, Vec<Vec<u8>>) = eval(
+        let cmd = eval(
             REQUEUE_SCRIPT,
             &[&keys.processing_of(instance), &keys.jobs],
             &[&keys.claim_prefix(), instance],
-        )
-        .query_async(&mut conn)
-        .await?;
+        );
+        // Idempotent: a second run finds the moved jobs gone.
+        let (moved, kept): (usize, Vec<Vec<u8>>) =
+            with_retry("requeue", Idempotency::Idempotent, |_| {
+                let mut conn = self.inner.conn.clone();
+                let cmd = &cmd;
+                async move { cmd.query_async(&mut conn).await }
+            })
+            .await?;
         Ok((moved, kept.into_iter().map(TakenJob::from_raw).collect()))
     }
 
@@ -560,28 +730,39 @@ impl JobQueue {
                 "claimed jobs left for another instance to close out"
             );
         }
-        let mut conn = self.inner.conn.clone();
-        redis::pipe()
-            .atomic()
-            .del(&keys.alive)
-            .ignore()
-            .srem(&keys.instances, &self.inner.config.instance)
-            .ignore()
-            .query_async::<()>(&mut conn)
-            .await?;
+        with_retry("release", Idempotency::Idempotent, |_| {
+            let mut conn = self.inner.conn.clone();
+            async move {
+                redis::pipe()
+                    .atomic()
+                    .del(&keys.alive)
+                    .ignore()
+                    .srem(&keys.instances, &self.inner.config.instance)
+                    .ignore()
+                    .query_async::<()>(&mut conn)
+                    .await
+            }
+        })
+        .await?;
         Ok(moved)
     }
 
-    /// Jobs waiting on the job list.
+    /// Jobs waiting on the job list (a read, retried).
     pub async fn waiting(&self) -> Result<usize, QueueError> {
-        let mut conn = self.inner.conn.clone();
-        Ok(conn.llen(&self.inner.keys.jobs).await?)
+        Ok(self.llen(&self.inner.keys.jobs).await?)
     }
 
-    /// Jobs this instance holds undecided.
+    /// Jobs this instance holds undecided (a read, retried).
     pub async fn in_flight(&self) -> Result<usize, QueueError> {
-        let mut conn = self.inner.conn.clone();
-        Ok(conn.llen(&self.inner.keys.processing).await?)
+        Ok(self.llen(&self.inner.keys.processing).await?)
+    }
+
+    async fn llen(&self, key: &str) -> Result<usize, redis::RedisError> {
+        with_retry("length", Idempotency::Idempotent, |_| {
+            let mut conn = self.inner.conn.clone();
+            async move { conn.llen(key).await }
+        })
+        .await
     }
 
     /// Runs the heartbeat and the reaper until `cancel` fires. Errors are

@@ -10,8 +10,9 @@
 //! `ConnectionLike`, so `AsyncCommands`, `cmd(..).query_async` and pipelines
 //! work on it. A multiplexed connection never reconnects by itself, so this
 //! handle drops a connection whose error says it is broken and dials a new
-//! one on the next command; the failed command is not retried (the caller
-//! knows whether retrying is safe).
+//! one on the next command. The failed command is not retried here: the
+//! caller knows whether retrying is safe, and retries with
+//! [`retry::with_retry`](super::retry::with_retry).
 //!
 //! URLs can carry credentials, so no error or log line here contains one.
 
@@ -22,6 +23,8 @@ use redis::aio::{ConnectionLike, MultiplexedConnection};
 use redis::cluster::ClusterClient;
 use redis::cluster_async::ClusterConnection;
 use redis::{AsyncConnectionConfig, Cmd, Pipeline, RedisError, RedisFuture, Value};
+
+use super::retry::no_connection;
 
 /// Response timeout for ordinary commands. Generous, because a Redis under
 /// load can pause, but bounded so a dead server is noticed.
@@ -386,13 +389,13 @@ impl RedisConn {
     }
 }
 
+/// A failed dial as the error of the command it was for. The command was
+/// never sent, which [`retry`](super::retry) may rely on: a connection
+/// failure becomes a [`no_connection`] error.
 fn to_redis_error(e: StoreError) -> RedisError {
     match e {
-        StoreError::Redis(e) => e,
-        other => RedisError::from(std::io::Error::new(
-            std::io::ErrorKind::TimedOut,
-            other.to_string(),
-        )),
+        StoreError::Redis(e) if !e.is_io_error() => e,
+        other => no_connection(other),
     }
 }
 

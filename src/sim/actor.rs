@@ -1966,12 +1966,7 @@ async fn ack_opt(rx: &mut Option<oneshot::Receiver<()>>) {
     }
 }
 
-async fn sleep_opt(at: Option<Instant>) {
-    match at {
-        Some(at) => tokio::time::sleep_until(at).await,
-        None => std::future::pending().await,
-    }
-}
+use crate::backoff::sleep_until as sleep_opt;
 
 /// The dialplan of a test extension (the `redswitch-test` context and the
 /// number plan), as (application, argument) steps.

@@ -1060,12 +1060,7 @@ impl<W: AsyncWrite + Unpin> Writer<W> {
     }
 }
 
-async fn sleep_until_opt(at: Option<Instant>) {
-    match at {
-        Some(at) => tokio::time::sleep_until(at).await,
-        None => std::future::pending().await,
-    }
-}
+use crate::backoff::sleep_until as sleep_until_opt;
 
 /// C's `atoi`: leading digits (with sign), 0 when none.
 pub(crate) fn atoi(s: &str) -> i64 {

@@ -565,13 +565,7 @@ pub(crate) fn new_leg(
     (call, driver)
 }
 
-/// Sleeps until `deadline`, or forever without one.
-async fn sleep_until(deadline: Option<tokio::time::Instant>) {
-    match deadline {
-        Some(d) => tokio::time::sleep_until(d).await,
-        None => std::future::pending().await,
-    }
-}
+use crate::backoff::sleep_until;
 
 impl LegDriver {
     /// Serves the leg until its socket closes.

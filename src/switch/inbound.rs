@@ -76,12 +76,7 @@ impl ReconnectPolicy {
     /// capped at `max`, then a random point in its upper half so that many
     /// clients restarted together do not reconnect in lockstep.
     pub fn delay(&self, attempt: u32) -> Duration {
-        let base = self
-            .initial
-            .saturating_mul(1u32 << attempt.min(20))
-            .min(self.max);
-        let half = base / 2;
-        half + half.mul_f64(rand::random::<f64>())
+        crate::backoff::Backoff::new(self.initial, self.max).delay(attempt)
     }
 }
 

@@ -161,6 +161,16 @@ impl RedisServer {
     }
 }
 
+impl RedisServer {
+    /// Starts a server that writes every command to its append-only file
+    /// before answering, so [`restart`](Self::restart) (same port, same
+    /// directory) brings the data back, as a production Redis restarted
+    /// with AOF would.
+    pub fn start_persistent() -> Self {
+        Self::start_with(&["--appendonly", "yes", "--appendfsync", "always"])
+    }
+}
+
 impl Drop for RedisServer {
     fn drop(&mut self) {
         self.stop();

@@ -263,13 +263,7 @@ impl<U> std::fmt::Debug for Voice<U> {
     }
 }
 
-/// Sleeps until `at`, or forever.
-async fn sleep_opt(at: Option<Instant>) {
-    match at {
-        Some(at) => tokio::time::sleep_until(at).await,
-        None => std::future::pending().await,
-    }
-}
+use crate::backoff::sleep_until as sleep_opt;
 
 /// Polls an optional execute, or never completes.
 async fn poll_exec(exec: Option<&mut ExecFuture>) -> crate::switch::Result<ExecuteComplete> {
