@@ -14,9 +14,11 @@
 //! When Redis cannot be reached (connection refused or broken, timeout,
 //! `LOADING`, a failover …) the writer keeps the entry at the head and
 //! retries it with a backoff from 50 ms up to 1 s, for as long as it takes.
-//! Meanwhile producers are not held up: [`Receipt::written`] returns as
-//! soon as the outbox knows Redis is away, so calls go on (a call's
-//! hangups are never delayed by Redis). The queue is bounded
+//! A producer waits ([`Receipt::written`]) while that lasts less than half
+//! a second (a lost reply, a quick restart), so what it wrote is in Redis
+//! when it goes on; past that, producers are not held up: `written`
+//! returns at once, and calls go on (a call's hangups are never delayed
+//! by a Redis outage). The queue is bounded
 //! ([`DEFAULT_CAPACITY`] entries): beyond it a new entry is dropped, counted
 //! ([`Outbox::dropped`]) and logged at most once a second. When Redis is
 //! back the backlog is flushed in order.
@@ -62,6 +64,11 @@ const BATCH: usize = 256;
 /// First and largest pause between retries while Redis is away.
 const BACKOFF_MIN: Duration = Duration::from_millis(50);
 const BACKOFF_MAX: Duration = Duration::from_secs(1);
+/// How long writes may fail before producers stop waiting for them: a
+/// lost reply or a quick restart is retried within this while the
+/// producer waits (so what it wrote is in Redis when it goes on); a longer
+/// outage must not hold calls up.
+const OUTAGE_GRACE: Duration = Duration::from_millis(500);
 
 /// Why an entry was not queued.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
@@ -337,7 +344,9 @@ async fn write_loop(shared: Arc<Shared>, mut conn: RedisConn) {
                         "Redis unreachable; the outbox holds what the agent publishes and records"
                     );
                 }
-                shared.outage.send_replace(true);
+                if away_since.is_some_and(|t| t.elapsed() >= OUTAGE_GRACE) {
+                    shared.outage.send_replace(true);
+                }
                 if shared.closed.load(Ordering::SeqCst) {
                     let lost = shared.lock().len();
                     tracing::error!(
