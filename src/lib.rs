@@ -12,7 +12,7 @@
 //! - [`service`]: Redswitch itself, the Redis-driven agent (jobs, the asp-call
 //!   flow, control routing, published events and Redis state).
 //! - [`sim`]: a protocol-faithful FreeSWITCH simulator for tests, demos and
-//!   load tests. It depends only on [`esl`].
+//!   load tests. It depends only on [`esl`] (and [`backoff`]'s timer helper).
 //! - [`backoff`]: the one backoff policy every reconnect and retry uses,
 //!   and sleeping until an optional deadline.
 //! - [`cli`]: the command line (flags and environment variables), and

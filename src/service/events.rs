@@ -330,6 +330,22 @@ pub(crate) fn eval(script: &str, keys: &[&str], args: &[&str]) -> redis::Cmd {
     cmd
 }
 
+/// An event with its place in the call's sequence, to be written (perhaps
+/// more than once) with [`CallEvents::write`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NumberedEvent {
+    seq: u64,
+    event: Event,
+    reset_history: bool,
+}
+
+impl NumberedEvent {
+    /// The event.
+    pub fn event(&self) -> &Event {
+        &self.event
+    }
+}
+
 struct CallKeys {
     dial_id: Id,
     history: String,
@@ -456,13 +472,12 @@ impl CallEvents {
     }
 
     /// The call has started: deletes the user's history, then publishes
-    /// `call-start` and makes it the history's first entry. Idempotent (see
-    /// the module doc); retried after a broken connection.
+    /// `call-start` and makes it the history's first entry.
     pub async fn start_call(&self) -> Result<(), EventsError> {
         let event = Event::CallStart {
             dial_id: self.keys.dial_id.to_string(),
         };
-        self.write(&event, true).await
+        self.write_event(event, true).await
     }
 
     /// Publishes `event`, appends it to the history and updates the
@@ -470,15 +485,20 @@ impl CallEvents {
     /// order with everything else the agent writes. Returns once written,
     /// or at once while Redis is away (the outbox then holds the event).
     pub async fn publish(&self, event: &Event) -> Result<(), EventsError> {
-        self.write(event, false).await
+        self.write_event(event.clone(), false).await
     }
 
     /// The commands of one event: on a standalone Redis one script; on a
     /// cluster the active-list change first (so a controller reacting to
     /// the event already sees it), then history, call state and publish in
     /// one script. Each is idempotent and on one hash slot.
-    fn commands(&self, event: &Event, reset_history: bool) -> Vec<redis::Cmd> {
+    fn commands(&self, numbered: &NumberedEvent) -> Vec<redis::Cmd> {
         use std::sync::atomic::Ordering::Relaxed;
+        let NumberedEvent {
+            seq,
+            event,
+            reset_history,
+        } = numbered;
         let json = event.to_json();
         let keys = &self.keys;
         let active_ttl = ACTIVE_TTL_SECS.to_string();
@@ -488,13 +508,13 @@ impl CallEvents {
             Event::Hangup { side, .. } => (Some(("rem", *side)), Some((side_field(*side), "h"))),
             _ => (None, None),
         };
-        let seq = (keys.seq.fetch_add(1, Relaxed) + 1).to_string();
+        let seq = seq.to_string();
         let (field, value) = mark.unwrap_or((String::new(), ""));
         let (op, item) = active.map_or(("", String::new()), |(op, side)| (op, active_item(side)));
         let mut args = vec![
             seq.as_str(),
             &json,
-            if reset_history { "1" } else { "0" },
+            if *reset_history { "1" } else { "0" },
             "",
             "",
             keys.dial_id.as_str(),
@@ -527,14 +547,41 @@ impl CallEvents {
         cmds
     }
 
-    async fn write(&self, event: &Event, reset_history: bool) -> Result<(), EventsError> {
-        // The sequence number is taken under the push, so the outbox order
-        // and the sequence agree even when both legs' tasks publish.
+    async fn write_event(&self, event: Event, reset_history: bool) -> Result<(), EventsError> {
+        // The number is taken under the push, so the outbox order and the
+        // sequence agree even when both legs' tasks publish.
         let receipt = {
             let _order = self.keys.order.lock().unwrap_or_else(|p| p.into_inner());
-            let cmds = self.commands(event, reset_history);
-            self.outbox.push(event.event_type(), cmds)?
+            let mut numbered = self.numbered(event);
+            numbered.reset_history = reset_history;
+            self.outbox
+                .push(numbered.event.event_type(), self.commands(&numbered))?
         };
+        Self::outcome(receipt).await
+    }
+
+    /// Gives `event` the call's next sequence number, for a caller that
+    /// keeps it to [`write`](Self::write) (again) later. A call's numbered
+    /// events must be written in the order they were numbered: a number
+    /// lower than one already written is taken for a repeat.
+    pub fn numbered(&self, event: Event) -> NumberedEvent {
+        NumberedEvent {
+            seq: self.keys.seq.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1,
+            event,
+            reset_history: false,
+        }
+    }
+
+    /// Writes a numbered event through the outbox; idempotent (a second
+    /// write of it changes nothing).
+    pub async fn write(&self, numbered: &NumberedEvent) -> Result<(), EventsError> {
+        let receipt = self
+            .outbox
+            .push(numbered.event.event_type(), self.commands(numbered))?;
+        Self::outcome(receipt).await
+    }
+
+    async fn outcome(receipt: super::outbox::Receipt) -> Result<(), EventsError> {
         match receipt.written().await {
             Written::Done | Written::Queued => Ok(()),
             Written::Refused => Err(EventsError::Refused),

@@ -69,6 +69,7 @@
 
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -79,7 +80,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::events::{Event, eval, publish_only_cmd};
 use super::job::BadJob;
-use super::retry::{Idempotency, with_retry};
+use super::retry::{Idempotency, RetryPolicy, with_retry, with_retry_policy};
 use super::store::{RedisClient, RedisConn, StoreError};
 use super::validate::{Id, ValidationError};
 
@@ -91,6 +92,8 @@ pub const DEFAULT_JOBS_KEY: &str = "talkiq-asp.calls";
 pub const DEFAULT_LIVENESS_TTL: Duration = Duration::from_secs(15);
 /// Default cap of the dead-letter list.
 pub const DEFAULT_DEAD_CAP: usize = 10_000;
+/// How long one [`JobQueue::take`] retries a broken connection.
+const TAKE_RETRIES_FOR: Duration = Duration::from_secs(3);
 
 /// Errors of the job queue.
 #[derive(Debug, thiserror::Error)]
@@ -347,6 +350,9 @@ struct Inner {
     /// tell a job a lost `BLMOVE` reply left on the processing list from
     /// the jobs being handled. A std mutex: never held across an await.
     held: Mutex<HashMap<Vec<u8>, usize>>,
+    /// The last `take` failed: a job may be on the processing list that
+    /// nobody holds; the next `take` looks first.
+    suspect: AtomicBool,
 }
 
 impl Inner {
@@ -416,6 +422,7 @@ impl JobQueue {
                 conn,
                 blocking,
                 held: Mutex::new(HashMap::new()),
+                suspect: AtomicBool::new(false),
             }),
         };
         queue.heartbeat().await?;
@@ -475,26 +482,41 @@ impl JobQueue {
     /// made safe by a check before the retry: after a connection broke with
     /// the command out, a job on the processing list that this process does
     /// not hold is the one that was moved, and is taken instead.
+    ///
+    /// It retries for a few seconds only, so a shutdown is not held up while
+    /// Redis is away; the caller's loop goes on trying, and the next call
+    /// still checks first if this one failed.
     pub async fn take(&self) -> Result<Option<TakenJob>, QueueError> {
         let keys = &self.inner.keys;
-        let raw = with_retry("take", Idempotency::Idempotent, |attempt| async move {
-            if attempt.maybe_applied
-                && let Some(raw) = self.unheld().await?
-            {
-                tracing::info!("took the job a broken connection left on the processing list");
-                return Ok(Some(raw));
-            }
-            let mut conn = self.inner.blocking.clone();
-            redis::cmd("BLMOVE")
-                .arg(&keys.jobs)
-                .arg(&keys.processing)
-                .arg("LEFT")
-                .arg("RIGHT")
-                .arg(self.inner.config.take_timeout.as_secs_f64())
-                .query_async::<Option<Vec<u8>>>(&mut conn)
-                .await
-        })
-        .await?;
+        let check_first = self.inner.suspect.swap(false, Ordering::Relaxed);
+        let policy = RetryPolicy {
+            give_up_after: TAKE_RETRIES_FOR,
+            ..RetryPolicy::default()
+        };
+        let taken = with_retry_policy(
+            &policy,
+            "take",
+            Idempotency::Idempotent,
+            |attempt| async move {
+                if (attempt.maybe_applied || check_first)
+                    && let Some(raw) = self.unheld().await?
+                {
+                    tracing::info!("took the job a broken connection left on the processing list");
+                    return Ok(Some(raw));
+                }
+                let mut conn = self.inner.blocking.clone();
+                redis::cmd("BLMOVE")
+                    .arg(&keys.jobs)
+                    .arg(&keys.processing)
+                    .arg("LEFT")
+                    .arg("RIGHT")
+                    .arg(self.inner.config.take_timeout.as_secs_f64())
+                    .query_async::<Option<Vec<u8>>>(&mut conn)
+                    .await
+            },
+        )
+        .await;
+        let raw = taken.inspect_err(|_| self.inner.suspect.store(true, Ordering::Relaxed))?;
         Ok(raw.map(|raw| {
             self.inner.hold(&raw);
             TakenJob { raw }

@@ -172,6 +172,7 @@ impl RedisClient {
 
     /// What `redswitch check` prints: the server version and role of the
     /// node answering (any node, on a cluster).
+    /// A read: idempotent, not retried (a check reports what it finds).
     pub async fn server_info(&self) -> Result<ServerInfo, StoreError> {
         let mut conn = self.connection().await?;
         let info: String = redis::cmd("INFO")

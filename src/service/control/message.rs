@@ -582,6 +582,33 @@ mod tests {
     }
 
     #[test]
+    fn hostile_shapes_are_refused_without_harm() {
+        // Deep nesting stops at serde_json's recursion limit, not the stack.
+        let deep = format!("{}{}", "[".repeat(30_000), "]".repeat(30_000));
+        assert!(matches!(
+            parse(deep.as_bytes()),
+            Parsed::Bad(BadControl {
+                error: ControlError::NotJson(_),
+                ..
+            })
+        ));
+        // A valid hangup padded to just under the limit still parses.
+        let mut padded = br#"{"type":"hangup","pad":""#.to_vec();
+        padded.resize(MAX_CONTROL_BYTES - 2, b'x');
+        padded.extend_from_slice(br#""}"#);
+        assert_eq!(parse(&padded), Parsed::Control(ControlMessage::Hangup));
+        // Duplicate keys: serde_json keeps the last, so the type is checked
+        // as sent last.
+        let Parsed::Bad(b) = parse(br#"{"type":"hangup","type":"nuke"}"#) else {
+            panic!("a duplicate type is taken as sent last")
+        };
+        assert_eq!(
+            (b.event.as_deref(), b.error),
+            (Some("nuke"), ControlError::Unknown)
+        );
+    }
+
+    #[test]
     fn own_events_are_ignored() {
         for t in EVENT_TYPES {
             assert_eq!(p(json!({"type": t, "side": 0})), Parsed::Ignored(t));

@@ -16,10 +16,9 @@
 //! `dial_id` takes the channel over from a lingering one at once.
 //!
 //! A call that reads slowly, or a controller that floods its channel, does
-//! not block the router or other calls: each call's inbox (see
-//! [`inbox`](super::inbox)) queues `hangup` ahead of everything, real
-//! commands apart from garbage, and answers garbage from a rate-limited
-//! budget. What no queue can take gets no answer; it is counted
+//! not block the router or other calls: each call's inbox (the `inbox`
+//! module) queues `hangup` ahead of everything, real commands apart from
+//! garbage, and answers garbage from a rate-limited budget. What no queue can take gets no answer; it is counted
 //! ([`ControlRouter::unanswered`]) and logged at most once a second.
 
 use std::collections::HashMap;
