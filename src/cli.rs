@@ -123,6 +123,27 @@ pub struct Config {
         global = true
     )]
     pub media_dir: PathBuf,
+    /// Longest a call leg may last; FreeSWITCH itself hangs it up then
+    /// (`ALLOTTED_TIMEOUT`), whatever becomes of the agent. E.g. `4h`,
+    /// `90m`, `1h30m`, `3600s`.
+    #[arg(
+        long,
+        env = "REDSWITCH_MAX_CALL_DURATION",
+        default_value = "4h",
+        value_parser = parse_duration,
+        global = true
+    )]
+    pub max_call_duration: Duration,
+    /// Sessions per second to pace originates at (a loopback leg counts
+    /// two); by default the switch's own limit (`fsctl sps`), or 30 when it
+    /// will not tell.
+    #[arg(
+        long,
+        env = "REDSWITCH_SESSIONS_PER_SECOND",
+        value_parser = clap::value_parser!(u32).range(1..),
+        global = true
+    )]
+    pub sessions_per_second: Option<u32>,
     /// After SIGTERM, how long live calls may go on before they are hung
     /// up (a second SIGTERM or Ctrl-C hangs up at once). E.g. `10m`, `30s`.
     #[arg(
@@ -184,7 +205,9 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
         let digits = rest.find(|c: char| !c.is_ascii_digit()).ok_or_else(bad)?;
         let n: u64 = rest[..digits].parse().map_err(|_| bad())?;
         rest = &rest[digits..];
-        let unit_len = rest.find(|c: char| c.is_ascii_digit()).unwrap_or(rest.len());
+        let unit_len = rest
+            .find(|c: char| c.is_ascii_digit())
+            .unwrap_or(rest.len());
         let unit = match &rest[..unit_len] {
             "ms" => Duration::from_millis(1),
             "s" => Duration::from_secs(1),
@@ -367,6 +390,33 @@ mod tests {
         assert_eq!(c.advertise(), "127.0.0.1:8084");
         assert_eq!(c.allow.len(), 2);
         assert!(cli.command.is_none());
+    }
+
+    #[test]
+    fn durations_for_people() {
+        assert_eq!(parse_duration("4h"), Ok(Duration::from_secs(4 * 3600)));
+        assert_eq!(parse_duration("90s"), Ok(Duration::from_secs(90)));
+        assert_eq!(parse_duration("10m"), Ok(Duration::from_secs(600)));
+        assert_eq!(parse_duration("1h30m"), Ok(Duration::from_secs(5400)));
+        assert_eq!(parse_duration("3600"), Ok(Duration::from_secs(3600)));
+        assert_eq!(parse_duration("1500ms"), Ok(Duration::from_millis(1500)));
+        for bad in [
+            "",
+            "0",
+            "0s",
+            "h",
+            "4x",
+            "4 h",
+            "-1h",
+            "1.5h",
+            "99999999999d",
+        ] {
+            assert!(parse_duration(bad).is_err(), "{bad:?}");
+        }
+        let cli = Cli::try_parse_from(["redswitch"]).unwrap();
+        assert_eq!(cli.config.max_call_duration, Duration::from_secs(4 * 3600));
+        assert_eq!(cli.config.sessions_per_second, None);
+        assert!(Cli::try_parse_from(["redswitch", "--sessions-per-second", "0"]).is_err());
     }
 
     #[test]

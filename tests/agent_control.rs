@@ -4,8 +4,7 @@
 //! every bad control message answered by one `error` with nothing reaching
 //! FreeSWITCH.
 
-#[allow(dead_code)]
-mod support;
+use redswitch_test_support as support;
 
 use redswitch::sim::{ChannelSnapshot, EavesdropMode};
 use serde_json::json;
@@ -311,7 +310,7 @@ async fn send_dtmf_reaches_the_far_end() {
 
 /// Waits for a WAV file and checks it is stereo (both parties, SPEC §5).
 async fn wav_written(path: &std::path::Path) {
-    support::wait_until(&format!("{path:?} written"), Duration::from_secs(3), || {
+    support::eventually(&format!("{path:?} written"), Duration::from_secs(3), || {
         let p = path.to_owned();
         async move { std::fs::metadata(&p).is_ok_and(|m| m.len() >= 44) }
     })

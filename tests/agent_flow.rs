@@ -1,8 +1,7 @@
 //! The asp-call flow end to end: a real redis-server, the simulator and the
 //! agent; jobs pushed, events read and control published through Redis.
 
-#[allow(dead_code)]
-mod support;
+use redswitch_test_support as support;
 
 use serde_json::json;
 use std::time::Duration;

@@ -2,8 +2,7 @@
 //! FreeSWITCH is away, jobs wait in Redis (where another instance could take
 //! them); once the inbound connection is back, they are done.
 
-#[allow(dead_code)]
-mod support;
+use redswitch_test_support as support;
 
 use redswitch::sim::Simulator;
 use std::time::Duration;

@@ -3,8 +3,7 @@
 //! queue, a reused `dial_id`, and at-least-once delivery when an instance
 //! dies holding a job.
 
-#[allow(dead_code)]
-mod support;
+use redswitch_test_support as support;
 
 use redswitch::service::claims;
 use redswitch::service::queue::{JobQueue, QueueConfig};
@@ -147,7 +146,7 @@ async fn bad_jobs_are_dead_lettered_and_nothing_reaches_freeswitch() {
         stack.push_raw(&case.raw).await;
     }
     let n = cases.len();
-    support::wait_until(
+    support::eventually(
         "every bad job dead-lettered",
         Duration::from_secs(10),
         || {
@@ -284,7 +283,7 @@ async fn a_dial_id_reused_while_its_call_is_live_is_refused() {
     stack.push_raw(&again.to_string()).await;
     let failure = f.expect("failure").await;
     assert_eq!(failure["cause"], claims::DIAL_ID_CLAIMED);
-    support::wait_until("dead-lettered", Duration::from_secs(5), || {
+    support::eventually("dead-lettered", Duration::from_secs(5), || {
         let stack = &stack;
         async move { !stack.lrange(&format!("{JOBS}.dead")).await.is_empty() }
     })
@@ -334,7 +333,7 @@ async fn a_dial_id_live_on_one_instance_is_refused_by_every_instance() {
         let failure = f.expect("failure").await;
         assert_eq!(failure["cause"], claims::DIAL_ID_CLAIMED);
     }
-    support::wait_until("dead-lettered", Duration::from_secs(5), || {
+    support::eventually("dead-lettered", Duration::from_secs(5), || {
         let stack = &stack;
         async move { stack.lrange(&format!("{JOBS}.dead")).await.len() == 4 }
     })
@@ -364,7 +363,7 @@ async fn two_agents_share_the_queue_and_control_reaches_the_owner() {
         let leg = stack
             .wait_leg(dial_id, 0, "bridged", |c| c.bridged_to.is_some())
             .await;
-        owners.insert(dial_id.clone(), leg.variables["redswitch_owner"].clone());
+        owners.insert(dial_id.clone(), leg.variables["redswitch_instance"].clone());
     }
     let instances: BTreeSet<_> = stack.agents.iter().map(|a| a.instance.clone()).collect();
     let used: BTreeSet<_> = owners.values().cloned().collect();
@@ -417,7 +416,10 @@ async fn a_job_taken_by_an_instance_that_died_is_done_by_a_live_one() {
     let leg = stack
         .wait_leg(&dial_id, 0, "bridged", |c| c.bridged_to.is_some())
         .await;
-    assert_eq!(leg.variables["redswitch_owner"], stack.agents[0].instance);
+    assert_eq!(
+        leg.variables["redswitch_instance"],
+        stack.agents[0].instance
+    );
     stack.publish(&dial_id, r#"{"type":"hangup"}"#).await;
     f.hangups(&[0, 1]).await;
     f.drain(Duration::from_millis(300)).await;

@@ -112,21 +112,8 @@ async fn announcement_answers_plays_and_hangs_up_every_call() {
             "{uuid}: {steps:?}"
         );
     }
-    // The simulator agrees: none of the channels is left (a channel is
-    // destroyed a frame after its CHANNEL_HANGUP_COMPLETE).
-    let deadline = std::time::Instant::now() + Duration::from_secs(3);
-    loop {
-        let live: Vec<_> = sim
-            .channels()
-            .into_iter()
-            .filter(|c| uuids.contains(&c.uuid))
-            .collect();
-        if live.is_empty() {
-            break;
-        }
-        assert!(std::time::Instant::now() < deadline, "still up: {live:?}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    // The simulator agrees: none of the channels is left.
+    redswitch_test_support::assert_no_channels(sim.esl_addr()).await;
     stop.cancel();
     sim.shutdown().await;
 }

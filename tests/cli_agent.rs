@@ -2,13 +2,12 @@
 //! `demo`, and bad configuration, against a real redis-server, the
 //! simulator and an agent started in the test.
 
-#[allow(dead_code)]
-mod support;
+use redswitch_test_support as support;
 
 use serde_json::Value;
 use std::process::{Command, Output, Stdio};
 use std::time::Duration;
-use support::redis::free_port;
+use support::redis_server::free_port;
 use support::stack::Stack;
 
 /// Runs the binary with `args` (no inherited configuration from the

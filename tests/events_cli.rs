@@ -1,8 +1,7 @@
 //! `redswitch events` (the library function behind the subcommand) against a
 //! fake FreeSWITCH: subscriptions, filters, JSON lines, `--count`, errors.
 
-#[path = "switch_support/mod.rs"]
-mod support;
+use redswitch_test_support::fake_switch as support;
 
 use clap::Parser;
 use redswitch::commands::events::{EventsArgs, Summary, run_to};

@@ -10,8 +10,7 @@
 //! - no active-call key and no claim is left in Redis;
 //! - no channel is left in the simulator (`show channels count`).
 
-#[allow(dead_code)]
-mod support;
+use redswitch_test_support as support;
 
 use redis::AsyncCommands;
 use redswitch::sim::{SimConfig, SimHandle, Simulator};
@@ -22,8 +21,8 @@ use std::net::SocketAddr;
 use std::process::Stdio;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-use support::redis::RedisServer;
-use support::wait_until;
+use support::redis_server::RedisServer;
+use support::eventually;
 use tokio::process::{Child, Command};
 
 const JOBS: &str = "talkiq-asp.calls";
@@ -131,7 +130,7 @@ impl Switch {
     }
 
     async fn wait_bridged(&self, dial_id: &str) {
-        wait_until(
+        eventually(
             &format!("{dial_id} bridged"),
             Duration::from_secs(30),
             || async {
@@ -370,7 +369,7 @@ impl Fault {
             "sessions: two legs per job, each dialled once"
         );
         let mut conn = self.redis().await;
-        wait_until("no active key left", Duration::from_secs(30), || {
+        eventually("no active key left", Duration::from_secs(30), || {
             let mut conn = conn.clone();
             async move {
                 let keys: Vec<String> = conn.keys("redswitch.*").await.unwrap();
@@ -378,7 +377,7 @@ impl Fault {
             }
         })
         .await;
-        wait_until("no claim left", Duration::from_secs(30), || {
+        eventually("no claim left", Duration::from_secs(30), || {
             let mut conn = conn.clone();
             async move {
                 let keys: Vec<String> = conn.keys("{talkiq-asp.calls}.claim.*").await.unwrap();
@@ -561,7 +560,7 @@ async fn sigkill_with_live_calls_and_queued_jobs_is_closed_out_by_the_survivor()
         );
     }
     eprintln!("dead instance's calls closed out {:?} after SIGKILL", killed.elapsed());
-    wait_until("the dead instance forgotten", Duration::from_secs(30), || async {
+    eventually("the dead instance forgotten", Duration::from_secs(30), || async {
         !f.instances().await.contains(&doomed)
     })
     .await;

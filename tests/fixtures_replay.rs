@@ -9,7 +9,8 @@
 //! connection, the replayer waits until the simulator has sent as many
 //! frames on that connection as FreeSWITCH had at that point. Outbound
 //! (`socket` app) connections are accepted on a local listener that replaces
-//! `127.0.0.1:8084`. Uuids the switch chose are learnt from aligned frames
+//! the address the trace's `socket` application connected to (`127.0.0.1:8084`
+//! in 01–09, an ephemeral port in the later traces). Uuids the switch chose are learnt from aligned frames
 //! and substituted into later client commands.
 //!
 //! # What is compared (strict: a difference fails the test)
@@ -93,6 +94,8 @@ fn fixtures_dir() -> PathBuf {
 
 #[derive(Debug)]
 struct Chunk {
+    /// Seconds since the trace started.
+    t: f64,
     conn: String,
     from_fs: bool,
     data: Vec<u8>,
@@ -106,6 +109,7 @@ fn load(name: &str) -> Vec<Chunk> {
         .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
         .filter(|o| o.get("conn").is_some())
         .map(|o| Chunk {
+            t: o["t"].as_f64().unwrap_or_default(),
             conn: o["conn"].as_str().unwrap_or_default().to_owned(),
             from_fs: o["dir"].as_str() == Some("fs->client"),
             data: b64
@@ -467,9 +471,10 @@ fn vars_note(ctx: &str, fs: &[(String, String)], sim: &[(String, String)], r: &m
 
 /// A live connection to (or from) the simulator.
 struct Conn {
-    /// The local listener address, written back as the trace's
-    /// `127.0.0.1:8084` in what the simulator sends.
+    /// The local listener address, written back as the trace's socket
+    /// address (`trace_addr`) in what the simulator sends.
     out_addr: String,
+    trace_addr: String,
     /// The trace's connection name (`inbound`, `outbound-A` …).
     name: String,
     stream: TcpStream,
@@ -493,21 +498,17 @@ impl Conn {
                     self.buf.extend_from_slice(&tmp[..n]);
                     self.raw.extend_from_slice(&tmp[..n]);
                     let f = split_frames(&mut self.buf);
-                    let a = self.out_addr.clone();
+                    let (a, t) = (self.out_addr.clone(), self.trace_addr.clone());
+                    let (a_enc, t_enc) = (a.replace(':', "%3A"), t.replace(':', "%3A"));
                     let name = self.name.clone();
                     self.frames
                         .extend(f.into_iter().filter(|f| !racy(&name, f)).map(|mut f| {
                             for (_, v) in &mut f.headers {
-                                *v = v
-                                    .replace(&a, "127.0.0.1:8084")
-                                    .replace(&a.replace(':', "%3A"), "127.0.0.1%3A8084");
+                                *v = v.replace(&a, &t).replace(&a_enc, &t_enc);
                             }
                             let body = String::from_utf8_lossy(&f.body).into_owned();
-                            if body.contains(&a) || body.contains(&a.replace(':', "%3A")) {
-                                f.body = body
-                                    .replace(&a, "127.0.0.1:8084")
-                                    .replace(&a.replace(':', "%3A"), "127.0.0.1%3A8084")
-                                    .into_bytes();
+                            if body.contains(&a) || body.contains(&a_enc) {
+                                f.body = body.replace(&a, &t).replace(&a_enc, &t_enc).into_bytes();
                             }
                             f
                         }));
@@ -604,6 +605,7 @@ async fn replay(name: &str) -> Report {
             }
         }
     }
+    let trace_addr = socket_addr(&chunks);
     let mut conns: HashMap<String, Conn> = HashMap::new();
     let mut fs_bufs: HashMap<String, Vec<u8>> = HashMap::new();
     let mut fs_frames: HashMap<String, Vec<WireFrame>> = HashMap::new();
@@ -611,7 +613,13 @@ async fn replay(name: &str) -> Report {
     let mut map: HashMap<String, String> = HashMap::new();
     let step = Duration::from_secs(12);
     let started = Instant::now();
+    let mut prev_t = 0.0;
     for c in &chunks {
+        // A pause the trace's client made on purpose (waiting to see that
+        // nothing happens, letting a tone play) is made here too, so what
+        // the switch does meanwhile shows; shorter gaps are just the pace
+        // of the exchange, which the frame counts already follow.
+        let gap = c.t - std::mem::replace(&mut prev_t, c.t);
         if c.from_fs {
             if !conns.contains_key(&c.conn) && !c.conn.starts_with("outbound") {
                 let s = TcpStream::connect(sim.esl_addr())
@@ -621,6 +629,7 @@ async fn replay(name: &str) -> Report {
                     c.conn.clone(),
                     Conn {
                         out_addr: out_addr.clone(),
+                        trace_addr: trace_addr.clone(),
                         name: c.conn.clone(),
                         stream: s,
                         buf: Vec::new(),
@@ -650,6 +659,7 @@ async fn replay(name: &str) -> Report {
                         c.conn.clone(),
                         Conn {
                             out_addr: out_addr.clone(),
+                            trace_addr: trace_addr.clone(),
                             name: c.conn.clone(),
                             stream: s,
                             buf: Vec::new(),
@@ -666,6 +676,9 @@ async fn replay(name: &str) -> Report {
                 }
             }
         }
+        if gap > DELIBERATE_PAUSE {
+            tokio::time::sleep(Duration::from_secs_f64(gap.min(MAX_PAUSE))).await;
+        }
         // Wait for the simulator to catch up on every connection.
         let deadline = Instant::now() + step;
         for (cn, frames) in &fs_frames {
@@ -681,7 +694,7 @@ async fn replay(name: &str) -> Report {
             }
         }
         let mut text = String::from_utf8_lossy(&c.data).into_owned();
-        text = text.replace("127.0.0.1:8084", &out_addr);
+        text = text.replace(&trace_addr, &out_addr);
         for (a, b) in &map {
             if !keep.contains(a) {
                 text = text.replace(a.as_str(), b);
@@ -715,6 +728,9 @@ async fn replay(name: &str) -> Report {
             continue;
         };
         conn.fill_until(frames.len(), deadline).await;
+        // Frames the simulator sends beyond the trace's (a hangup FreeSWITCH
+        // never ran) count as a difference too.
+        conn.fill_until(usize::MAX, Instant::now() + SETTLE).await;
         let fs_names: Vec<String> = frames.iter().map(frame_label).collect();
         let sim_names: Vec<String> = conn.frames.iter().map(frame_label).collect();
         if fs_names != sim_names {
@@ -734,6 +750,15 @@ async fn replay(name: &str) -> Report {
                 "[{cn}] FreeSWITCH closed the connection, the simulator did not"
             ));
         }
+        if conn.frames.len() > frames.len() {
+            let extra: Vec<String> = conn.frames[frames.len()..]
+                .iter()
+                .map(frame_label)
+                .collect();
+            report.fail(format!(
+                "[{cn}] the simulator sent frames FreeSWITCH did not: {extra:?}"
+            ));
+        }
     }
     // For debugging a replay: the simulator's side, one file per connection.
     if let Some(dir) = std::env::var_os("REDSWITCH_REPLAY_DUMP") {
@@ -746,6 +771,29 @@ async fn replay(name: &str) -> Report {
     }
     sim.shutdown().await;
     report
+}
+
+/// A gap between two recorded chunks longer than this was the client
+/// waiting on purpose; the replay waits as long.
+const DELIBERATE_PAUSE: f64 = 0.15;
+/// The longest such wait replayed (trace 02 waits 20 s for nothing).
+const MAX_PAUSE: f64 = 6.0;
+/// How long the replay keeps reading after the last expected frame.
+const SETTLE: Duration = Duration::from_millis(500);
+
+/// Where the trace's `socket` application connected: the address in the
+/// first `socket(` of a client command (`127.0.0.1:8084` when none).
+fn socket_addr(chunks: &[Chunk]) -> String {
+    chunks
+        .iter()
+        .filter(|c| !c.from_fs)
+        .find_map(|c| {
+            let text = String::from_utf8_lossy(&c.data);
+            let rest = &text[text.find("socket(")? + "socket(".len()..];
+            let end = rest.find([' ', ')'])?;
+            Some(rest[..end].to_owned())
+        })
+        .unwrap_or_else(|| "127.0.0.1:8084".to_owned())
 }
 
 /// CHANNEL_PARK on an outbound socket: FreeSWITCH fires it from the
@@ -846,4 +894,34 @@ async fn trace_08_inbound_misc() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn trace_09_event_lock() {
     check("09-outbound-event-lock").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn trace_10_event_lock_queued_hangup() {
+    check("10-event-lock-queued-hangup").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn trace_11_hangup_during_playback_unlocked() {
+    check("11-hangup-during-playback-unlocked").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn trace_12_uuid_kill_during_locked_app() {
+    check("12-uuid-kill-during-locked-app").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn trace_14_originate_cancel() {
+    check("14-originate-cancel").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn trace_15_socket_closed_midcall() {
+    check("15-socket-closed-midcall").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn trace_16_bridge_then_hangup() {
+    check("16-bridge-then-hangup").await;
 }

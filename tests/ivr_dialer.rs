@@ -6,8 +6,6 @@
 #[path = "../examples/ivr_dialer.rs"]
 mod ivr_dialer;
 
-mod voice_support;
-
 use clap::Parser;
 use redswitch::sim::{SimConfig, Simulator};
 use std::time::Duration;
@@ -53,16 +51,12 @@ async fn ivr_dialer_hears_the_digits_and_records_the_answer() {
     assert_eq!(json["digits_sent"], "19", "{line}");
     assert_eq!(json["recording"], record.to_str().unwrap(), "{line}");
     assert_eq!(json["record_outcome"], "timeout", "{line}");
-    let len = voice_support::recorded_length(&record).await;
+    let len = redswitch_test_support::voice::recorded_length(&record).await;
     assert!(
         len >= Duration::from_millis(1900) && len <= Duration::from_millis(2300),
         "{len:?}"
     );
     // The call is over.
-    assert!(
-        voice_support::eventually(Duration::from_secs(5), || sim.channels().is_empty()).await,
-        "{:?}",
-        sim.channels()
-    );
+    redswitch_test_support::assert_no_channels(sim.esl_addr()).await;
     sim.shutdown().await;
 }

@@ -2,8 +2,7 @@
 //! dead-lettered with its reason, a `failure` is published when its
 //! `dial_id` is valid, and none stops the queue.
 
-#[allow(dead_code)]
-mod support;
+use redswitch_test_support as support;
 
 use std::time::Duration;
 
@@ -13,7 +12,7 @@ use redswitch::service::job;
 use redswitch::service::queue::{JobQueue, QueueConfig, push_job};
 use redswitch::service::store::RedisClient;
 use serde_json::{Value, json};
-use support::redis::RedisServer;
+use support::redis_server::RedisServer;
 
 fn good() -> Value {
     json!({

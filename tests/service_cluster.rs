@@ -2,8 +2,7 @@
 //! Cluster: the queue keys share one slot, the event keys do not and still
 //! work, pub/sub reaches the router from any node.
 
-#[allow(dead_code)]
-mod support;
+use redswitch_test_support as support;
 
 use std::time::Duration;
 
@@ -13,7 +12,7 @@ use redswitch::service::events::{CallEvents, Event, Side};
 use redswitch::service::queue::{JobQueue, QueueConfig, push_job};
 use redswitch::service::store::RedisClient;
 use redswitch::service::validate::Id;
-use support::redis::{RedisCluster, raw_command};
+use support::redis_server::{RedisCluster, raw_command};
 use tokio_util::sync::CancellationToken;
 
 fn id(s: &str) -> Id {

@@ -1,8 +1,7 @@
 //! The control router against a real redis-server: routing, ignoring our
 //! own events, errors, unsubscribe, one connection, reconnects.
 
-#[allow(dead_code)]
-mod support;
+use redswitch_test_support as support;
 
 use std::time::Duration;
 
@@ -13,7 +12,7 @@ use redswitch::service::control::{
 };
 use redswitch::service::store::{RedisClient, RedisConn};
 use redswitch::service::validate::Id;
-use support::redis::RedisServer;
+use support::redis_server::RedisServer;
 use tokio_util::sync::CancellationToken;
 
 fn id(s: &str) -> Id {
@@ -140,14 +139,14 @@ async fn one_pubsub_connection_for_many_calls_and_drop_unsubscribes() {
     dropped.unsubscribe();
     assert_eq!(f.router.calls(), 49);
     let mut conn = f.conn.clone();
-    support::wait_until("c7 unsubscribed", Duration::from_secs(5), || {
+    support::eventually("c7 unsubscribed", Duration::from_secs(5), || {
         let mut conn = conn.clone();
         async move { numsub(&mut conn, "c7").await == 0 }
     })
     .await;
     assert_eq!(numsub(&mut conn, "c8").await, 1);
     drop(subs);
-    support::wait_until("all unsubscribed", Duration::from_secs(5), || {
+    support::eventually("all unsubscribed", Duration::from_secs(5), || {
         let mut conn = conn.clone();
         async move {
             let channels: Vec<String> = redis::cmd("PUBSUB")
@@ -294,13 +293,13 @@ async fn resubscribes_every_live_call_after_client_kill() {
     let killed = server.command("CLIENT KILL TYPE pubsub");
     assert!(killed.starts_with(":1"), "{killed}");
     let router = f.router.clone();
-    support::wait_until("reconnect", Duration::from_secs(5), || {
+    support::eventually("reconnect", Duration::from_secs(5), || {
         let router = router.clone();
         async move { router.connects() >= 2 }
     })
     .await;
     let conn = f.conn.clone();
-    support::wait_until("resubscribed", Duration::from_secs(5), || {
+    support::eventually("resubscribed", Duration::from_secs(5), || {
         let mut conn = conn.clone();
         async move { numsub(&mut conn, "ka").await == 1 && numsub(&mut conn, "kb").await == 1 }
     })
@@ -341,7 +340,7 @@ async fn survives_a_redis_restart_and_subscribes_calls_made_while_down() {
     server.restart();
 
     let conn = f.conn.clone();
-    support::wait_until("both resubscribed", Duration::from_secs(10), || {
+    support::eventually("both resubscribed", Duration::from_secs(10), || {
         let mut conn = conn.clone();
         async move {
             // The shared connection itself redials after the restart.
@@ -435,7 +434,7 @@ async fn lingering_ends_and_unsubscribes_after_its_time() {
         .unwrap();
     assert_eq!(f.router.calls(), 0);
     let conn = f.conn.clone();
-    support::wait_until("unsubscribed", Duration::from_secs(5), || {
+    support::eventually("unsubscribed", Duration::from_secs(5), || {
         let mut conn = conn.clone();
         async move { numsub(&mut conn, "brief").await == 0 }
     })

@@ -1,8 +1,7 @@
 //! Published events and the Redis state kept with them, against a real
 //! redis-server.
 
-#[allow(dead_code)]
-mod support;
+use redswitch_test_support as support;
 
 use std::time::Duration;
 
@@ -11,7 +10,7 @@ use redis::AsyncCommands;
 use redswitch::service::events::{CallEvents, Event, MediaDoneReason, Side};
 use redswitch::service::store::RedisClient;
 use redswitch::service::validate::Id;
-use support::redis::RedisServer;
+use support::redis_server::RedisServer;
 
 fn id(s: &str) -> Id {
     Id::parse("test", s).unwrap()

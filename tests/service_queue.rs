@@ -1,8 +1,7 @@
 //! The job queue against a real redis-server: order, at-least-once
 //! delivery across instances, the reaper, dead letters.
 
-#[allow(dead_code)]
-mod support;
+use redswitch_test_support as support;
 
 use std::collections::HashSet;
 use std::time::Duration;
@@ -11,7 +10,7 @@ use redis::AsyncCommands;
 use redswitch::service::job;
 use redswitch::service::queue::{JobQueue, QueueConfig, push_job};
 use redswitch::service::store::RedisClient;
-use support::redis::RedisServer;
+use support::redis_server::RedisServer;
 use tokio_util::sync::CancellationToken;
 
 async fn client(server: &RedisServer) -> RedisClient {
@@ -159,7 +158,7 @@ async fn a_dead_instances_job_is_requeued_at_the_head_and_redone() {
     let b_beat = CancellationToken::new();
     let b_task = b.spawn_maintenance(b_beat.clone());
     let a_processing = a.keys().processing.clone();
-    support::wait_until("a's jobs requeued", Duration::from_secs(5), || {
+    support::eventually("a's jobs requeued", Duration::from_secs(5), || {
         let mut conn = conn.clone();
         let key = a_processing.clone();
         async move { conn.llen::<_, usize>(&key).await.unwrap() == 0 }

@@ -2,8 +2,7 @@
 //! show: auth, api, bgapi by Job-UUID, subscriptions, reconnect with replay,
 //! and every bad input of issue 2 that concerns the client.
 
-#[path = "switch_support/mod.rs"]
-mod support;
+use redswitch_test_support::fake_switch as support;
 
 use redswitch::esl::EventFormat;
 use redswitch::switch::{Error, InboundClient, InboundConfig, ReconnectPolicy};

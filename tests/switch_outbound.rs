@@ -2,8 +2,7 @@
 //! traffic (traces 02 and 09 replayed byte for byte) and against a fake leg
 //! for the failure cases.
 
-#[path = "switch_support/mod.rs"]
-mod support;
+use redswitch_test_support::fake_switch as support;
 
 use redswitch::esl::Event;
 use redswitch::switch::outbound::serve;

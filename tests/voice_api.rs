@@ -2,18 +2,18 @@
 //! inbound calls, play (done, barge-in, time limit, stop), record, DTMF
 //! modes, collection, sending, timers, app events, bridge, reject, hangup.
 
-mod voice_support;
-
 use redswitch::switch::Direction;
 use redswitch::switch::voice::{
     AppRouter, CollectEnd, DtmfMode, PlayOptions, PlayOutcome, RecordOptions, RecordOutcome, Voice,
     VoiceEvent,
 };
+use redswitch_test_support::eventually;
+use redswitch_test_support::voice::{Harness, recorded_length};
+use std::future::ready;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
-use voice_support::{Harness, eventually, recorded_length};
 
 const TONE_2S: &str = "tone_stream://%(2000,0,440)";
 const T: Duration = Duration::from_secs(10);
@@ -168,10 +168,10 @@ async fn a_play_without_barge_in_ignores_digits_and_a_time_limit_or_stop_cuts_it
     v.start_play(&["silence_stream://5000"], PlayOptions::default())
         .unwrap();
     let uuid = v.uuid().to_owned();
-    assert!(
-        eventually(T, || h.channel(&uuid).is_some_and(|c| c.playing.is_some())).await,
-        "the sim never started playing"
-    );
+    eventually("the sim to start playing", T, || {
+        ready(h.channel(&uuid).is_some_and(|c| c.playing.is_some()))
+    })
+    .await;
     v.stop_media().await.unwrap();
     let outcome = loop {
         if let VoiceEvent::Play(o) = next(&mut v).await {
@@ -528,5 +528,40 @@ async fn inbound_calls_run_the_routed_app() {
             cause: "USER_BUSY".into()
         }))
     );
+    h.shutdown().await;
+}
+
+/// `hangup` ends the leg at once while an application runs on it with
+/// `event-lock` (a play, a record): it does not queue behind them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hangup_during_play_or_record_ends_the_leg_at_once() {
+    let h = Harness::start(AppRouter::new()).await;
+    let mut v: Voice = h.call("15551230005").await;
+    let uuid = v.uuid().to_owned();
+    v.start_play(&["silence_stream://60000"], PlayOptions::default())
+        .unwrap();
+    eventually("the sim to start playing", T, || {
+        ready(h.channel(&uuid).is_some_and(|c| c.playing.is_some()))
+    })
+    .await;
+    v.hangup("NORMAL_CLEARING").await.unwrap();
+    eventually("the playing leg to end", T, || {
+        ready(h.channel(&uuid).is_none())
+    })
+    .await;
+
+    let mut v: Voice = h.call("15551230006").await;
+    let uuid = v.uuid().to_owned();
+    v.start_record(h.recording("cut.wav"), RecordOptions::default())
+        .unwrap();
+    eventually("the sim to start recording", T, || {
+        ready(h.channel(&uuid).is_some_and(|c| c.recording.is_some()))
+    })
+    .await;
+    v.hangup("NORMAL_CLEARING").await.unwrap();
+    eventually("the recording leg to end", T, || {
+        ready(h.channel(&uuid).is_none())
+    })
+    .await;
     h.shutdown().await;
 }

@@ -3,16 +3,16 @@
 //! up, bad DTMF digits and durations. Plus the app's result and error
 //! reaching whoever started it.
 
-mod voice_support;
-
 use redswitch::switch::voice::{
     AppError, AppRouter, PlayOptions, PlayOutcome, Voice, VoiceError, spawn_app,
 };
+use redswitch_test_support::eventually;
+use redswitch_test_support::voice::Harness;
+use std::future::ready;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 use tokio::sync::mpsc;
-use voice_support::{Harness, eventually};
 
 const T: Duration = Duration::from_secs(10);
 
@@ -134,15 +134,10 @@ async fn a_panicking_inbound_app_hangs_up_its_call_only() {
     // The other calls went on undisturbed.
     assert_eq!(played, vec![PlayOutcome::Done; 3]);
     // The panicking apps' legs are hung up; nothing is left behind.
-    assert!(
-        eventually(T, || panicked.iter().all(|u| h.channel(u).is_none())).await,
-        "a panicked app's leg is still up"
-    );
-    assert!(
-        eventually(T, || h.sim.channels().is_empty()).await,
-        "{:?}",
-        h.sim.channels()
-    );
+    eventually("the panicked apps' legs to end", T, || {
+        ready(panicked.iter().all(|u| h.channel(u).is_none()))
+    })
+    .await;
     // The listener goes on.
     let reply = h.inbound_call().await;
     assert!(reply.starts_with("+OK"), "{reply}");
@@ -187,7 +182,10 @@ async fn results_errors_and_panics_reach_whoever_started_the_app() {
     .unwrap();
     assert_eq!(result.unwrap(), "Done");
     // The app left the leg up; run_app hung it up.
-    assert!(eventually(T, || h.channel(&uuid).is_none()).await);
+    eventually("run_app to end the leg", T, || {
+        ready(h.channel(&uuid).is_none())
+    })
+    .await;
 
     let v: Voice = h.call("15551240004").await;
     let err = spawn_app(v, |_v: Voice| async { Err::<(), _>("no such menu") })
@@ -209,9 +207,9 @@ async fn results_errors_and_panics_reach_whoever_started_the_app() {
         matches!(&panicked, Err(AppError::Panicked(m)) if m == "boom"),
         "{panicked:?}"
     );
-    assert!(
-        eventually(T, || h.channel(&uuid).is_none()).await,
-        "the panicked app's leg is still up"
-    );
+    eventually("the panicked app's leg to end", T, || {
+        ready(h.channel(&uuid).is_none())
+    })
+    .await;
     h.shutdown().await;
 }

@@ -8,11 +8,9 @@
 //! `conference` as an unknown application and hangs the leg up with
 //! DESTINATION_OUT_OF_ORDER, as FreeSWITCH does for an application it lacks.
 
-mod voice_support;
-
 use redswitch::switch::voice::{AppRouter, Voice, VoiceError, VoiceEvent};
+use redswitch_test_support::voice::Harness;
 use std::time::Duration;
-use voice_support::Harness;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_legs_in_a_conference_muted_unmuted_and_kicked() {

@@ -5,6 +5,7 @@ use crate::cli::Config;
 use crate::service::agent::{self, AgentConfig, AgentError};
 use crate::service::asp_call::CallSettings;
 use crate::service::claims::ClaimConfig;
+use crate::service::pacing::Pacer;
 use crate::service::store::RedisClient;
 use crate::switch::{InboundClient, InboundConfig};
 use std::path::{Path, PathBuf};
@@ -53,6 +54,8 @@ pub fn agent_config(config: &Config) -> Result<AgentConfig, ServeError> {
             dial_template: config.dial_template.clone(),
             media_dir: absolute(&config.media_dir)?,
             recordings_dir: absolute(&config.recordings_dir)?,
+            max_call_duration: config.max_call_duration,
+            pacer: Pacer::new(config.sessions_per_second),
             ..CallSettings::default()
         },
         max_calls: 10_000,

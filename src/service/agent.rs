@@ -199,6 +199,15 @@ impl Agent {
             })
         };
 
+        // The switch's sessions-per-second limit, now and after reconnects.
+        config.call.pacer.read_limit(&inbound).await;
+        tasks.spawn(
+            config
+                .call
+                .pacer
+                .clone()
+                .follow(inbound.clone(), shutdown.child_token()),
+        );
         let (draining_tx, draining) = watch::channel(false);
         let hangup = CancellationToken::new();
         let worker = Worker {
@@ -340,6 +349,12 @@ impl Worker {
                 }
                 Ok(Some(job)) => {
                     backoff.reset();
+                    // Dialled in the order taken, under the switch's rate.
+                    let slot = self.settings.pacer.reserve(self.settings.caller_sessions());
+                    tokio::select! {
+                        () = stop.cancelled() => break,
+                        () = slot.wait() => {}
+                    }
                     job
                 }
                 Ok(None) => continue,

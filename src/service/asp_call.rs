@@ -1,22 +1,53 @@
-//! The asp-call flow (SPEC §4, §5), written with the call API of
-//! [`crate::switch`]: the agent is one user of the library.
+//! The asp-call flow, written with the call API of [`crate::switch`]: the
+//! agent is one user of the library.
 //!
 //! 1. Ring the caller (side 0) through the dial template, showing
-//!    `caller_id_lega`. `call-start` once FreeSWITCH has created that leg.
+//!    `caller_id_lega`. `call-start` once FreeSWITCH has created that leg
+//!    (and always before any other event of the call).
 //! 2. When the caller answers (the leg's socket connects): `answer-event`
 //!    side 0, ringback to the caller, and ring the callee (side 1) showing
 //!    `caller_id_legb`.
-//! 3. When the callee answers: `answer-event` side 1, ringback stops and
-//!    the legs are bridged (`uuid_bridge`).
+//! 3. When the callee answers: `answer-event` side 1; once both legs are
+//!    confirmed up, the ringback is broken and the legs are bridged
+//!    (`uuid_bridge`, retried once). A bridge that still fails ends both
+//!    legs.
 //! 4. Any hangup: `hangup-event` with FreeSWITCH's cause for that side, and
-//!    every other side is hung up too; each side that existed gets exactly
+//!    every other side is ended too; each side that existed gets exactly
 //!    one `hangup-event`.
+//!
+//! # Ending legs for certain
+//!
+//! Every leg is ended with `uuid_kill` on the inbound connection: a ringing
+//! leg with `ORIGINATOR_CANCEL`, an answered one (the barger included) with
+//! `NORMAL_CLEARING`. A `sendmsg` hangup is never relied on: FreeSWITCH
+//! queues it behind an application executed with `event-lock` and it may
+//! never run (trace 10). A leg cancelled before FreeSWITCH created its
+//! channel (`-ERR No such channel!`) is killed again when its channel
+//! shows up. The ringback runs without `event-lock`, so nothing ever waits
+//! behind it, and it is broken before the bridge.
+//!
+//! Every leg also carries FreeSWITCH's own bound: as soon as its channel
+//! exists, `sched_hangup +<max-call-duration> <uuid> ALLOTTED_TIMEOUT`, so a
+//! leg outlives no agent failure by more than `--max-call-duration`
+//! (counted from the channel's creation). Its channel variables
+//! `redswitch_instance=<instance id>` and `dial_id=<dial_id>` let an operator
+//! find it (`hupall <cause> dial_id <dial_id>`).
+//!
+//! # Pacing
+//!
+//! Originates are paced under the switch's sessions-per-second limit (see
+//! [`crate::service::pacing`]). The caller's slot is reserved by whoever
+//! takes the job, before [`AspCall::start`], so jobs are dialled in the
+//! order they were taken; the callee's and the barger's slots are reserved
+//! here, without holding up the call's other work. An originate refused by
+//! the throttle (`DESTINATION_OUT_OF_ORDER` before any channel exists) is
+//! dialled again after [`THROTTLE_BACKOFF`].
 //!
 //! One task drives one call: a single `select!` over the news of its legs,
 //! its control mailbox and the reports of its media tasks, so every event
 //! of a call is published in order and no state is shared.
 //!
-//! Control (SPEC §5): every message gets exactly one `ack` or `error`.
+//! Control: every message gets exactly one `ack` or `error`.
 //! `barge` dials side 2, which eavesdrops on side 0 muted once it answers;
 //! `whisper`/`mute`/`threeway`/`unthreeway` queue eavesdrop's DTMF controls
 //! on the barger's own channel with `uuid_recv_dtmf` (`2` the caller hears
@@ -33,13 +64,18 @@
 //! the one running there, which ends `stopped`. A play still running when
 //! the call ends reports `hangup`. An event a control message brings about
 //! (`record-done-event` of `stop-record`) is published after its `ack`.
+//!
+//! A side that was to be dialled but never got a channel (the throttle
+//! kept refusing it, or the call ended while it waited for its slot) gets
+//! a `hangup-event` with the refusal's cause, or `ORIGINATOR_CANCEL`.
 
-use crate::esl::Event as FsEvent;
+use crate::esl::{CallCommand, Command, Event as FsEvent, Execute, SendMsg};
 use crate::service::control::{ControlMessage, ControlRouter, PlaySide, RouterError, Subscription};
 use crate::service::events::{CallEvents, Event, MediaDoneReason, RecordDoneReason, Side};
 use crate::service::job::AspCallJob;
+use crate::service::pacing::{Pacer, THROTTLE_BACKOFF, sessions_of};
 use crate::service::validate::{Media, PhoneNumber};
-use crate::switch::app::{Dialer, Originate, Progress, Ringing};
+use crate::switch::app::{DialError, Dialer, Originate, Progress, Ringing};
 use crate::switch::{Call, CallEvents as LegEvents};
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
@@ -53,6 +89,18 @@ pub const RINGBACK: &str = "tone_stream://%(2000,4000,440,480);loops=-1";
 /// The `failure` cause of a job whose `dial_id` belongs to a call still
 /// live on this instance.
 pub const DIAL_ID_IN_USE: &str = "dial_id already has an active call on this instance";
+
+/// The cause FreeSWITCH gives a leg that reached `--max-call-duration`.
+pub const ALLOTTED_TIMEOUT: &str = "ALLOTTED_TIMEOUT";
+
+/// The cause both legs are ended with when they cannot be bridged.
+pub const BRIDGE_FAILED_CAUSE: &str = "NORMAL_TEMPORARY_FAILURE";
+
+/// The channel variable that carries the call's `dial_id` on every leg.
+pub const DIAL_ID_VARIABLE: &str = "dial_id";
+
+/// The cause of a throttled originate (no channel was created).
+const THROTTLED: &str = "DESTINATION_OUT_OF_ORDER";
 
 /// Settings of the flow that come from the command line.
 #[derive(Debug, Clone)]
@@ -68,6 +116,11 @@ pub struct CallSettings {
     /// How long control messages are still answered (with an error) after
     /// the call ended.
     pub linger: Duration,
+    /// `--max-call-duration`: FreeSWITCH hangs every leg up this long after
+    /// its creation (`ALLOTTED_TIMEOUT`).
+    pub max_call_duration: Duration,
+    /// Paces originates under the switch's sessions-per-second limit.
+    pub pacer: Pacer,
 }
 
 impl Default for CallSettings {
@@ -78,7 +131,17 @@ impl Default for CallSettings {
             recordings_dir: PathBuf::from("recordings"),
             ring_timeout: Duration::from_secs(60),
             linger: Duration::from_secs(10),
+            max_call_duration: Duration::from_secs(4 * 3600),
+            pacer: Pacer::default(),
         }
+    }
+}
+
+impl CallSettings {
+    /// Sessions the caller's originate creates (for reserving its slot
+    /// before the job is started).
+    pub fn caller_sessions(&self) -> u32 {
+        sessions_of(&self.dial_template)
     }
 }
 
@@ -103,7 +166,37 @@ pub enum StartError {
     /// FreeSWITCH could not be asked (the link is down): nothing was
     /// published, and the job should go back to the queue.
     #[error("FreeSWITCH is not reachable: {0}")]
-    SwitchAway(crate::switch::app::DialError),
+    SwitchAway(DialError),
+}
+
+/// Why a control message was not carried out (the `reason` of its
+/// `error`).
+#[derive(Debug, thiserror::Error)]
+pub enum Refusal {
+    /// Every side has hung up.
+    #[error("call has ended")]
+    Ended,
+    /// `barge` while a barger is on the call.
+    #[error("a barger is already on the call")]
+    BargerPresent,
+    /// The side the message acts on has not answered (or has hung up).
+    #[error("side {0} is not on an answered call")]
+    NotAnswered(Side),
+    /// A barger control with no answered barger.
+    #[error("no answered barger on the call")]
+    NoBarger,
+    /// `record` while a recording runs.
+    #[error("a recording is already running on this call")]
+    RecordingRunning,
+    /// `stop-record` with no recording.
+    #[error("no recording is running on this call")]
+    NoRecording,
+    /// FreeSWITCH answered `-ERR …`.
+    #[error("{0}")]
+    Switch(String),
+    /// FreeSWITCH could not be asked, or refused the originate.
+    #[error(transparent)]
+    Dial(#[from] DialError),
 }
 
 /// The dial string for `number` through `provider`.
@@ -113,12 +206,38 @@ pub fn endpoint(template: &str, provider: &str, number: &PhoneNumber) -> String 
         .replace("{number}", number.as_str())
 }
 
+/// A leg's originate and how it has fared.
+struct Dial {
+    req: Originate,
+    /// Throttle refusals so far.
+    refusals: usize,
+}
+
+/// A placed leg that has not answered.
+struct Placed {
+    ringing: Ringing,
+    dial: Dial,
+    /// FreeSWITCH's maximum duration is scheduled on the channel.
+    bounded: bool,
+    /// The leg was cancelled with this cause; a channel that shows up
+    /// afterwards (the cancel came before FreeSWITCH created it) is killed
+    /// too.
+    cancelled: Option<&'static str>,
+}
+
 /// One side of the call.
 enum Leg {
     /// Never dialled.
     Absent,
+    /// To be dialled at `at`: waiting for a pacing slot (`paced`) or for a
+    /// retry after the throttle refused it (then a slot is reserved).
+    Waiting {
+        dial: Dial,
+        at: tokio::time::Instant,
+        paced: bool,
+    },
     /// Dialled, not answered.
-    Ringing(Ringing),
+    Ringing(Box<Placed>),
     /// Answered: its socket is ours.
     Up(Call, Option<LegEvents>),
     /// Hung up (its `hangup-event` is out).
@@ -127,6 +246,8 @@ enum Leg {
 
 /// What a leg has to say.
 enum LegNews {
+    /// Its time to be dialled has come.
+    Due,
     Created,
     Answered(Call),
     Dtmf(String),
@@ -135,7 +256,7 @@ enum LegNews {
 
 impl Leg {
     fn is_live(&self) -> bool {
-        matches!(self, Leg::Ringing(_) | Leg::Up(..))
+        matches!(self, Leg::Waiting { .. } | Leg::Ringing(_) | Leg::Up(..))
     }
 
     fn call(&self) -> Option<&Call> {
@@ -145,18 +266,14 @@ impl Leg {
         }
     }
 
-    fn uuid(&self) -> Option<&str> {
-        match self {
-            Leg::Ringing(r) => Some(r.uuid()),
-            Leg::Up(call, _) => Some(call.uuid()),
-            _ => None,
-        }
-    }
-
     /// Cancel-safe: state lives in the leg, not in this future.
     async fn news(&mut self) -> LegNews {
         match self {
-            Leg::Ringing(r) => match r.next().await {
+            Leg::Waiting { at, .. } => {
+                tokio::time::sleep_until(*at).await;
+                LegNews::Due
+            }
+            Leg::Ringing(p) => match p.ringing.next().await {
                 Progress::Created => LegNews::Created,
                 Progress::Answered(call) => LegNews::Answered(call),
                 Progress::Ended { cause, created } => LegNews::Ended(cause, created),
@@ -191,22 +308,6 @@ impl Leg {
                 }
             },
             Leg::Absent | Leg::Gone => std::future::pending().await,
-        }
-    }
-
-    /// Hangs the side up: a ringing side is cancelled, an answered one hung
-    /// up. Its `hangup-event` follows through [`Leg::news`].
-    async fn hang_up(&self, dialer: &Dialer, cause: &str) {
-        let result = match self {
-            Leg::Ringing(r) => r.cancel(cause).await,
-            Leg::Up(call, _) => call.hangup(cause).await.map_err(Into::into),
-            _ => return,
-        };
-        if let Err(error) = result {
-            tracing::debug!(uuid = self.uuid(), %error, "hangup failed; trying uuid_kill");
-            if let Some(uuid) = self.uuid() {
-                let _ = dialer.kill(uuid, cause).await;
-            }
         }
     }
 }
@@ -279,7 +380,9 @@ pub struct AspCall {
 impl AspCall {
     /// Subscribes to the call's channel and rings the caller. Returns once
     /// FreeSWITCH accepted the originate (the job's fate is decided), or
-    /// publishes `failure` and returns why the call was not attempted.
+    /// publishes `failure` and returns why the call was not attempted. The
+    /// caller's pacing slot must have been waited for already (see the
+    /// module doc).
     pub async fn start(
         dialer: Dialer,
         router: &ControlRouter,
@@ -327,10 +430,15 @@ impl AspCall {
         match call.dialer.originate(&req).await {
             Ok(ringing) => {
                 call.events.leg_dialled(Side::Caller, ringing.uuid());
-                call.legs[0] = Leg::Ringing(ringing);
+                call.legs[0] = Leg::Ringing(Box::new(Placed {
+                    ringing,
+                    dial: Dial { req, refusals: 0 },
+                    bounded: false,
+                    cancelled: None,
+                }));
                 Ok(call)
             }
-            Err(crate::switch::app::DialError::Switch(e)) if e.is_connection_dropped() => {
+            Err(DialError::Switch(e)) if e.is_connection_dropped() => {
                 Err(StartError::SwitchAway(e.into()))
             }
             Err(error) => {
@@ -353,15 +461,91 @@ impl AspCall {
             caller_id_name: Some(caller_id.as_str().to_owned()),
             timeout: Some(self.settings.ring_timeout),
             variables: vec![
-                ("redswitch_dial_id".into(), self.job.dial_id.to_string()),
+                (DIAL_ID_VARIABLE.into(), self.job.dial_id.to_string()),
                 ("redswitch_side".into(), side.number().to_string()),
             ],
         }
     }
 
+    /// Puts a side in line for its pacing slot; it is dialled when the
+    /// slot comes (see [`AspCall::on_due`]).
+    fn dial_paced(&mut self, side: Side, req: Originate) {
+        let slot = self.settings.pacer.reserve(sessions_of(&req.endpoint));
+        self.legs[side.number() as usize] = Leg::Waiting {
+            dial: Dial { req, refusals: 0 },
+            at: slot.instant(),
+            paced: true,
+        };
+    }
+
     async fn publish(&self, event: Event) {
         if let Err(error) = self.events.publish(&event).await {
             tracing::warn!(dial_id = %self.job.dial_id, %error, event = event.event_type(), "could not publish");
+        }
+    }
+
+    /// `call-start`, once, before anything else of the call: under load
+    /// the caller's socket may connect before its CHANNEL_CREATE is read.
+    async fn ensure_started(&mut self) {
+        if !self.started {
+            self.started = true;
+            if let Err(error) = self.events.start_call().await {
+                tracing::warn!(dial_id = %self.job.dial_id, %error, "could not publish call-start");
+            }
+        }
+    }
+
+    /// Has FreeSWITCH bound the leg's life, once its channel exists.
+    async fn bound(&self, uuid: &str) {
+        if let Err(error) = self
+            .dialer
+            .schedule_hangup(uuid, self.settings.max_call_duration, ALLOTTED_TIMEOUT)
+            .await
+        {
+            tracing::warn!(dial_id = %self.job.dial_id, uuid, %error, "could not schedule the maximum call duration");
+        }
+    }
+
+    /// Ends a side for certain: a ringing side is cancelled, an answered
+    /// one killed (`uuid_kill`), a side still waiting to be dialled gets
+    /// its `hangup-event` at once. The others' `hangup-event`s follow
+    /// through [`Leg::news`].
+    async fn end_leg(&mut self, side: Side, cause: &'static str) {
+        let i = side.number() as usize;
+        let uuid = match &mut self.legs[i] {
+            Leg::Waiting { .. } => {
+                self.legs[i] = Leg::Gone;
+                self.publish(Event::Hangup {
+                    side,
+                    cause: "ORIGINATOR_CANCEL".into(),
+                })
+                .await;
+                return;
+            }
+            Leg::Ringing(p) => {
+                if p.cancelled.is_some() {
+                    return;
+                }
+                p.cancelled = Some("ORIGINATOR_CANCEL");
+                p.ringing.uuid().to_owned()
+            }
+            Leg::Up(call, _) => call.uuid().to_owned(),
+            Leg::Absent | Leg::Gone => return,
+        };
+        let cause = if matches!(self.legs[i], Leg::Ringing(_)) {
+            "ORIGINATOR_CANCEL"
+        } else {
+            cause
+        };
+        if let Err(error) = self.dialer.kill(&uuid, cause).await {
+            tracing::warn!(dial_id = %self.job.dial_id, %uuid, %error, "uuid_kill failed");
+        }
+    }
+
+    /// Ends every side still live.
+    async fn end_all(&mut self, cause: &'static str) {
+        for side in [Side::Caller, Side::Callee, Side::Barger] {
+            self.end_leg(side, cause).await;
         }
     }
 
@@ -411,19 +595,44 @@ impl AspCall {
     async fn on_news(&mut self, side: Side, news: LegNews) {
         let i = side.number() as usize;
         match news {
+            LegNews::Due => self.on_due(side).await,
             LegNews::Created => {
-                if side == Side::Caller && !self.started {
-                    self.started = true;
-                    if let Err(error) = self.events.start_call().await {
-                        tracing::warn!(dial_id = %self.job.dial_id, %error, "could not publish call-start");
+                if side == Side::Caller {
+                    self.ensure_started().await;
+                }
+                let (uuid, cancelled) = match &mut self.legs[i] {
+                    Leg::Ringing(p) => {
+                        p.bounded = true;
+                        (p.ringing.uuid().to_owned(), p.cancelled)
                     }
+                    _ => return,
+                };
+                self.bound(&uuid).await;
+                if let Some(cause) = cancelled {
+                    // Cancelled before FreeSWITCH had created it.
+                    let _ = self.dialer.kill(&uuid, cause).await;
                 }
             }
             LegNews::Answered(call) => {
+                if side == Side::Caller {
+                    self.ensure_started().await;
+                }
+                let (bounded, cancelled) = match &self.legs[i] {
+                    Leg::Ringing(p) => (p.bounded, p.cancelled),
+                    _ => (false, None),
+                };
+                if !bounded {
+                    self.bound(call.uuid()).await;
+                }
                 let events = call.events();
                 self.legs[i] = Leg::Up(call.clone(), events);
                 self.publish(Event::Answer { side }).await;
-                self.on_answer(side, call).await;
+                if cancelled.is_some() {
+                    // It answered as it was being cancelled: end it.
+                    self.end_leg(side, "NORMAL_CLEARING").await;
+                } else {
+                    self.on_answer(side, call).await;
+                }
             }
             LegNews::Dtmf(digits) => {
                 if side != Side::Barger {
@@ -431,19 +640,90 @@ impl AspCall {
                 }
             }
             LegNews::Ended(cause, created) => {
+                if let Leg::Ringing(p) = &mut self.legs[i]
+                    && !created
+                    && p.cancelled.is_none()
+                    && cause == THROTTLED
+                    && p.dial.refusals < THROTTLE_BACKOFF.len()
+                {
+                    // Refused by the switch's sessions-per-second limit
+                    // before any channel existed: dial it again later.
+                    let wait = THROTTLE_BACKOFF[p.dial.refusals];
+                    tracing::info!(dial_id = %self.job.dial_id, %side, ?wait, "originate throttled by FreeSWITCH; retrying");
+                    let dial = Dial {
+                        req: p.dial.req.clone(),
+                        refusals: p.dial.refusals + 1,
+                    };
+                    self.legs[i] = Leg::Waiting {
+                        dial,
+                        at: tokio::time::Instant::now() + wait,
+                        paced: false,
+                    };
+                    return;
+                }
                 self.legs[i] = Leg::Gone;
                 if side == Side::Caller && !created && !self.started {
                     // No channel ever existed: the call was not attempted.
                     self.publish(Event::Failure { cause }).await;
                     return;
                 }
+                if side == Side::Caller {
+                    self.ensure_started().await;
+                }
                 self.publish(Event::Hangup { side, cause }).await;
                 if side != Side::Barger {
                     // A two-party call ends with either party; the barger
                     // goes with it.
-                    for leg in &self.legs {
-                        leg.hang_up(&self.dialer, "NORMAL_CLEARING").await;
-                    }
+                    self.end_all("NORMAL_CLEARING").await;
+                }
+            }
+        }
+    }
+
+    /// A waiting side's time has come: a retry reserves its pacing slot, a
+    /// side whose slot came is dialled.
+    async fn on_due(&mut self, side: Side) {
+        let i = side.number() as usize;
+        let Leg::Waiting { dial, paced, .. } = std::mem::replace(&mut self.legs[i], Leg::Absent)
+        else {
+            return;
+        };
+        if !paced {
+            let slot = self.settings.pacer.reserve(sessions_of(&dial.req.endpoint));
+            self.legs[i] = Leg::Waiting {
+                dial,
+                at: slot.instant(),
+                paced: true,
+            };
+            return;
+        }
+        match self.dialer.originate(&dial.req).await {
+            Ok(ringing) => {
+                self.events.leg_dialled(side, ringing.uuid());
+                self.legs[i] = Leg::Ringing(Box::new(Placed {
+                    ringing,
+                    dial,
+                    bounded: false,
+                    cancelled: None,
+                }));
+            }
+            Err(error) => {
+                tracing::warn!(dial_id = %self.job.dial_id, %side, %error, "originate refused");
+                self.legs[i] = Leg::Gone;
+                if side == Side::Caller && !self.started {
+                    self.publish(Event::Failure {
+                        cause: "NORMAL_TEMPORARY_FAILURE".into(),
+                    })
+                    .await;
+                    return;
+                }
+                self.publish(Event::Hangup {
+                    side,
+                    cause: "NORMAL_TEMPORARY_FAILURE".into(),
+                })
+                .await;
+                if side != Side::Barger {
+                    self.end_all("NORMAL_CLEARING").await;
                 }
             }
         }
@@ -452,56 +732,52 @@ impl AspCall {
     async fn on_answer(&mut self, side: Side, call: Call) {
         match side {
             Side::Caller => {
-                // Ringback while the callee rings; broken before the bridge.
-                let ringback = call.clone();
-                tokio::spawn(async move {
-                    let _ = ringback.execute("playback", RINGBACK).await;
+                // Ringback while the callee rings, without `event-lock`: a
+                // locked app would hold back anything queued behind it. It
+                // is broken before the bridge.
+                let ringback = Command::SendMsg(SendMsg {
+                    uuid: None,
+                    command: CallCommand::Execute(Execute {
+                        app: "playback".into(),
+                        arg: Some(RINGBACK.into()),
+                        event_lock: false,
+                        ..Default::default()
+                    }),
+                    event_uuid: None,
                 });
+                if let Err(error) = call.send(ringback).await {
+                    tracing::debug!(dial_id = %self.job.dial_id, %error, "ringback not started");
+                }
                 let req = self.originate(
                     Side::Callee,
                     &self.job.callee_number.clone(),
                     &self.job.caller_id_legb.clone(),
                 );
-                match self.dialer.originate(&req).await {
-                    Ok(ringing) => {
-                        self.events.leg_dialled(Side::Callee, ringing.uuid());
-                        self.legs[1] = Leg::Ringing(ringing);
-                    }
-                    Err(error) => {
-                        tracing::warn!(dial_id = %self.job.dial_id, %error, "originate of the callee refused");
-                        self.publish(Event::Hangup {
-                            side: Side::Callee,
-                            cause: "NORMAL_TEMPORARY_FAILURE".into(),
-                        })
-                        .await;
-                        self.legs[0].hang_up(&self.dialer, "NORMAL_CLEARING").await;
-                    }
-                }
+                self.dial_paced(Side::Callee, req);
             }
             Side::Callee => {
-                let Some(caller) = self.legs[0].uuid().map(str::to_owned) else {
-                    return;
+                // Both legs must be up: a caller that hung up (or is being
+                // ended) cannot be bridged, and the callee goes with it.
+                let caller = match &self.legs[0] {
+                    Leg::Up(c, _) if c.hangup_cause().is_none() => c.uuid().to_owned(),
+                    _ => {
+                        self.end_leg(Side::Callee, "NORMAL_CLEARING").await;
+                        return;
+                    }
                 };
                 let inbound = self.dialer.inbound();
                 if let Err(error) = inbound.api(&format!("uuid_break {caller} all")).await {
                     tracing::debug!(%error, "uuid_break of the ringback failed");
                 }
-                match inbound
-                    .api(&format!("uuid_bridge {caller} {}", call.uuid()))
-                    .await
-                {
-                    Ok(reply) if reply.starts_with("+OK") => {}
-                    Ok(reply) => {
-                        tracing::warn!(dial_id = %self.job.dial_id, reply = reply.trim(), "uuid_bridge refused")
-                    }
-                    Err(error) => {
-                        tracing::warn!(dial_id = %self.job.dial_id, %error, "uuid_bridge failed")
-                    }
+                if let Err(error) = self.dialer.bridge(&caller, call.uuid()).await {
+                    tracing::warn!(dial_id = %self.job.dial_id, %error, "uuid_bridge failed; ending both legs");
+                    self.end_leg(Side::Caller, BRIDGE_FAILED_CAUSE).await;
+                    self.end_leg(Side::Callee, BRIDGE_FAILED_CAUSE).await;
                 }
             }
             Side::Barger => {
-                let Some(target) = self.legs[0].uuid().map(str::to_owned) else {
-                    call.hangup("NORMAL_CLEARING").await.ok();
+                let Some(target) = self.legs[0].call().map(|c| c.uuid().to_owned()) else {
+                    self.end_leg(Side::Barger, "NORMAL_CLEARING").await;
                     return;
                 };
                 // Eavesdrop runs until the target hangs up; it starts in
@@ -532,7 +808,7 @@ impl AspCall {
     async fn on_control(&mut self, msg: ControlMessage) {
         let (answer, then) = match self.control_result(&msg).await {
             Ok(then) => (msg.ack(), then),
-            Err(reason) => (msg.error(reason), None),
+            Err(refusal) => (msg.error(refusal.to_string()), None),
         };
         self.publish(answer).await;
         if let Some(event) = then {
@@ -540,11 +816,11 @@ impl AspCall {
         }
     }
 
-    fn answered(&self, side: Side) -> Result<Call, String> {
+    fn answered(&self, side: Side) -> Result<Call, Refusal> {
         self.legs[side.number() as usize]
             .call()
             .cloned()
-            .ok_or_else(|| format!("side {side} is not on an answered call"))
+            .ok_or(Refusal::NotAnswered(side))
     }
 
     fn sides(side: PlaySide) -> Vec<Side> {
@@ -554,18 +830,19 @@ impl AspCall {
         }
     }
 
-    async fn api(&self, cmd: String) -> Result<(), String> {
+    async fn api(&self, cmd: String) -> Result<(), Refusal> {
         match self.dialer.inbound().api(&cmd).await {
-            Ok(reply) if reply.starts_with("-ERR") => Err(reply.trim().to_owned()),
+            Ok(reply) if reply.starts_with("-ERR") => Err(Refusal::Switch(reply.trim().to_owned())),
             Ok(_) => Ok(()),
-            Err(error) => Err(error.to_string()),
+            Err(crate::switch::Error::CommandFailed { reply }) => Err(Refusal::Switch(reply)),
+            Err(error) => Err(DialError::from(error).into()),
         }
     }
 
     /// Stops the play running on `side`, if any: its playlist ends at the
     /// item being played, which `uuid_break` cuts short. The play reports
     /// `stopped` through [`Report::MediaDone`].
-    async fn stop_play(&mut self, side: Side, call: &Call) -> Result<(), String> {
+    async fn stop_play(&mut self, side: Side, call: &Call) -> Result<(), Refusal> {
         let Some(playing) = &self.playing[side.number() as usize] else {
             return Ok(());
         };
@@ -574,21 +851,18 @@ impl AspCall {
     }
 
     /// Does what `msg` asks. `Ok` carries an event to publish after the
-    /// `ack`; `Err` the reason of the `error`.
-    async fn control_result(&mut self, msg: &ControlMessage) -> Result<Option<Event>, String> {
+    /// `ack`; `Err` why it was refused.
+    ///
+    /// `barge` is acked once the barger is in line to be dialled (its
+    /// pacing slot); an originate FreeSWITCH then refuses shows as the
+    /// barger's `hangup-event`.
+    async fn control_result(&mut self, msg: &ControlMessage) -> Result<Option<Event>, Refusal> {
         match msg {
             ControlMessage::Hangup => {
                 if !self.legs.iter().any(Leg::is_live) {
-                    return Err("call has ended".into());
+                    return Err(Refusal::Ended);
                 }
-                for leg in &self.legs {
-                    let cause = if matches!(leg, Leg::Ringing(_)) {
-                        "ORIGINATOR_CANCEL"
-                    } else {
-                        "NORMAL_CLEARING"
-                    };
-                    leg.hang_up(&self.dialer, cause).await;
-                }
+                self.end_all("NORMAL_CLEARING").await;
                 Ok(None)
             }
             ControlMessage::Barge {
@@ -596,26 +870,18 @@ impl AspCall {
                 caller_id,
             } => {
                 if self.legs[2].is_live() {
-                    return Err("a barger is already on the call".into());
+                    return Err(Refusal::BargerPresent);
                 }
                 self.answered(Side::Caller)?;
                 let req = self.originate(Side::Barger, phone_number, caller_id);
-                let ringing = self
-                    .dialer
-                    .originate(&req)
-                    .await
-                    .map_err(|e| e.to_string())?;
-                self.events.leg_dialled(Side::Barger, ringing.uuid());
-                self.legs[2] = Leg::Ringing(ringing);
+                self.dial_paced(Side::Barger, req);
                 Ok(None)
             }
             ControlMessage::Whisper
             | ControlMessage::Mute
             | ControlMessage::Threeway
             | ControlMessage::Unthreeway => {
-                let barger = self
-                    .answered(Side::Barger)
-                    .map_err(|_| "no answered barger on the call".to_owned())?;
+                let barger = self.answered(Side::Barger).map_err(|_| Refusal::NoBarger)?;
                 let digit = eavesdrop_digit(msg).unwrap_or('0');
                 self.api(format!("uuid_recv_dtmf {} {digit}", barger.uuid()))
                     .await?;
@@ -682,7 +948,7 @@ impl AspCall {
             }
             ControlMessage::Record { name } => {
                 if self.recording.is_some() {
-                    return Err("a recording is already running on this call".into());
+                    return Err(Refusal::RecordingRunning);
                 }
                 let caller = self.answered(Side::Caller)?;
                 let path = self.settings.recordings_dir.join(format!("{name}.wav"));
@@ -700,7 +966,7 @@ impl AspCall {
                 Ok(None)
             }
             ControlMessage::StopRecord => match self.recording.take() {
-                None => Err("no recording is running on this call".into()),
+                None => Err(Refusal::NoRecording),
                 Some(rec) => Ok(Some(
                     self.end_recording(rec, RecordDoneReason::Stopped).await,
                 )),

@@ -19,6 +19,8 @@
 //!   that is safe.
 //! - [`asp_call`]: the asp-call flow, written with the call API of
 //!   [`crate::switch`].
+//! - [`pacing`]: originates paced under FreeSWITCH's sessions-per-second
+//!   limit.
 //! - [`agent`]: `redswitch serve`: takes jobs, runs calls, routes control.
 //!
 //! This is the only part of the agent that talks to Redis (the tester
@@ -51,6 +53,7 @@ pub mod control;
 pub mod events;
 pub mod job;
 pub mod outbox;
+pub mod pacing;
 pub mod queue;
 pub mod retry;
 pub mod store;

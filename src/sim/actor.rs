@@ -20,6 +20,10 @@ use std::time::Duration;
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 
+/// How long a channel whose loopback twin began its hangup waits for the
+/// twin to report its end before finishing on its own.
+const TWIN_GRACE: Duration = Duration::from_secs(1);
+
 /// Mailbox size per channel. Senders from the network (`api`, `sendmsg`)
 /// wait when it is full; channel-to-channel messages are dropped and logged.
 const MAILBOX: usize = 256;
@@ -112,10 +116,15 @@ pub(crate) enum ChanMsg {
     SocketClosed {
         resume: bool,
     },
+    /// Loopback: the other half rang (ack when our PROGRESS has fired).
+    PartnerRinging(oneshot::Sender<()>),
     /// Loopback: the other half answered (ack when our ANSWER has fired).
     PartnerAnswered(oneshot::Sender<()>),
-    /// Loopback or bridge partner hung up.
+    /// Loopback or bridge partner hung up (after its HANGUP_COMPLETE).
     PartnerGone(String, String),
+    /// The loopback twin is hanging up (in its CS_HANGUP state): fire our
+    /// CHANNEL_HANGUP now and acknowledge; the rest follows PartnerGone.
+    PartnerHangup(String, oneshot::Sender<()>),
     /// DTMF arriving from the far end.
     FarDtmf(String),
     /// `uuid_bridge` (`transfer`) or the `bridge` application: become
@@ -229,6 +238,14 @@ impl ExecReq {
     }
 }
 
+/// A `sendmsg` that waits behind an event-locked application: an execute,
+/// or a hangup (FreeSWITCH queues both as private events, trace 10).
+#[derive(Debug)]
+pub(crate) enum Queued {
+    Exec(ExecReq),
+    Hangup(PrivateMsg),
+}
+
 /// What an originate waits for.
 pub(crate) type OriginateResult = oneshot::Sender<Result<(), String>>;
 
@@ -289,7 +306,10 @@ pub(crate) fn spawn(core: Arc<Core>, handle: ChannelHandle, rx: mpsc::Receiver<C
         last_app: None,
         done: false,
         hangup_after_idle: false,
+        killed: false,
         answer_ack: None,
+        hangup_ack: None,
+        hangup_reporting: None,
         parked: false,
         pending_private: VecDeque::new(),
         socket_closed: None,
@@ -376,8 +396,9 @@ struct Actor {
     originate: Option<OriginateResult>,
     originate_app: Option<ExecReq>,
     stack: Vec<AppFrame>,
-    /// Executes waiting for an event-locked application to finish.
-    waiting: VecDeque<ExecReq>,
+    /// Executes and hangups waiting for an event-locked application to
+    /// finish.
+    waiting: VecDeque<Queued>,
     /// Dialplan (or originate application) steps, run one after another.
     dialplan: VecDeque<ExecReq>,
     run_dialplan: bool,
@@ -394,7 +415,13 @@ struct Actor {
     last_app: Option<(String, String)>,
     done: bool,
     hangup_after_idle: bool,
+    /// Hung up from outside the channel's thread (`uuid_kill`).
+    killed: bool,
     answer_ack: Option<oneshot::Receiver<()>>,
+    /// Waiting for the loopback twin to fire its CHANNEL_HANGUP before we
+    /// report (the cause to report with).
+    hangup_ack: Option<oneshot::Receiver<()>>,
+    hangup_reporting: Option<String>,
     /// An async socket parks the channel shortly after `connect`; messages
     /// sent before that wait, as in FreeSWITCH, where they are parsed from
     /// the park loop (CHANNEL_PARK precedes the first CHANNEL_EXECUTE).
@@ -475,6 +502,7 @@ impl Actor {
                 },
                 () = sleep_opt(deadline) => self.on_time(),
                 _ = ack_opt(&mut self.answer_ack) => self.answer_acked(),
+                _ = ack_opt(&mut self.hangup_ack) => self.hangup_report(),
             }
             self.pump();
             self.publish();
@@ -612,9 +640,7 @@ impl Actor {
                 while let Some(pm) = self.pending_private.pop_front() {
                     self.private(pm, None);
                 }
-                if let Some(resume) = self.socket_closed.take() {
-                    self.socket_gone(resume);
-                }
+                self.park_loop_check();
             }
         }
     }
@@ -642,9 +668,23 @@ impl Actor {
 
     fn answer_acked(&mut self) {
         self.answer_ack = None;
-        if matches!(self.stack.last().map(|f| &f.kind), Some(Kind::AnswerWait)) {
-            self.answer();
+        if let Some(top) = self.stack.last()
+            && matches!(top.kind, Kind::AnswerWait)
+        {
+            if top.app == "ring_ready" {
+                self.ring_ready();
+            } else {
+                self.answer();
+            }
             self.finish_top(false);
+        }
+    }
+
+    /// Marks the channel ringing (CHANNEL_PROGRESS), once.
+    fn ring_ready(&mut self) {
+        if self.st.profile.progress == 0 && !self.hung_up() {
+            self.st.profile.progress = now_micros();
+            self.fire("CHANNEL_PROGRESS", at::PROGRESS, &[], &[]);
         }
     }
 
@@ -728,9 +768,7 @@ impl Actor {
             // and a hangup's CHANNEL_HANGUP follows its +OK by ~20 ms.
             ChanMsg::Private(pm, Some(done)) => self.private(pm, Some(done)),
             ChanMsg::Private(pm, None) => {
-                if self.pending_private.is_empty() && self.socket_closed.is_none() {
-                    self.schedule(self.core.cfg.park_delay, Timer::Frame);
-                }
+                self.schedule_frame();
                 self.pending_private.push_back(pm);
             }
             ChanMsg::Hangup(cause) => self.hangup_from_outside(&cause),
@@ -774,9 +812,7 @@ impl Actor {
             // app's `hangup` then `exit` hangs up with its cause).
             ChanMsg::SocketClosed { resume } => {
                 if self.socket.as_ref().is_some_and(|s| s.1) {
-                    if self.pending_private.is_empty() && self.socket_closed.is_none() {
-                        self.schedule(self.core.cfg.park_delay, Timer::Frame);
-                    }
+                    self.schedule_frame();
                     self.socket_closed = Some(resume);
                 } else {
                     self.socket_gone(resume);
@@ -784,6 +820,20 @@ impl Actor {
             }
             ChanMsg::PartnerAnswered(ack) => {
                 self.answer();
+                let _ = ack.send(());
+            }
+            // The `-a` half is still routing when its twin rings: its
+            // PROGRESS says CS_ROUTING and call state DOWN (trace 14), and it
+            // reaches CS_CONSUME_MEDIA (and RINGING) right after.
+            ChanMsg::PartnerRinging(ack) => {
+                if self.st.profile.progress == 0 && !self.hung_up() {
+                    let (state, call) = (self.st.state, self.st.call_state);
+                    self.st.state = crate::sim::channel::CState::Routing;
+                    self.st.call_state = "DOWN";
+                    self.ring_ready();
+                    self.st.state = state;
+                    self.st.call_state = if call == "DOWN" { "RINGING" } else { call };
+                }
                 let _ = ack.send(());
             }
             // FreeSWITCH's bridge loop sees its partner gone on its next
@@ -796,6 +846,14 @@ impl Actor {
                 self.schedule(self.core.cfg.park_delay, Timer::BridgeGone(uuid, cause));
             }
             ChanMsg::PartnerGone(uuid, cause) => self.partner_gone(&uuid, &cause),
+            ChanMsg::PartnerHangup(cause, ack) => {
+                if !self.hung_up() {
+                    self.hangup_begin(&cause, None);
+                    // Should the twin never report its end, finish anyway.
+                    self.schedule(TWIN_GRACE, Timer::HangupFinish(cause));
+                }
+                let _ = ack.send(());
+            }
             ChanMsg::FarDtmf(d) => self.queue_dtmf(&d),
             ChanMsg::Bridge {
                 other,
@@ -848,6 +906,27 @@ impl Actor {
         }
     }
 
+    /// Asks for the next media frame (once: messages that arrive before it
+    /// are all parsed on it).
+    fn schedule_frame(&mut self) {
+        if !self.timers.iter().any(|(_, t)| matches!(t, Timer::Frame)) {
+            self.schedule(self.core.cfg.park_delay, Timer::Frame);
+        }
+    }
+
+    /// The socket application's park loop, on its frame: it notices that
+    /// its connection closed only when nothing runs on top of it. An
+    /// application executed from the socket (a playback, a bridge…) keeps
+    /// the channel thread and checks nothing, so a closed socket leaves the
+    /// channel alive until that application ends (trace 15; with `loops=-1`
+    /// and `event-lock`, until someone kills the channel).
+    fn park_loop_check(&mut self) {
+        let parked_in_socket = matches!(self.stack.last().map(|f| &f.kind), Some(Kind::Socket));
+        if parked_in_socket && let Some(resume) = self.socket_closed.take() {
+            self.socket_gone(resume);
+        }
+    }
+
     /// The socket application ends because its connection closed: with
     /// `resume` the dialplan carries on, otherwise the channel hangs up
     /// ("has executed the last dialplan instruction").
@@ -887,7 +966,15 @@ impl Actor {
                 };
                 self.submit(req);
             }
+            // Queued like an execute: behind an event-locked application it
+            // waits (trace 10), otherwise it runs now, nested in whatever
+            // runs (trace 11). A static socket runs it in its own turn.
             "hangup" => {
+                let can_run = self.top_open().unwrap_or(true);
+                if done.is_none() && !(can_run && self.waiting.is_empty()) {
+                    self.waiting.push_back(Queued::Hangup(pm));
+                    return;
+                }
                 let cause = normalize_cause(&pm.hangup_cause);
                 self.hangup(&cause, Some(pm));
                 if let Some(d) = done {
@@ -924,7 +1011,7 @@ impl Actor {
         if can_run && self.waiting.is_empty() {
             self.exec(req);
         } else {
-            self.waiting.push_back(req);
+            self.waiting.push_back(Queued::Exec(req));
         }
     }
 
@@ -959,8 +1046,11 @@ impl Actor {
                 return;
             }
             let top_open = self.top_open().unwrap_or(true);
-            if top_open && let Some(req) = self.waiting.pop_front() {
-                self.exec(req);
+            if top_open && let Some(q) = self.waiting.pop_front() {
+                match q {
+                    Queued::Exec(req) => self.exec(req),
+                    Queued::Hangup(pm) => self.hangup(&normalize_cause(&pm.hangup_cause), Some(pm)),
+                }
                 continue;
             }
             if self.stack.is_empty() && self.run_dialplan {
@@ -971,6 +1061,13 @@ impl Actor {
                 if self.hangup_after_idle && self.waiting.is_empty() && self.bridged.is_none() {
                     self.hangup("NORMAL_CLEARING", None);
                 }
+            }
+            // Back in the socket's park loop with its connection gone: it
+            // notices on its next frame.
+            if self.socket_closed.is_some()
+                && matches!(self.stack.last().map(|f| &f.kind), Some(Kind::Socket))
+            {
+                self.schedule_frame();
             }
             return;
         }
@@ -1042,16 +1139,8 @@ impl Actor {
         self.st.vars.set("current_application", &app);
         self.st.vars.unset("current_application_response");
         self.last_app = Some((app.clone(), req.arg.clone()));
-        self.fire(
-            "CHANNEL_EXECUTE",
-            at::EXECUTE,
-            &[],
-            &[
-                ("Application", &app),
-                ("Application-Data", &req.arg),
-                ("Application-UUID", &req.uuid),
-            ],
-        );
+        let fields = app_fields(&app, &req.arg, None, &req.uuid);
+        self.fire("CHANNEL_EXECUTE", at::EXECUTE, &[], &fields);
         self.pause_top();
         let mut frame = AppFrame {
             app: app.clone(),
@@ -1080,10 +1169,21 @@ impl Actor {
                 return self.complete(frame);
             }
             "ring_ready" => {
-                if self.st.profile.progress == 0 {
-                    self.st.profile.progress = now_micros();
-                    self.fire("CHANNEL_PROGRESS", at::PROGRESS, &[], &[]);
+                // On a loopback `-b` leg the `-a` half rings first (mod_loopback
+                // passes the indication on before the leg marks itself, trace
+                // 14): wait for its acknowledgement, as `answer` does.
+                if let Role::LoopbackB { partner, .. } = &self.role
+                    && self.st.profile.progress == 0
+                {
+                    let (tx, rx) = oneshot::channel();
+                    if partner.try_send(ChanMsg::PartnerRinging(tx)) {
+                        self.answer_ack = Some(rx);
+                        frame.kind = Kind::AnswerWait;
+                        self.stack.push(frame);
+                        return;
+                    }
                 }
+                self.ring_ready();
                 return self.complete(frame);
             }
             "set" | "export" => {
@@ -1318,9 +1418,15 @@ impl Actor {
                         ("Playback-Status", status),
                     ],
                 );
-                self.st
-                    .vars
-                    .set("current_application_response", "FILE PLAYED");
+                // Killed from outside (`uuid_kill`), the playback's read
+                // fails and it reports an error; a hangup on its own thread
+                // (a sendmsg, nested) lets it finish cleanly (traces 11, 12).
+                let response = if self.killed {
+                    "PLAYBACK ERROR"
+                } else {
+                    "FILE PLAYED"
+                };
+                self.st.vars.set("current_application_response", response);
             }
             // A static socket never parked, so it does not unpark.
             Kind::Park | Kind::Socket
@@ -1376,16 +1482,12 @@ impl Actor {
             .get("current_application_response")
             .unwrap_or("_none_")
             .to_owned();
+        let fields = app_fields(&frame.app, &frame.arg, Some(&response), &frame.uuid);
         self.fire(
             "CHANNEL_EXECUTE_COMPLETE",
             at::EXECUTE_COMPLETE,
             &[],
-            &[
-                ("Application", &frame.app),
-                ("Application-Data", &frame.arg),
-                ("Application-Response", &response),
-                ("Application-UUID", &frame.uuid),
-            ],
+            &fields,
         );
         if let Some(d) = frame.done {
             let _ = d.send(());
@@ -1412,8 +1514,17 @@ impl Actor {
                 break;
             }
         }
+        // `uuid_break <uuid> all` also flushes the channel's queued private
+        // events (mod_commands' break_function): a sendmsg hangup or execute
+        // waiting behind the broken application is dropped, never run
+        // (trace 10). A plain break lets the next one run.
         if all {
-            self.waiting.clear();
+            for w in self.waiting.drain(..) {
+                if let Queued::Exec(ExecReq { done: Some(d), .. }) = w {
+                    let _ = d.send(());
+                }
+            }
+            self.pending_private.clear();
         }
     }
 
@@ -1794,6 +1905,30 @@ impl Actor {
 
     fn partner_gone(&mut self, uuid: &str, cause: &str) {
         if self.hung_up() {
+            // The twin that began our hangup has finished its own: ours
+            // runs now if we are answered (media wakes the channel thread),
+            // on the next frame if we only ring (trace 14; answered, 04).
+            let twin = match &self.role {
+                Role::LoopbackA { partner } | Role::LoopbackB { partner, .. } => {
+                    *partner.uuid == *uuid
+                }
+                Role::Remote(_) => false,
+            };
+            if twin && !self.done && self.hangup_reporting.is_none() {
+                let cause = self
+                    .st
+                    .hangup_cause
+                    .clone()
+                    .unwrap_or_else(|| cause.to_owned());
+                self.timers
+                    .retain(|(_, t)| !matches!(t, Timer::HangupFinish(_)));
+                let after = if self.st.answered() {
+                    Duration::ZERO
+                } else {
+                    self.core.cfg.park_delay
+                };
+                self.schedule(after, Timer::HangupFinish(cause));
+            }
             return;
         }
         let bridged_to_it = self
@@ -1855,6 +1990,7 @@ impl Actor {
         if self.hung_up() {
             return;
         }
+        self.killed = true;
         self.hangup_begin(cause, None);
         self.schedule(
             self.core.cfg.park_delay,
@@ -1878,6 +2014,9 @@ impl Actor {
     }
 
     fn hangup_finish(&mut self, cause: &str) {
+        if self.done || self.hangup_reporting.is_some() {
+            return;
+        }
         // Tell the others (the loopback twin further down).
         let me = self.st.uuid.clone();
         if let Some(b) = self.bridged.take() {
@@ -1894,7 +2033,7 @@ impl Actor {
             self.finish_top(true);
         }
         for w in self.waiting.drain(..) {
-            if let Some(d) = w.done {
+            if let Queued::Exec(ExecReq { done: Some(d), .. }) = w {
                 let _ = d.send(());
             }
         }
@@ -1916,6 +2055,34 @@ impl Actor {
                 ("Channel-Call-State-Number", "10"),
             ],
         );
+        // mod_loopback's on_hangup hangs the twin up from this thread: its
+        // CHANNEL_HANGUP comes before our REPORTING (trace 14).
+        self.hangup_reporting = Some(cause.to_owned());
+        if let Some(p) = self.loopback_partner() {
+            let (tx, rx) = oneshot::channel();
+            if p.try_send(ChanMsg::PartnerHangup(cause.to_owned(), tx)) {
+                self.hangup_ack = Some(rx);
+                return;
+            }
+        }
+        self.hangup_report();
+    }
+
+    fn loopback_partner(&self) -> Option<ChannelHandle> {
+        match &self.role {
+            Role::LoopbackA { partner } | Role::LoopbackB { partner, .. } => Some(partner.clone()),
+            Role::Remote(_) => None,
+        }
+    }
+
+    /// The reporting and destroy states that end a hangup.
+    fn hangup_report(&mut self) {
+        self.hangup_ack = None;
+        let Some(cause) = self.hangup_reporting.clone() else {
+            return;
+        };
+        let cause = cause.as_str();
+        let me = self.st.uuid.clone();
         self.st.state = crate::sim::channel::CState::Reporting;
         self.fire("CHANNEL_STATE", at::STATE, &[], &[]);
         self.st.profile.hangup = now_micros();
@@ -1936,11 +2103,7 @@ impl Actor {
         );
         // The loopback twin goes down after us: the leg that hung up first
         // reports HANGUP_COMPLETE first (traces 01, 04, 08).
-        let partner = match &self.role {
-            Role::LoopbackA { partner } | Role::LoopbackB { partner, .. } => Some(partner.clone()),
-            Role::Remote(_) => None,
-        };
-        if let Some(p) = partner {
+        if let Some(p) = self.loopback_partner() {
             p.try_send(ChanMsg::PartnerGone(me, c.clone()));
         }
         if let Some((l, true)) = &self.socket {
@@ -1955,6 +2118,26 @@ impl Actor {
         self.done = true;
         self.publish();
     }
+}
+
+/// The application headers of CHANNEL_EXECUTE(_COMPLETE). An application
+/// run without an argument (`answer` from the dialplan) has no
+/// `Application-Data` header at all (trace 15).
+fn app_fields<'a>(
+    app: &'a str,
+    arg: &'a str,
+    response: Option<&'a str>,
+    uuid: &'a str,
+) -> Vec<(&'static str, &'a str)> {
+    let mut v = vec![("Application", app)];
+    if !arg.is_empty() {
+        v.push(("Application-Data", arg));
+    }
+    if let Some(r) = response {
+        v.push(("Application-Response", r));
+    }
+    v.push(("Application-UUID", uuid));
+    v
 }
 
 async fn ack_opt(rx: &mut Option<oneshot::Receiver<()>>) {

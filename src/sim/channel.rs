@@ -88,6 +88,7 @@ pub(crate) mod at {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub(crate) enum CState {
     Init,
+    Routing,
     SoftExecute,
     Execute,
     ExchangeMedia,
@@ -103,6 +104,7 @@ impl CState {
     pub(crate) fn name(self) -> &'static str {
         match self {
             Self::Init => "CS_INIT",
+            Self::Routing => "CS_ROUTING",
             Self::SoftExecute => "CS_SOFT_EXECUTE",
             Self::Execute => "CS_EXECUTE",
             Self::ExchangeMedia => "CS_EXCHANGE_MEDIA",
@@ -117,7 +119,7 @@ impl CState {
 
     pub(crate) fn number(self) -> &'static str {
         match self {
-            Self::Init => "2",
+            Self::Init | Self::Routing => "2",
             Self::SoftExecute => "3",
             Self::Execute => "4",
             Self::ExchangeMedia => "5",

@@ -14,9 +14,17 @@
 //! The `&socket(...)` application is single-quoted: unquoted, `originate`
 //! splits it on spaces and FreeSWITCH runs the socket in static mode
 //! (trace 07). Every leg carries `app_disable_expand_variables=true` and a
-//! `redswitch_owner` variable; the inbound connection filters on it, so
-//! several Redswitch instances can share one FreeSWITCH and each sees only
-//! its own legs.
+//! `redswitch_instance` variable (the dialer's owner, an instance id); the
+//! inbound connection filters on it, so several Redswitch instances can
+//! share one FreeSWITCH and each sees only its own legs, and an operator
+//! can end one instance's legs with `hupall <cause> redswitch_instance <id>`.
+//!
+//! Ending a leg: [`Dialer::kill`] (`uuid_kill`, an API on the inbound
+//! connection) ends a channel at once whatever runs on it, while a
+//! `sendmsg` hangup waits behind an application executed with `event-lock`
+//! and a closed socket does not end a channel at all (traces 10, 12, 15).
+//! So every leg this module hands out is ended with `uuid_kill`; a leg
+//! already gone (`-ERR No such channel!`) counts as ended.
 
 use crate::esl::{Command, Event, EventFormat};
 use crate::switch::call::Call;
@@ -30,7 +38,7 @@ use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
 /// The channel variable that marks legs placed by one Dialer.
-pub const OWNER_VARIABLE: &str = "redswitch_owner";
+pub const OWNER_VARIABLE: &str = "redswitch_instance";
 
 /// How long a leg whose originate succeeded may take to connect its socket.
 const SOCKET_GRACE: Duration = Duration::from_secs(10);
@@ -319,18 +327,70 @@ impl Dialer {
         })
     }
 
-    /// Hangs up any channel of this FreeSWITCH (`uuid_kill`).
+    /// Hangs up any channel of this FreeSWITCH at once, whatever runs on it
+    /// (`uuid_kill`). A channel that is already gone (`-ERR No such
+    /// channel!`) is not an error: it has ended, which is what was asked.
     pub async fn kill(&self, uuid: &str, cause: &str) -> std::result::Result<(), DialError> {
         check_value("uuid", uuid)?;
         check_value("cause", cause)?;
-        Ok(self
+        match self
             .inner
             .inbound
             .api(&format!("uuid_kill {uuid} {cause}"))
             .await
-            .map(drop)?)
+        {
+            Ok(_) => Ok(()),
+            Err(Error::CommandFailed { reply }) if reply.contains("No such channel") => {
+                tracing::debug!(uuid, "uuid_kill: the channel is already gone");
+                Ok(())
+            }
+            Err(error) => Err(error.into()),
+        }
+    }
+
+    /// Has FreeSWITCH itself hang the channel up `after` from now with
+    /// `cause` (`sched_hangup +<seconds> <uuid> <cause>`): a bound that
+    /// holds even if nobody is left to end the call.
+    pub async fn schedule_hangup(
+        &self,
+        uuid: &str,
+        after: Duration,
+        cause: &str,
+    ) -> std::result::Result<(), DialError> {
+        check_value("uuid", uuid)?;
+        check_value("cause", cause)?;
+        let secs = after.as_secs().max(1);
+        self.inner
+            .inbound
+            .api(&format!("sched_hangup +{secs} {uuid} {cause}"))
+            .await?;
+        Ok(())
+    }
+
+    /// Bridges two answered channels (`uuid_bridge <a> <b>`). A refusal
+    /// (`-ERR …`) is retried once after [`BRIDGE_RETRY`]: under load a leg
+    /// may not be ready for a moment. The second refusal, or a link
+    /// failure, is returned. Both legs are left as they are either way: the
+    /// caller decides how to end them.
+    pub async fn bridge(&self, a: &str, b: &str) -> std::result::Result<(), DialError> {
+        check_value("uuid", a)?;
+        check_value("uuid", b)?;
+        let cmd = format!("uuid_bridge {a} {b}");
+        match self.inner.inbound.api(&cmd).await {
+            Ok(_) => return Ok(()),
+            Err(Error::CommandFailed { reply }) => {
+                tracing::debug!(a, b, reply, "uuid_bridge refused; retrying once");
+            }
+            Err(error) => return Err(error.into()),
+        }
+        tokio::time::sleep(BRIDGE_RETRY).await;
+        self.inner.inbound.api(&cmd).await?;
+        Ok(())
     }
 }
+
+/// How long [`Dialer::bridge`] waits before its one retry.
+pub const BRIDGE_RETRY: Duration = Duration::from_millis(200);
 
 /// A placed call, until its socket connects or it ends.
 #[derive(Debug)]
@@ -485,13 +545,33 @@ impl<H: CallHandler> CallHandler for DialerHandler<H> {
     }
 }
 
-/// A handler for legs nobody placed: hangs them up with `CALL_REJECTED`.
+/// Ends a leg at once over its own socket (`api uuid_kill <uuid> <cause>`),
+/// whatever application runs on it: an API on the socket is carried out by
+/// the socket's own thread, not queued behind the channel's applications
+/// as a `sendmsg` hangup is. A leg already gone is not an error.
+pub async fn kill_leg(call: &Call, cause: &str) -> std::result::Result<(), Error> {
+    if call.hangup_cause().is_some() || call.is_closed() {
+        return Ok(());
+    }
+    match call
+        .api(&format!("uuid_kill {} {cause}", call.uuid()))
+        .await
+    {
+        Ok(_) => Ok(()),
+        Err(Error::CommandFailed { reply }) if reply.contains("No such channel") => Ok(()),
+        // The socket closed under us: the channel hung up.
+        Err(error) if error.is_hangup() || call.hangup_cause().is_some() => Ok(()),
+        Err(error) => Err(error),
+    }
+}
+
+/// A handler for legs nobody placed: ends them with `CALL_REJECTED`.
 pub async fn reject_unknown(call: Call) -> AppResult {
     tracing::warn!(
         uuid = call.uuid(),
         "a leg nobody placed connected; rejecting it"
     );
-    call.hangup("CALL_REJECTED").await?;
+    kill_leg(&call, "CALL_REJECTED").await?;
     Ok(())
 }
 

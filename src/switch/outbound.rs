@@ -313,10 +313,8 @@ async fn run_app<H: CallHandler>(call: Call, handler: &H) {
             "NORMAL_TEMPORARY_FAILURE"
         }
     };
-    if call.hangup_cause().is_none()
-        && !call.is_closed()
-        && let Err(error) = call.hangup(cause).await
-    {
+    // `uuid_kill`: a `sendmsg` hangup would wait behind an event-locked app.
+    if let Err(error) = crate::switch::app::kill_leg(&call, cause).await {
         tracing::debug!(uuid = call.uuid(), %error, "hangup after the app ended failed");
     }
 }

@@ -2,12 +2,11 @@
 //! FreeSWITCH simulator and one or more agents, plus a follower that reads a
 //! call's channel the way a controller would.
 
-use super::redis::RedisServer;
+use crate::redis_server::RedisServer;
 use futures::StreamExt;
 use redswitch::service::agent::{Agent, AgentConfig};
 use redswitch::service::asp_call::CallSettings;
 use redswitch::sim::{ChannelSnapshot, SimConfig, SimHandle, Simulator};
-use redswitch::switch::{InboundClient, InboundConfig};
 use serde_json::{Value, json};
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -46,6 +45,7 @@ pub fn agent_config(
             recordings_dir: recordings.to_owned(),
             ring_timeout: Duration::from_secs(2),
             linger: Duration::from_secs(5),
+            ..CallSettings::default()
         },
         max_calls: 2000,
         instance: format!("test-{}", &uuid::Uuid::new_v4().simple().to_string()[..8]),
@@ -56,22 +56,33 @@ pub fn agent_config(
 
 impl Stack {
     pub async fn start(agents: usize) -> Self {
+        Self::start_with(agents, |_| {}, |_| {}).await
+    }
+
+    /// Starts the stack with the simulator's and the agents' settings
+    /// changed by `sim` and `agent`.
+    pub async fn start_with(
+        agents: usize,
+        sim: impl FnOnce(&mut SimConfig),
+        agent: impl Fn(&mut AgentConfig),
+    ) -> Self {
         let redis = RedisServer::start();
         let recordings = tempfile::tempdir().unwrap();
         let media = tempfile::tempdir().unwrap();
-        let sim = Simulator::start(SimConfig {
+        let mut sim_config = SimConfig {
             esl_listen: SocketAddr::from(([127, 0, 0, 1], 0)),
             ring_time: Duration::from_millis(50),
             media_dir: Some(media.path().to_owned()),
             recordings_dir: Some(recordings.path().to_owned()),
             ..SimConfig::default()
-        })
-        .await
-        .unwrap();
+        };
+        sim(&mut sim_config);
+        let sim = Simulator::start(sim_config).await.unwrap();
         let cancel = CancellationToken::new();
         let mut started = Vec::new();
         for _ in 0..agents {
-            let config = agent_config(&redis.url(), &sim, recordings.path(), media.path());
+            let mut config = agent_config(&redis.url(), &sim, recordings.path(), media.path());
+            agent(&mut config);
             started.push(Agent::start(config, cancel.child_token()).await.unwrap());
         }
         Self {
@@ -87,12 +98,18 @@ impl Stack {
     /// Starts one more agent on this stack (e.g. after a dead instance's
     /// liveness key expired).
     pub async fn add_agent(&mut self) {
-        let config = agent_config(
+        self.add_agent_with(|_| {}).await;
+    }
+
+    /// Starts one more agent with its settings changed by `agent`.
+    pub async fn add_agent_with(&mut self, agent: impl FnOnce(&mut AgentConfig)) {
+        let mut config = agent_config(
             &self.redis.url(),
             &self.sim,
             self.recordings.path(),
             self.media.path(),
         );
+        agent(&mut config);
         self.agents.push(
             Agent::start(config, self.cancel.child_token())
                 .await
@@ -103,16 +120,17 @@ impl Stack {
     /// Channels FreeSWITCH (the simulator) ever created: `api status`'s
     /// "N session(s) since startup", asked over the event socket.
     pub async fn sessions_since_startup(&self) -> u64 {
-        let mut esl = InboundConfig::new(self.sim.esl_addr().to_string(), "ClueCon");
-        esl.reconnect.max_attempts = Some(0);
-        let (client, _events) = InboundClient::connect(esl).await.unwrap();
-        let status = client.api("status").await.unwrap();
-        let _ = client.close().await;
+        let status = self.api("status").await;
         status
             .lines()
             .find_map(|l| l.strip_suffix(" session(s) since startup"))
             .and_then(|n| n.trim().parse().ok())
             .unwrap_or_else(|| panic!("no session count in {status:?}"))
+    }
+
+    /// `api <cmd>` on the simulator's event socket.
+    pub async fn api(&self, cmd: &str) -> String {
+        crate::esl_api(self.sim.esl_addr(), cmd).await
     }
 
     /// Pushes a job that rings through and waits until its two parties are
@@ -190,7 +208,7 @@ impl Stack {
     /// for `dial_id`.
     pub fn leg(&self, dial_id: &str, side: u8) -> Option<ChannelSnapshot> {
         self.sim.channels().into_iter().find(|c| {
-            c.variables.get("redswitch_dial_id").map(String::as_str) == Some(dial_id)
+            c.variables.get("dial_id").map(String::as_str) == Some(dial_id)
                 && c.variables.get("redswitch_side").map(String::as_str) == Some(&side.to_string())
                 && c.hangup_cause.is_none()
         })
@@ -219,7 +237,10 @@ impl Stack {
         }
     }
 
+    /// Checks that the simulator holds no channel, then stops the agents
+    /// and the simulator.
     pub async fn stop(self) {
+        crate::assert_no_channels(self.sim.esl_addr()).await;
         self.cancel.cancel();
         for agent in self.agents {
             tokio::time::timeout(Duration::from_secs(10), agent.stopped())

@@ -40,6 +40,7 @@ pub use events::{CollectEnd, Collected, PlayOutcome, RecordOutcome, TimerId, Voi
 pub use router::{APP_GRACE, AppError, AppRouter, PlaceError, run_app, run_on, spawn_app};
 
 use crate::esl::Event;
+use crate::switch::app::kill_leg;
 use crate::switch::call::{Call, CallEvents, Direction, ExecuteComplete};
 use crate::switch::error::Error;
 use dtmf::{CollectJob, DtmfOut, DtmfState};
@@ -455,26 +456,27 @@ impl<U: Send + 'static> Voice<U> {
     }
 
     /// Rejects an unanswered call with a cause (Doug's `rejectCall`):
-    /// `sendmsg` hangup with `hangup-cause: <cause>` before answer, which
-    /// FreeSWITCH turns into the SIP final response (`USER_BUSY` → 486,
-    /// `CALL_REJECTED` → 603, `UNALLOCATED_NUMBER` → 404 …).
+    /// `uuid_kill <uuid> <cause>` before answer, which FreeSWITCH turns into
+    /// the SIP final response (`USER_BUSY` → 486, `CALL_REJECTED` → 603,
+    /// `UNALLOCATED_NUMBER` → 404 …). Like [`Voice::hangup`] it takes effect
+    /// at once, whatever runs on the channel.
     pub async fn reject(&mut self, cause: &str) -> Result<(), VoiceError> {
         check_cause(cause)?;
         if self.is_answered() {
             return Err(VoiceError::AlreadyAnswered);
         }
-        self.call.hangup(cause).await?;
+        kill_leg(&self.call, cause).await?;
         Ok(())
     }
 
-    /// Hangs up with a cause (Doug's `hangupCall`): `sendmsg` hangup with
-    /// `hangup-cause: <cause>`. Succeeds at once if the leg is already down.
+    /// Hangs up with a cause (Doug's `hangupCall`): `uuid_kill <uuid>
+    /// <cause>` over the leg's socket, which ends the channel at once even
+    /// while a play, a record or any other application runs on it (a
+    /// `sendmsg` hangup would wait behind it). Succeeds at once if the leg is
+    /// already down.
     pub async fn hangup(&mut self, cause: &str) -> Result<(), VoiceError> {
         check_cause(cause)?;
-        if self.call.is_closed() {
-            return Ok(());
-        }
-        self.call.hangup(cause).await?;
+        kill_leg(&self.call, cause).await?;
         Ok(())
     }
 

@@ -14,7 +14,7 @@
 //!   gets a [`Voice`] for the new leg, or the rejection cause.
 
 use super::{Voice, VoiceError};
-use crate::switch::app::{DialError, Dialer, Originate};
+use crate::switch::app::{DialError, Dialer, Originate, kill_leg};
 use crate::switch::call::{Call, Direction};
 use crate::switch::outbound::{AppResult, BoxError, CallHandler};
 use futures::FutureExt;
@@ -93,10 +93,7 @@ async fn hang_up_after(call: &Call, ok: bool) {
     } else {
         "NORMAL_TEMPORARY_FAILURE"
     };
-    if call.hangup_cause().is_none()
-        && !call.is_closed()
-        && let Err(error) = call.hangup(cause).await
-    {
+    if let Err(error) = kill_leg(call, cause).await {
         tracing::debug!(uuid = call.uuid(), %error, "hangup after the app ended failed");
     }
 }
@@ -235,7 +232,7 @@ impl<U: Send + 'static> CallHandler for AppRouter<U> {
                 destination,
                 "no voice application for this number; rejecting"
             );
-            call.hangup("UNALLOCATED_NUMBER").await?;
+            kill_leg(&call, "UNALLOCATED_NUMBER").await?;
             return Ok(());
         };
         let voice = Voice::new(call.clone())?;

@@ -1,7 +1,6 @@
 //! Test peers for the `switch` tests: a small fake FreeSWITCH event socket
 //! (inbound), a replayer of the recorded outbound traces, and frame builders.
 //! Each speaks the bytes the traces in `tests/fixtures/` show.
-#![allow(dead_code)] // each test file uses a different part of this module
 
 use base64::Engine;
 use bytes::{Bytes, BytesMut};
@@ -267,7 +266,7 @@ pub enum Dir {
 /// The chunks of connection `conn` in a trace's `.raw.jsonl`.
 pub fn trace_chunks(scenario: &str, conn: &str) -> Vec<(Dir, Vec<u8>)> {
     let path = format!(
-        "{}/tests/fixtures/freeswitch-1.10/{scenario}.raw.jsonl",
+        "{}/../fixtures/freeswitch-1.10/{scenario}.raw.jsonl",
         env!("CARGO_MANIFEST_DIR")
     );
     let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{path}: {e}"));

@@ -1,7 +1,6 @@
 //! A simulator, an outbound listener running an [`AppRouter`] behind a
 //! [`Dialer`], and temporary media and recordings folders: what the voice
 //! API tests run against.
-#![allow(dead_code)] // each test file uses a different part of this module
 
 use redswitch::sim::{ChannelSnapshot, SimConfig, SimHandle, Simulator};
 use redswitch::switch::app::{Dialer, Originate};
@@ -100,23 +99,11 @@ impl Harness {
         self.recordings.path().join(name)
     }
 
+    /// Checks that the simulator holds no channel, then stops everything.
     pub async fn shutdown(self) {
+        crate::assert_no_channels(self.sim.esl_addr()).await;
         self.stop.cancel();
         self.sim.shutdown().await;
-    }
-}
-
-/// Polls `f` until it is true or `within` passes.
-pub async fn eventually(within: Duration, mut f: impl FnMut() -> bool) -> bool {
-    let end = tokio::time::Instant::now() + within;
-    loop {
-        if f() {
-            return true;
-        }
-        if tokio::time::Instant::now() >= end {
-            return false;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
 
@@ -143,9 +130,9 @@ pub fn wav_length(path: &std::path::Path) -> Option<Duration> {
 /// Waits for a recording to be complete and returns its length.
 pub async fn recorded_length(path: &std::path::Path) -> Duration {
     let mut len = None;
-    eventually(Duration::from_secs(10), || {
+    crate::eventually(&format!("a complete WAV at {path:?}"), Duration::from_secs(10), || {
         len = wav_length(path);
-        len.is_some()
+        std::future::ready(len.is_some())
     })
     .await;
     len.unwrap_or_else(|| panic!("no complete WAV at {path:?}"))
