@@ -62,7 +62,7 @@ impl Switch {
                     {
                         let mut legs = legs.lock().unwrap();
                         for c in channels {
-                            let dial_id = c.variables.get("redswitch_dial_id").cloned();
+                            let dial_id = c.variables.get("dial_id").cloned();
                             let side = c.variables.get("redswitch_side").cloned();
                             if let (Some(d), Some(s)) = (dial_id, side) {
                                 legs.entry((d, s)).or_insert_with(BTreeSet::new).insert(c.uuid);
@@ -122,7 +122,7 @@ impl Switch {
             .channels()
             .into_iter()
             .find(|c| {
-                c.variables.get("redswitch_dial_id").map(String::as_str) == Some(dial_id)
+                c.variables.get("dial_id").map(String::as_str) == Some(dial_id)
                     && c.variables.get("redswitch_side") == Some(&side)
                     && c.hangup_cause.is_none()
             })
@@ -130,17 +130,19 @@ impl Switch {
     }
 
     async fn wait_bridged(&self, dial_id: &str) {
-        eventually(
-            &format!("{dial_id} bridged"),
-            Duration::from_secs(30),
-            || async {
-                self.sim.lock().unwrap().channels().iter().any(|c| {
-                    c.variables.get("redswitch_dial_id").map(String::as_str) == Some(dial_id)
-                        && c.bridged_to.is_some()
-                })
-            },
-        )
-        .await;
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let channels = self.sim.lock().unwrap().channels();
+            let mine: Vec<_> = channels
+                .into_iter()
+                .filter(|c| c.variables.get("dial_id").map(String::as_str) == Some(dial_id))
+                .collect();
+            if mine.iter().any(|c| c.bridged_to.is_some()) {
+                return;
+            }
+            assert!(Instant::now() < deadline, "{dial_id} never bridged: {mine:#?}");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
     }
 }
 

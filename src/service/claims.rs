@@ -38,9 +38,10 @@
 //!
 //! 1. When the call runs on the reaper's own FreeSWITCH (same `Core-UUID`),
 //!    it ends the recorded legs with `uuid_kill <uuid> MANAGER_REQUEST`,
-//!    and every channel carrying the job's `redswitch_dial_id` with
-//!    `hupall MANAGER_REQUEST redswitch_dial_id <dial_id>` (this also gets
-//!    a leg whose uuid the dead instance had no time to record).
+//!    and every channel of the job with
+//!    `hupall MANAGER_REQUEST dial_id <dial_id>` (every leg carries the
+//!    job's `dial_id` as a channel variable, so this also gets a leg whose
+//!    uuid the dead instance had no time to record).
 //! 2. It publishes, in the call's order, one `hangup-event` with cause
 //!    [`DEAD_INSTANCE_CAUSE`] (`MANAGER_REQUEST`) for each side that
 //!    existed and had none written to the history; a call whose
@@ -61,6 +62,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use redis::AsyncCommands;
 
+use super::asp_call::DIAL_ID_VARIABLE;
 use super::events::{CallEvents, ENDED_STATE_TTL_SECS, Event, Side, call_state_key, eval};
 use super::job::{self, AspCallJob};
 use super::outbox::{Outbox, OutboxError, Receipt};
@@ -497,7 +499,7 @@ impl Claims {
             }
             let _ = inbound
                 .api(&format!(
-                    "hupall {DEAD_INSTANCE_CAUSE} redswitch_dial_id {}",
+                    "hupall {DEAD_INSTANCE_CAUSE} {DIAL_ID_VARIABLE} {}",
                     job.dial_id
                 ))
                 .await;
