@@ -21,8 +21,8 @@ use std::net::SocketAddr;
 use std::process::Stdio;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-use support::redis_server::RedisServer;
 use support::eventually;
+use support::redis_server::RedisServer;
 use tokio::process::{Child, Command};
 
 const JOBS: &str = "talkiq-asp.calls";
@@ -65,7 +65,9 @@ impl Switch {
                             let dial_id = c.variables.get("dial_id").cloned();
                             let side = c.variables.get("redswitch_side").cloned();
                             if let (Some(d), Some(s)) = (dial_id, side) {
-                                legs.entry((d, s)).or_insert_with(BTreeSet::new).insert(c.uuid);
+                                legs.entry((d, s))
+                                    .or_insert_with(BTreeSet::new)
+                                    .insert(c.uuid);
                             }
                         }
                     }
@@ -140,7 +142,10 @@ impl Switch {
             if mine.iter().any(|c| c.bridged_to.is_some()) {
                 return;
             }
-            assert!(Instant::now() < deadline, "{dial_id} never bridged: {mine:#?}");
+            assert!(
+                Instant::now() < deadline,
+                "{dial_id} never bridged: {mine:#?}"
+            );
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }
@@ -177,7 +182,9 @@ impl AgentProcess {
     async fn exited(&mut self, within: Duration) -> (i32, Instant) {
         let status = tokio::time::timeout(within, self.child.wait())
             .await
-            .unwrap_or_else(|_| panic!("agent still running after {within:?}; log:\n{}", self.log()))
+            .unwrap_or_else(|_| {
+                panic!("agent still running after {within:?}; log:\n{}", self.log())
+            })
             .unwrap();
         (status.code().unwrap_or(-1), Instant::now())
     }
@@ -195,7 +202,7 @@ struct Fault {
 impl Fault {
     async fn start(watch_every: Duration) -> Self {
         // Persistent, as in production: a restarted Redis keeps its data.
-        let redis = RedisServer::start_with(&["--appendonly", "yes", "--appendfsync", "always"]);
+        let redis = RedisServer::start_persistent();
         Self {
             redis,
             switch: Switch::start(watch_every).await,
@@ -225,7 +232,10 @@ impl Fault {
     /// instance id.
     async fn add_agent(&mut self, drain_timeout: &str) -> String {
         let before = self.instances().await;
-        let log = self.dir.path().join(format!("agent{}.log", self.agents.len()));
+        let log = self
+            .dir
+            .path()
+            .join(format!("agent{}.log", self.agents.len()));
         let child = Command::new(env!("CARGO_BIN_EXE_redswitch"))
             .args([
                 "serve",
@@ -259,7 +269,11 @@ impl Fault {
             if let Some(id) = new.into_iter().next() {
                 return id;
             }
-            assert!(Instant::now() < deadline, "agent never registered: {}", self.logs());
+            assert!(
+                Instant::now() < deadline,
+                "agent never registered: {}",
+                self.logs()
+            );
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
@@ -270,7 +284,12 @@ impl Fault {
         let dial_id = format!("d-{id}");
         let user = format!("u-{id}");
         let job = job(&dial_id, &user, callee);
-        let _: () = self.redis().await.rpush(JOBS, job.to_string()).await.unwrap();
+        let _: () = self
+            .redis()
+            .await
+            .rpush(JOBS, job.to_string())
+            .await
+            .unwrap();
         self.jobs.insert(dial_id.clone(), user);
         dial_id
     }
@@ -387,10 +406,7 @@ impl Fault {
             }
         })
         .await;
-        let processing: Vec<String> = conn
-            .keys("{talkiq-asp.calls}.processing.*")
-            .await
-            .unwrap();
+        let processing: Vec<String> = conn.keys("{talkiq-asp.calls}.processing.*").await.unwrap();
         for key in processing {
             let n: usize = conn.llen(&key).await.unwrap();
             assert_eq!(n, 0, "{key} still holds jobs");
@@ -489,7 +505,10 @@ async fn redis_down_while_a_call_ends_loses_nothing() {
     let back = Instant::now();
     f.redis.restart();
     f.wait_ended(&dial_id, Duration::from_secs(30)).await;
-    eprintln!("history complete {:?} after Redis came back", back.elapsed());
+    eprintln!(
+        "history complete {:?} after Redis came back",
+        back.elapsed()
+    );
 
     // Exactly what it would have been without the outage.
     let history = f.history(&dial_id).await;
@@ -561,10 +580,15 @@ async fn sigkill_with_live_calls_and_queued_jobs_is_closed_out_by_the_survivor()
             "{history:#?}"
         );
     }
-    eprintln!("dead instance's calls closed out {:?} after SIGKILL", killed.elapsed());
-    eventually("the dead instance forgotten", Duration::from_secs(30), || async {
-        !f.instances().await.contains(&doomed)
-    })
+    eprintln!(
+        "dead instance's calls closed out {:?} after SIGKILL",
+        killed.elapsed()
+    );
+    eventually(
+        "the dead instance forgotten",
+        Duration::from_secs(30),
+        || async { !f.instances().await.contains(&doomed) },
+    )
     .await;
     assert!(f.instances().await.contains(&survivor));
     for dial_id in queued.iter().chain([&untouched]) {
@@ -592,7 +616,10 @@ async fn sigterm_drains_live_calls_then_exits() {
     tokio::time::sleep(Duration::from_secs(3)).await;
     let queued: Vec<String> = f.redis().await.lrange(JOBS, 0, -1).await.unwrap();
     assert_eq!(queued.len(), 1, "the job pushed after SIGTERM waits");
-    assert!(f.agents[0].child.try_wait().unwrap().is_none(), "still draining");
+    assert!(
+        f.agents[0].child.try_wait().unwrap().is_none(),
+        "still draining"
+    );
 
     // Control still works while draining: a hangup is answered and done.
     f.publish(&a, r#"{"type":"hangup"}"#).await;
@@ -617,7 +644,14 @@ async fn sigterm_drains_live_calls_then_exits() {
     f.jobs.remove(&waiting);
     let _: () = f.redis().await.del(JOBS).await.unwrap();
     f.assert_clean(&BTreeSet::from([a, b])).await;
-    assert!(!f.switch.legs.lock().unwrap().keys().any(|(d, _)| *d == waiting));
+    assert!(
+        !f.switch
+            .legs
+            .lock()
+            .unwrap()
+            .keys()
+            .any(|(d, _)| *d == waiting)
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -631,7 +665,10 @@ async fn sigterm_past_the_drain_timeout_or_twice_hangs_up_with_events() {
     f.agents[0].signal(libc::SIGTERM);
     let (code, exited) = f.agents[0].exited(Duration::from_secs(20)).await;
     assert_eq!(code, 0, "{}", f.logs());
-    eprintln!("drain timeout 2 s: exited {:?} after SIGTERM", exited - signalled);
+    eprintln!(
+        "drain timeout 2 s: exited {:?} after SIGTERM",
+        exited - signalled
+    );
 
     // A second SIGTERM hangs up at once, whatever the drain timeout.
     f.add_agent("10m").await;
@@ -731,4 +768,55 @@ async fn a_burst_of_2000_jobs_dials_each_once_with_complete_histories() {
     }
     eprintln!("{N} calls complete in {:?}", started.elapsed());
     f.assert_clean(&dialled).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_outbox_holds_what_redis_cannot_take_in_order_and_drops_beyond_its_bound() {
+    use redswitch::service::events::{CallEvents, Event, Side};
+    use redswitch::service::outbox::Outbox;
+    use redswitch::service::store::RedisClient;
+    use redswitch::service::validate::Id;
+
+    let mut redis = RedisServer::start_persistent();
+    let client = RedisClient::connect(&redis.url(), Duration::from_secs(5))
+        .await
+        .unwrap();
+    let outbox = Outbox::spawn(client.connection().await.unwrap(), 10);
+    let id = |s| Id::parse("t", s).unwrap();
+    let events = CallEvents::new(outbox.clone(), &id("held"), &id("o"), &id("u"));
+    events.start_call().await.unwrap();
+
+    redis.stop();
+    // Nine more fit (the call-start is written); then the outbox is full.
+    let mut dropped = 0;
+    for n in 0..15u8 {
+        let event = Event::Dtmf {
+            side: Side::Caller,
+            digits: n.to_string(),
+        };
+        if events.publish(&event).await.is_err() {
+            dropped += 1;
+        }
+    }
+    assert_eq!(dropped, 5);
+    assert_eq!(outbox.dropped(), 5);
+    assert_eq!(outbox.pending(), 10);
+    assert!(outbox.is_away());
+
+    redis.restart();
+    assert_eq!(outbox.flush(Duration::from_secs(30)).await, 0);
+    let mut conn = client.connection().await.unwrap();
+    let history: Vec<String> = conn.lrange("redswitch_history.o.u", 0, -1).await.unwrap();
+    let digits: Vec<String> = history
+        .iter()
+        .skip(1)
+        .map(|h| {
+            serde_json::from_str::<Value>(h).unwrap()["digits"]
+                .as_str()
+                .unwrap()
+                .to_owned()
+        })
+        .collect();
+    assert_eq!(digits, ["0", "1", "2", "3", "4", "5", "6", "7", "8", "9"]);
+    assert!(!outbox.is_away());
 }

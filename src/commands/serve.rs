@@ -4,7 +4,6 @@
 use crate::cli::Config;
 use crate::service::agent::{self, AgentConfig, AgentError};
 use crate::service::asp_call::CallSettings;
-use crate::service::claims::ClaimConfig;
 use crate::service::pacing::Pacer;
 use crate::service::store::RedisClient;
 use crate::switch::{InboundClient, InboundConfig};
@@ -61,7 +60,6 @@ pub fn agent_config(config: &Config) -> Result<AgentConfig, ServeError> {
         max_calls: 10_000,
         instance: instance_id(),
         drain_timeout: config.drain_timeout,
-        claims: ClaimConfig::default(),
     })
 }
 

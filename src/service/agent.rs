@@ -86,8 +86,6 @@ pub struct AgentConfig {
     /// After the drain began, how long live calls may go on before they
     /// are hung up (`--drain-timeout`).
     pub drain_timeout: Duration,
-    /// Claims (their expiry follows the maximum call duration).
-    pub claims: ClaimConfig,
 }
 
 /// Why the agent could not start or had to stop.
@@ -187,7 +185,10 @@ impl Agent {
             outbox.clone(),
             queue.keys().clone(),
             config.instance.clone(),
-            config.claims.clone(),
+            // Claims outlive the longest call FreeSWITCH lets run.
+            ClaimConfig {
+                max_call_duration: config.call.max_call_duration,
+            },
         );
         let maintenance = {
             let claims = claims.clone();
@@ -221,12 +222,19 @@ impl Agent {
             calls: Arc::new(Semaphore::new(config.max_calls.max(1))),
             call_tasks: TaskTracker::new(),
         };
+        {
+            // `/ready` turns false the moment the drain begins.
+            let cancel = cancel.clone();
+            tokio::spawn(async move {
+                cancel.cancelled().await;
+                draining_tx.send_replace(true);
+            });
+        }
         let stop = cancel.clone();
         let hangup_all = hangup.clone();
         let drain_timeout = config.drain_timeout;
         tasks.spawn(async move {
             worker.take_jobs(&stop).await;
-            draining_tx.send_replace(true);
             worker.drain(drain_timeout, &hangup_all).await;
             worker.release().await;
             let left = worker.outbox.flush(FINAL_FLUSH).await;
@@ -419,7 +427,9 @@ impl Worker {
         match self.queue.release().await {
             Ok(0) => {}
             Ok(n) => tracing::info!(jobs = n, "returned undialled jobs to the queue"),
-            Err(error) => tracing::warn!(%error, "could not return undialled jobs; the reaper will"),
+            Err(error) => {
+                tracing::warn!(%error, "could not return undialled jobs; the reaper will")
+            }
         }
     }
 }
@@ -483,8 +493,7 @@ impl JobRun {
             }
         };
         let events = self.claims.events(&record, &job);
-        let started =
-            AspCall::start(
+        let started = AspCall::start(
             self.dialer.clone(),
             &self.router,
             self.settings.clone(),

@@ -391,7 +391,9 @@ impl Claims {
         self.inner
             .outbox
             .push("finish", cmds)
-            .inspect_err(|error| tracing::error!(%error, "could not queue the end of a claimed job"))
+            .inspect_err(
+                |error| tracing::error!(%error, "could not queue the end of a claimed job"),
+            )
             .ok()
     }
 

@@ -566,7 +566,11 @@ impl CallEvents {
     /// lower than one already written is taken for a repeat.
     pub fn numbered(&self, event: Event) -> NumberedEvent {
         NumberedEvent {
-            seq: self.keys.seq.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1,
+            seq: self
+                .keys
+                .seq
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+                + 1,
             event,
             reset_history: false,
         }

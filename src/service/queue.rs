@@ -67,7 +67,6 @@
 //! - the reaper's requeue is one Lua script: a second run after a lost
 //!   reply finds the jobs already moved.
 
-
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -644,7 +643,11 @@ impl JobQueue {
     pub fn dead_letter_cmd(&self, job: &TakenJob, reason: &str) -> redis::Cmd {
         let entry = dead_letter_entry(&job.raw, reason, unix_ms());
         let cap = self.inner.config.dead_cap.max(1).to_string();
-        eval(DEAD_LETTER_SCRIPT, &[&self.inner.keys.dead], &[&entry, &cap])
+        eval(
+            DEAD_LETTER_SCRIPT,
+            &[&self.inner.keys.dead],
+            &[&entry, &cap],
+        )
     }
 
     /// Refuses a bad job (SPEC §3): publishes a `failure` on its `dial_id`
