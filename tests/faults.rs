@@ -33,11 +33,14 @@ const CALLEE: &str = "14157697098";
 /// Answers, then the far end hangs up after 2 s.
 const CALLEE_HANGS_UP: &str = "15554871234";
 
+/// Every leg seen: `(dial_id, side)` → its uuids.
+type Legs = BTreeMap<(String, String), BTreeSet<String>>;
+
 /// The simulator, restartable, with a watcher that records every leg it
 /// ever shows: `(dial_id, side)` → uuids.
 struct Switch {
     sim: Arc<Mutex<SimHandle>>,
-    legs: Arc<Mutex<BTreeMap<(String, String), BTreeSet<String>>>>,
+    legs: Arc<Mutex<Legs>>,
     /// Sessions of simulators already restarted.
     earlier_sessions: u64,
     watcher: tokio::task::JoinHandle<()>,

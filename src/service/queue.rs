@@ -845,7 +845,7 @@ impl JobQueue {
                         }
                     },
                     _ = reap.tick() => {
-                        if !healthy_since.is_some_and(|t| t.elapsed() >= config.liveness_ttl) {
+                        if healthy_since.is_none_or(|t| t.elapsed() < config.liveness_ttl) {
                             continue;
                         }
                         match queue.reap_dead().await {
