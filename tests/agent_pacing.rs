@@ -3,7 +3,9 @@
 
 use redswitch::esl::EventFormat;
 use redswitch::service::pacing::{LimitSource, Pacer};
+use redswitch::sim::Simulator;
 use redswitch::switch::{InboundClient, InboundConfig};
+use redswitch_test_support::eventually;
 use redswitch_test_support::stack::{Follower, Stack, job};
 use std::time::Duration;
 
@@ -109,5 +111,28 @@ async fn a_burst_against_a_limit_of_ten_is_placed_in_order() {
     assert_eq!((pacer.limit(), pacer.source()), (10, LimitSource::Switch));
     burst(&stack, 100).await;
     assert_no_throttling(&stack).await;
+    stack.stop().await;
+}
+
+/// The limit is read again after every reconnect: a switch that comes back
+/// with another limit is paced at the new one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_limit_is_read_again_after_a_reconnect() {
+    let mut stack = Stack::start(0).await;
+    stack.api("fsctl sps 10").await;
+    let pacer = Pacer::new(None);
+    stack
+        .add_agent_with(|agent| agent.call.pacer = pacer.clone())
+        .await;
+    assert_eq!(pacer.limit(), 10);
+    // The switch restarts on the same address with its default limit.
+    let config = stack.sim.config().clone();
+    stack.sim.clone().shutdown().await;
+    stack.sim = Simulator::start(config).await.unwrap();
+    eventually("the limit read again", Duration::from_secs(15), || {
+        std::future::ready(pacer.limit() == 30)
+    })
+    .await;
+    assert_eq!(pacer.source(), LimitSource::Switch);
     stack.stop().await;
 }

@@ -29,6 +29,11 @@ pub struct SimArgs {
     /// FreeSWITCH-Hostname of the simulated switch.
     #[arg(long, default_value = "redswitch-sim")]
     pub hostname: String,
+    /// The sessions-per-second limit, as FreeSWITCH's `sessions-per-second`
+    /// (a loopback call costs two sessions; `fsctl sps N` changes it at run
+    /// time). Over it, originates fail with DESTINATION_OUT_OF_ORDER.
+    #[arg(long, default_value_t = crate::sim::throttle::DEFAULT_SESSIONS_PER_SECOND, value_parser = clap::value_parser!(u32).range(1..))]
+    pub sessions_per_second: u32,
 }
 
 /// Why the simulator could not run.
@@ -59,6 +64,7 @@ pub async fn run(
         password: args.password,
         ring_time: Duration::from_millis(args.ring_ms),
         hostname: args.hostname,
+        sessions_per_second: args.sessions_per_second,
         media_dir,
         recordings_dir,
         ..SimConfig::default()

@@ -37,6 +37,7 @@ use crate::service::control::{ControlRouter, RouterConfig};
 use crate::service::events::{CallEvents, Event, publish_only_cmd};
 use crate::service::job;
 use crate::service::outbox::{DEFAULT_CAPACITY, Outbox, Receipt};
+use crate::service::pacing::{Turn, Turns};
 use crate::service::queue::{JobQueue, QueueConfig, QueueError, TakenJob};
 use crate::service::store::{RedisClient, StoreError};
 use crate::switch::app::{Dialer, reject_unknown};
@@ -329,6 +330,7 @@ struct Worker {
 impl Worker {
     async fn take_jobs(&self, stop: &CancellationToken) {
         let mut backoff = crate::backoff::Backoff::RECONNECT.attempts();
+        let mut turns = Turns::default();
         while !stop.is_cancelled() {
             if !self.inbound.is_connected() {
                 // No jobs while FreeSWITCH is away: they wait in Redis.
@@ -375,6 +377,7 @@ impl Worker {
                     continue;
                 }
             };
+            let turn = turns.next();
             let job = JobRun {
                 queue: self.queue.clone(),
                 dialer: self.dialer.clone(),
@@ -385,7 +388,7 @@ impl Worker {
             };
             self.call_tasks.spawn(async move {
                 let _permit = permit;
-                job.run(taken).await;
+                job.run(taken, turn).await;
             });
         }
     }
@@ -445,7 +448,9 @@ struct JobRun {
 }
 
 impl JobRun {
-    async fn run(self, taken: TakenJob) {
+    /// Runs one job; `turn` keeps originates in the order jobs were taken
+    /// (released, by being dropped, on every early return).
+    async fn run(self, taken: TakenJob, turn: Turn) {
         let job = match job::parse(taken.raw()) {
             Ok(job) => job,
             Err(bad) => {
@@ -499,6 +504,7 @@ impl JobRun {
             self.settings.clone(),
             job,
             events.clone(),
+            turn,
         )
         .await;
         match started {

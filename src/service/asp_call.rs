@@ -73,7 +73,7 @@ use crate::esl::{CallCommand, Command, Event as FsEvent, Execute, SendMsg};
 use crate::service::control::{ControlMessage, ControlRouter, PlaySide, RouterError, Subscription};
 use crate::service::events::{CallEvents, Event, MediaDoneReason, RecordDoneReason, Side};
 use crate::service::job::AspCallJob;
-use crate::service::pacing::{Pacer, THROTTLE_BACKOFF, sessions_of};
+use crate::service::pacing::{Pacer, THROTTLE_BACKOFF, Turn, sessions_of};
 use crate::service::validate::{Media, PhoneNumber};
 use crate::switch::app::{DialError, Dialer, Originate, Progress, Ringing};
 use crate::switch::{Call, CallEvents as LegEvents};
@@ -382,13 +382,15 @@ impl AspCall {
     /// FreeSWITCH accepted the originate (the job's fate is decided), or
     /// publishes `failure` and returns why the call was not attempted. The
     /// caller's pacing slot must have been waited for already (see the
-    /// module doc).
+    /// module doc); the originate waits for `turn`, so calls started
+    /// concurrently are dialled in the order of their turns.
     pub async fn start(
         dialer: Dialer,
         router: &ControlRouter,
         settings: CallSettings,
         job: AspCallJob,
         events: CallEvents,
+        mut turn: Turn,
     ) -> Result<Self, StartError> {
         let control = match router.subscribe(&job.dial_id).await {
             Ok(sub) => Some(sub),
@@ -427,7 +429,10 @@ impl AspCall {
             &call.job.caller_number.clone(),
             &call.job.caller_id_lega.clone(),
         );
-        match call.dialer.originate(&req).await {
+        turn.wait().await;
+        let placed = call.dialer.originate(&req).await;
+        turn.release();
+        match placed {
             Ok(ringing) => {
                 call.events.leg_dialled(Side::Caller, ringing.uuid());
                 call.legs[0] = Leg::Ringing(Box::new(Placed {

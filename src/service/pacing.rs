@@ -12,14 +12,16 @@
 //! no one-second window of FreeSWITCH's counter can see more sessions from
 //! this agent than the limit, with a margin for the jitter between sending
 //! an originate and FreeSWITCH creating its sessions. Slots are reserved in
-//! the order [`Pacer::reserve`] is called, so jobs are dialled in the order
-//! they were taken. An originate the throttle still refuses (another
+//! the order [`Pacer::reserve`] is called, and [`Turns`] keeps originates
+//! prepared by concurrent tasks in that order, so jobs are dialled in the
+//! order they were taken. An originate the throttle still refuses (another
 //! application used the budget) is retried by the call with
 //! [`THROTTLE_BACKOFF`].
 
 use crate::switch::InboundClient;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
+use tokio::sync::oneshot;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
@@ -261,6 +263,49 @@ impl Pacer {
     }
 }
 
+/// Hands out turns in order: each [`Turn`] waits for the one before it to
+/// be released (or dropped), so originates prepared by concurrent tasks
+/// reach the switch in the order the turns were handed out.
+#[derive(Debug, Default)]
+pub struct Turns {
+    last: Option<oneshot::Receiver<()>>,
+}
+
+impl Turns {
+    /// The next turn, after every turn handed out before it.
+    pub fn next(&mut self) -> Turn {
+        let (done, after) = oneshot::channel();
+        Turn {
+            before: self.last.replace(after),
+            done: Some(done),
+        }
+    }
+}
+
+/// One place in line (see [`Turns`]). Dropping it releases it.
+#[derive(Debug)]
+pub struct Turn {
+    before: Option<oneshot::Receiver<()>>,
+    done: Option<oneshot::Sender<()>>,
+}
+
+impl Turn {
+    /// Waits until every earlier turn has been released or dropped.
+    pub async fn wait(&mut self) {
+        if let Some(before) = self.before.take() {
+            // An error means the earlier turn was dropped: released too.
+            let _ = before.await;
+        }
+    }
+
+    /// Lets the next turn go.
+    pub fn release(mut self) {
+        if let Some(done) = self.done.take() {
+            let _ = done.send(());
+        }
+    }
+}
+
 /// When a reserved originate may be sent.
 #[derive(Debug, Clone, Copy)]
 pub struct Slot(Instant);
@@ -287,6 +332,24 @@ mod tests {
         assert_eq!(parse_sps("+OK sessions per second: 10"), Some(10));
         assert_eq!(parse_sps("-ERR permission denied"), None);
         assert_eq!(parse_sps("+OK sessions per second: 0"), None);
+    }
+
+    #[tokio::test]
+    async fn turns_go_in_order_and_a_dropped_turn_releases() {
+        let mut turns = Turns::default();
+        let (mut a, b, mut c) = (turns.next(), turns.next(), turns.next());
+        a.wait().await;
+        let waiting = tokio::spawn(async move {
+            c.wait().await;
+        });
+        tokio::task::yield_now().await;
+        assert!(!waiting.is_finished());
+        a.release();
+        drop(b);
+        tokio::time::timeout(Duration::from_secs(5), waiting)
+            .await
+            .expect("the third turn comes once the first two are done")
+            .unwrap();
     }
 
     #[test]

@@ -210,6 +210,9 @@ pub(crate) enum Role {
         partner: ChannelHandle,
         ext: Extension,
     },
+    /// An `-a` half whose `-b` half the sessions-per-second throttle
+    /// refused: it stays in CS_INIT until killed or the originate times out.
+    LoopbackWithoutB,
 }
 
 /// An application to run.
@@ -472,6 +475,7 @@ impl Actor {
             Role::LoopbackA { .. } => {
                 self.st.state = crate::sim::channel::CState::ConsumeMedia;
             }
+            Role::LoopbackWithoutB => {}
             Role::LoopbackB { ext, .. } => {
                 self.st.state = crate::sim::channel::CState::Execute;
                 self.st.call_state = "RINGING";
@@ -493,9 +497,12 @@ impl Actor {
             let deadline = self.next_deadline();
             tokio::select! {
                 biased;
-                () = shutdown.cancelled() => {
-                    self.hangup("SYSTEM_SHUTDOWN", None);
-                }
+                () = shutdown.cancelled() => match self.st.hangup_cause.clone() {
+                    // A hangup from outside waits for its frame: finish it
+                    // now, or this branch (ready for good) spins forever.
+                    Some(cause) => self.hangup_finish(&cause),
+                    None => self.hangup("SYSTEM_SHUTDOWN", None),
+                },
                 msg = self.rx.recv() => match msg {
                     Some(m) => self.handle(m),
                     None => break,
@@ -1107,6 +1114,7 @@ impl Actor {
             "park",
             "echo",
             "hangup",
+            "sched_hangup",
             "set",
             "export",
             "unset",
@@ -1210,6 +1218,14 @@ impl Actor {
                     "NORMAL_CLEARING".to_owned()
                 } else {
                     normalize_cause(&arg)
+                };
+                self.stack.push(frame);
+                self.hangup(&cause, None);
+                return;
+            }
+            "sched_hangup" => {
+                let Some(cause) = crate::sim::sched::app(&self.core, &self.me, &arg) else {
+                    return self.complete(frame);
                 };
                 self.stack.push(frame);
                 self.hangup(&cause, None);
@@ -1616,7 +1632,7 @@ impl Actor {
         self.extra.sent_dtmf.push_str(digits);
         let partner = match &self.role {
             Role::LoopbackA { partner } | Role::LoopbackB { partner, .. } => Some(partner.clone()),
-            Role::Remote(_) => None,
+            Role::Remote(_) | Role::LoopbackWithoutB => None,
         };
         if let Some(p) = partner.or_else(|| self.bridged.clone()) {
             p.try_send(ChanMsg::FarDtmf(digits.to_owned()));
@@ -1912,7 +1928,7 @@ impl Actor {
                 Role::LoopbackA { partner } | Role::LoopbackB { partner, .. } => {
                     *partner.uuid == *uuid
                 }
-                Role::Remote(_) => false,
+                Role::Remote(_) | Role::LoopbackWithoutB => false,
             };
             if twin && !self.done && self.hangup_reporting.is_none() {
                 let cause = self
@@ -2071,7 +2087,7 @@ impl Actor {
     fn loopback_partner(&self) -> Option<ChannelHandle> {
         match &self.role {
             Role::LoopbackA { partner } | Role::LoopbackB { partner, .. } => Some(partner.clone()),
-            Role::Remote(_) => None,
+            Role::Remote(_) | Role::LoopbackWithoutB => None,
         }
     }
 

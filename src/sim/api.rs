@@ -1,12 +1,12 @@
 //! The `api` / `bgapi` commands the simulator implements (mod_commands'
 //! reply texts), `originate` among them.
 
-use crate::sim::Core;
 use crate::sim::actor::{self, ChanMsg, ChannelHandle, ExecReq, Role, Spawn};
 use crate::sim::channel::{CState, ChanState, Profile, SnapExtra, Vars};
 use crate::sim::dialstring::{Endpoint, OriginateApp, parse_originate};
 use crate::sim::event::{format_local, now_micros, origin};
 use crate::sim::session::LogLine;
+use crate::sim::{Core, lock};
 use crate::sim::{fslog, numberplan};
 use std::sync::Arc;
 use std::time::Duration;
@@ -28,6 +28,9 @@ pub(crate) async fn execute(core: &Arc<Core>, line: &str) -> String {
     let no_channel = || "-ERR No such channel!\n".to_owned();
     match cmd {
         "status" => status(core),
+        "fsctl" => fsctl(core, &args).await,
+        "hupall" => hupall(core, &args).await,
+        "sched_hangup" => crate::sim::sched::api(core, &args).await,
         "version" => format!("{VERSION}\n"),
         "hostname" => core.cfg.hostname.clone(),
         "global_getvar" => match arg {
@@ -133,21 +136,198 @@ pub(crate) fn spawn_bgapi(core: &Arc<Core>, line: String, job: String) {
 fn status(core: &Core) -> String {
     let up = core.uptime();
     let s = up.as_secs();
-    let (days, hours, mins, secs) = (s / 86_400, s / 3600 % 24, s / 60 % 60, s % 60);
-    let ms = up.subsec_millis();
-    let us = up.subsec_micros() % 1000;
+    let (years, days) = (s / 31_536_000, s / 86_400 % 365);
+    let (hours, mins, secs) = (s / 3600 % 24, s / 60 % 60, s % 60);
+    let ms = u64::from(up.subsec_millis());
+    let us = u64::from(up.subsec_micros() % 1000);
+    // FreeSWITCH writes "1 year", "2 years" (mod_commands' status_function).
+    let n = |v: u64, unit: &str| format!("{v} {unit}{}", if v == 1 { "" } else { "s" });
+    roll_throttle(core);
     let live = core.channel_count();
+    let t = lock(&core.throttle).clone();
     format!(
-        "UP 0 years, {days} days, {hours} hours, {mins} minutes, {secs} seconds, {ms} milliseconds, {us} microseconds\n\
+        "UP {}, {}, {}, {}, {}, {}, {}\n\
 FreeSWITCH (Version 1.10.12-release git a88d069 2024-08-02 21:02:27Z 64bit) is ready\n\
 {} session(s) since startup\n\
-{live} session(s) - peak {live}, last 5min {live} \n\
-0 session(s) per Sec out of max 30, peak 0, last 5min 0 \n\
+{live} session(s) - peak {}, last 5min {} \n\
+{} session(s) per Sec out of max {}, peak {}, last 5min {} \n\
 1000 session(s) max\n\
 min idle cpu 0.00/100.00\n\
 Current Stack Size/Max 240K/8192K\n",
-        core.sessions_since_startup()
+        n(years, "year"),
+        n(days, "day"),
+        n(hours, "hour"),
+        n(mins, "minute"),
+        n(secs, "second"),
+        n(ms, "millisecond"),
+        n(us, "microsecond"),
+        core.sessions_since_startup(),
+        t.sessions_peak(),
+        t.sessions_peak_fivemin(),
+        t.last(),
+        t.limit(),
+        t.peak(),
+        t.peak_fivemin(),
     )
+}
+
+/// mod_commands' `fsctl`: `sps [N]` reads (and with a positive N sets) the
+/// sessions-per-second limit, `last_sps` the rate of the last second;
+/// `hupall` ends every channel. The other subcommands act on parts of
+/// FreeSWITCH the simulator does not have and answer as an unknown one.
+async fn fsctl(core: &Arc<Core>, args: &[&str]) -> String {
+    const SYNTAX: &str = "[recover|send_sighup|hupall|pause [inbound|outbound]|resume [inbound|outbound]|shutdown [cancel|elegant|asap|now|restart]|sps|sync_clock|sync_clock_when_idle|reclaim_mem|max_sessions|min_dtmf_duration [num]|max_dtmf_duration [num]|default_dtmf_duration [num]|min_idle_cpu|loglevel [level]|debug_level [level]]";
+    let Some(sub) = args.first() else {
+        return format!("-USAGE: {SYNTAX}\n");
+    };
+    match sub.to_ascii_lowercase().as_str() {
+        "sps" => {
+            // atoi: a missing or non-numeric value reads as 0 (no change).
+            let n = args.get(1).map_or(0, |a| crate::sim::sched::atol(a));
+            let limit = lock(&core.throttle).set_limit(n);
+            format!("+OK sessions per second: {limit}\n")
+        }
+        "last_sps" => {
+            roll_throttle(core);
+            let last = lock(&core.throttle).last();
+            format!("+OK last sessions per second: {last}\n")
+        }
+        "hupall" => {
+            hangup_matching(core, "MANAGER_REQUEST", None).await;
+            "+OK\n".into()
+        }
+        _ => format!("-ERR INVALID COMMAND\nUSAGE: fsctl {SYNTAX}"),
+    }
+}
+
+/// mod_commands' `hupall [<cause> [<var> <value>]]`: ends every channel,
+/// or every channel whose variable `var` is `value`, with `cause` (an
+/// unknown or missing cause is MANAGER_REQUEST). A pending originate whose
+/// leg is ended this way fails with that cause.
+async fn hupall(core: &Core, args: &[&str]) -> String {
+    let cause = match args.first() {
+        Some(c) if c.eq_ignore_ascii_case("NORMAL_CLEARING") => "NORMAL_CLEARING".to_owned(),
+        Some(c) => match crate::sim::channel::normalize_cause(c) {
+            // normalize_cause maps unknown names to NORMAL_CLEARING;
+            // hupall's own default is MANAGER_REQUEST.
+            n if n == "NORMAL_CLEARING" => "MANAGER_REQUEST".to_owned(),
+            n => n,
+        },
+        None => "MANAGER_REQUEST".to_owned(),
+    };
+    match (args.get(1), args.get(2)) {
+        (Some(var), Some(value)) => {
+            hangup_matching(core, &cause, Some((var, value))).await;
+            format!("+OK hangup all channels matching [{var}]=[{value}] with cause: {cause}\n")
+        }
+        _ => {
+            hangup_matching(core, &cause, None).await;
+            format!("+OK hangup all channels with cause {cause}\n")
+        }
+    }
+}
+
+/// Sends a hangup (as `uuid_kill` does) to every channel, or to those whose
+/// variable `name` equals `value`.
+async fn hangup_matching(core: &Core, cause: &str, var: Option<(&str, &str)>) {
+    for ch in core.channel_handles() {
+        if let Some((name, value)) = var
+            && ch.getvar(name).await.as_deref() != Some(value)
+        {
+            continue;
+        }
+        ch.send(ChanMsg::Hangup(cause.to_owned())).await;
+    }
+}
+
+/// Whether the event-socket user may run `cmd` (mod_event_socket's
+/// `auth_api_command`): a denied command is refused, and so is one hidden
+/// behind a command that runs another (`bgapi`, `sched_api`, `eval`,
+/// `expand`, `xml_wrap`).
+pub(crate) fn permitted(core: &Core, line: &str) -> bool {
+    const SNEAKY: &[&str] = &["bgapi", "sched_api", "eval", "expand", "xml_wrap"];
+    let denied = |c: &str| core.cfg.denied_api.iter().any(|d| d == c);
+    let mut rest = line.trim();
+    loop {
+        let (cmd, arg) = rest.split_once(' ').unwrap_or((rest, ""));
+        if denied(cmd) {
+            return false;
+        }
+        if !SNEAKY.iter().any(|s| s.eq_ignore_ascii_case(cmd)) || arg.trim().is_empty() {
+            return true;
+        }
+        rest = arg.trim();
+        // sched_api's first word is the time, then the command.
+        if cmd.eq_ignore_ascii_case("sched_api") {
+            rest = rest.split_once(' ').map_or("", |(_, r)| r.trim());
+        }
+    }
+}
+
+/// Runs the throttle's one-second ticks that are due and logs `Over
+/// Session Rate` for each that found the budget spent.
+fn roll_throttle(core: &Core) {
+    let live = core.channel_count();
+    let (rolled, limit) = {
+        let mut t = lock(&core.throttle);
+        (t.roll(std::time::Instant::now(), live), t.limit())
+    };
+    let lines = (0..rolled.over)
+        .map(|_| {
+            fslog::line(
+                2,
+                "switch_time.c",
+                "softtimer_runtime",
+                1243,
+                "",
+                format!("Over Session Rate of {limit}!"),
+            )
+        })
+        .collect();
+    fslog::emit(core, lines);
+}
+
+/// FreeSWITCH's timer thread for the throttle: ticks it every second, so
+/// `Over Session Rate` is logged when the second ends, not at the next
+/// request.
+pub(crate) async fn throttle_clock(core: Arc<Core>) {
+    loop {
+        let next = lock(&core.throttle).next_tick();
+        tokio::select! {
+            () = core.shutdown.cancelled() => return,
+            () = tokio::time::sleep_until(next.into()) => roll_throttle(&core),
+        }
+    }
+}
+
+/// Session requests (`switch_core_session_request_uuid`) for the `n`
+/// channels of one originate (two for loopback: A, then B from A's
+/// CS_INIT), taken from this second's budget in one go so that concurrent
+/// originates cannot interleave between A and B. Stops at the first
+/// refusal, which logs `Throttle Error!` with the live session count (the
+/// A leg just granted included), as FreeSWITCH does. Returns how many were
+/// granted; no channel may be created beyond that.
+pub(crate) fn admit_sessions(core: &Core, n: usize) -> usize {
+    roll_throttle(core);
+    let granted = {
+        let mut t = lock(&core.throttle);
+        (0..n).take_while(|_| t.take()).count()
+    };
+    if granted < n {
+        let live = core.channel_count() + granted;
+        fslog::emit(
+            core,
+            vec![fslog::line(
+                2,
+                "switch_core_session.c",
+                "switch_core_session_request_uuid",
+                2422,
+                "",
+                format!("Throttle Error! {live}"),
+            )],
+        );
+    }
+    granted
 }
 
 async fn show(core: &Core, arg: &str) -> String {
@@ -519,6 +699,10 @@ async fn originate_inner(core: &Arc<Core>, arg: &str, no_app: bool) -> String {
         destination: number.clone(),
         ..SnapExtra::default()
     };
+    let granted = admit_sessions(core, if loopback { 2 } else { 1 });
+    if granted == 0 {
+        return throttled(core, &leg.endpoint);
+    }
     let Some((a_handle, a_rx)) = actor::handle_for(core, &a_state, &a_extra) else {
         return "-ERR DESTINATION_OUT_OF_ORDER\n".into();
     };
@@ -568,7 +752,39 @@ async fn originate_inner(core: &Arc<Core>, arg: &str, no_app: bool) -> String {
     let (tx, rx) = oneshot::channel();
     let originate_timeout = Duration::from_secs(timeout);
 
-    if let Endpoint::Loopback { number, context } = &leg.endpoint {
+    let loopback_b = match &leg.endpoint {
+        Endpoint::Loopback { number, context } => Some((number, context, granted == 2)),
+        _ => None,
+    };
+    if let Some((_, _, false)) = loopback_b {
+        // mod_loopback could not create the B leg: the A leg stays in
+        // CS_INIT, and the originate waits for it until it times out or is
+        // killed (trace 13: `hupall` ends it, `-ERR NORMAL_CLEARING`).
+        fslog::emit(
+            core,
+            vec![fslog::line(
+                2,
+                "mod_loopback.c",
+                "channel_on_init",
+                258,
+                &uuid,
+                "Failure.".into(),
+            )],
+        );
+        actor::spawn(
+            core.clone(),
+            a_handle,
+            a_rx,
+            Spawn {
+                state: a_state,
+                extra: a_extra,
+                role: Role::LoopbackWithoutB,
+                originate: Some(tx),
+                originate_timeout,
+                app,
+            },
+        );
+    } else if let Some((number, context, true)) = loopback_b {
         let b_name = format!("loopback/{number}-b");
         let mut b_vars = Vars::default();
         b_vars.set("direction", "inbound");
@@ -703,7 +919,7 @@ async fn originate_inner(core: &Arc<Core>, arg: &str, no_app: bool) -> String {
                 7,
                 "switch_ivr_originate.c",
                 "switch_ivr_originate",
-                3807,
+                4056,
                 "",
                 format!(
                     "Originate Resulted in Error Cause: {} [{cause}]",
@@ -714,6 +930,42 @@ async fn originate_inner(core: &Arc<Core>, arg: &str, no_app: bool) -> String {
         }
         Err(_) => "-ERR SYSTEM_SHUTDOWN\n".into(),
     }
+}
+
+/// An originate whose first leg the throttle refused: no channel exists,
+/// the job answers `-ERR DESTINATION_OUT_OF_ORDER` (trace 13).
+fn throttled(core: &Core, endpoint: &Endpoint) -> String {
+    let kind = match endpoint {
+        Endpoint::Loopback { .. } => "loopback",
+        Endpoint::User { .. } => "user",
+        _ => "sofia",
+    };
+    let cause = "DESTINATION_OUT_OF_ORDER";
+    fslog::emit(
+        core,
+        vec![
+            fslog::line(
+                5,
+                "switch_ivr_originate.c",
+                "switch_ivr_originate",
+                3059,
+                "",
+                format!("Cannot create outgoing channel of type [{kind}] cause: [{cause}]"),
+            ),
+            fslog::line(
+                7,
+                "switch_ivr_originate.c",
+                "switch_ivr_originate",
+                4056,
+                "",
+                format!(
+                    "Originate Resulted in Error Cause: {} [{cause}]",
+                    crate::sim::channel::q850(cause)
+                ),
+            ),
+        ],
+    );
+    format!("-ERR {cause}\n")
 }
 
 /// mod_conference's API, the member commands: `conference <name>

@@ -54,6 +54,18 @@ pub(crate) fn emit(core: &Core, lines: Vec<Raw>) {
     }
 }
 
+/// One line on the default text channel (date, level and file prefix).
+pub(crate) fn line(
+    level: u8,
+    file: &'static str,
+    func: &'static str,
+    line: u32,
+    uuid: &str,
+    text: String,
+) -> Raw {
+    (level, 3, file, func, line, uuid.to_owned(), text)
+}
+
 /// What the log lines of a loopback originate mention.
 pub(crate) struct LoopbackOriginate<'a> {
     /// The dial target without the endpoint prefix (`answer-echo/redswitch-test`).

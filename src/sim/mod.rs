@@ -57,8 +57,10 @@ pub(crate) mod fslog;
 pub mod numberplan;
 pub mod outbound;
 pub mod packet;
+pub(crate) mod sched;
 pub mod server;
 pub mod session;
+pub mod throttle;
 pub mod wav;
 
 use crate::sim::actor::ChannelHandle;
@@ -129,6 +131,17 @@ pub struct SimConfig {
     pub noanswer_time: Duration,
     /// Tone length of the `answer-tone` test extension (30 s).
     pub answer_tone_time: Duration,
+    /// FreeSWITCH's sessions-per-second limit (`sessions-per-second` in
+    /// switch.conf.xml, 30 by default; `fsctl sps N` changes it at run
+    /// time). Every channel counts, so a loopback originate costs two; see
+    /// [`throttle`] for how FreeSWITCH counts.
+    pub sessions_per_second: u32,
+    /// API commands the event-socket user may not run: `api`/`bgapi` of
+    /// one of them is answered `-ERR permission denied` (a command/reply),
+    /// as mod_event_socket answers a user whose `esl-allowed-api` lists
+    /// every other command. Empty (the default): every command is allowed.
+    /// Applies to inbound connections; outbound sockets are not restricted.
+    pub denied_api: Vec<String>,
 }
 
 impl Default for SimConfig {
@@ -154,6 +167,8 @@ impl Default for SimConfig {
             socket_extension: "127.0.0.1:8084".to_owned(),
             noanswer_time: Duration::from_secs(3),
             answer_tone_time: Duration::from_secs(30),
+            sessions_per_second: throttle::DEFAULT_SESSIONS_PER_SECOND,
+            denied_api: Vec::new(),
         }
     }
 }
@@ -247,6 +262,8 @@ pub(crate) struct Core {
     started: Instant,
     sessions: AtomicU64,
     listener_ids: AtomicU64,
+    /// The sessions-per-second budget and the counters of `status`.
+    pub(crate) throttle: Mutex<throttle::Throttle>,
 }
 
 /// Locks a std mutex, recovering from poisoning: a panicked holder cannot
@@ -258,6 +275,8 @@ pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 impl Core {
     fn new(cfg: SimConfig) -> Self {
         let info = CoreInfo::new(cfg.hostname.clone(), cfg.ipv4.clone(), cfg.ipv6.clone());
+        let started = Instant::now();
+        let throttle = throttle::Throttle::new(cfg.sessions_per_second, started);
         Self {
             cfg,
             info,
@@ -266,9 +285,10 @@ impl Core {
             listeners: Mutex::new(Vec::new()),
             shutdown: CancellationToken::new(),
             tasks: TaskTracker::new(),
-            started: Instant::now(),
+            started,
             sessions: AtomicU64::new(0),
             listener_ids: AtomicU64::new(1),
+            throttle: Mutex::new(throttle),
         }
     }
 
@@ -312,6 +332,9 @@ impl Core {
         }
         map.insert(h.uuid.to_string(), h);
         self.sessions.fetch_add(1, Ordering::Relaxed);
+        let live = map.len();
+        drop(map);
+        lock(&self.throttle).created(live);
         true
     }
 
@@ -355,6 +378,7 @@ impl Simulator {
         let task_core = core.clone();
         core.tasks
             .spawn(async move { server::run(listener, task_core).await });
+        core.tasks.spawn(api::throttle_clock(core.clone()));
         Ok(SimHandle {
             inner: Arc::new(HandleInner { core, addr }),
         })

@@ -637,6 +637,11 @@ impl Session {
         if starts("sendevent") {
             let reply = self.sendevent(frame, &cmd);
             self.reply(&reply);
+        } else if (starts("api ") || starts("bgapi "))
+            && !self.outbound()
+            && !api::permitted(&self.core, cmd.split_once(' ').map_or("", |(_, c)| c))
+        {
+            self.reply("-ERR permission denied");
         } else if starts("api ") {
             let body = api::execute(&self.core, cmd[4..].trim_end()).await;
             let body = if body.is_empty() {

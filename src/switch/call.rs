@@ -347,7 +347,11 @@ impl Call {
     }
 
     /// Hangs the channel up with a cause (`sendmsg` hangup). Succeeds at
-    /// once when the channel has already hung up.
+    /// once when the channel has already hung up. FreeSWITCH queues it like
+    /// an execute: behind an application running with `event-lock` (every
+    /// [`Call::execute`]) it waits until that application ends, and may
+    /// never run (trace 10); [`crate::switch::app::kill_leg`] ends the
+    /// channel at once.
     pub async fn hangup(&self, cause: &str) -> Result<()> {
         if self.hangup_cause().is_some() {
             return Ok(());
