@@ -157,6 +157,10 @@ pub struct Config {
     /// `text` or `json` log lines (RUST_LOG sets levels).
     #[arg(long, env = "REDSWITCH_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text, global = true)]
     pub log_format: LogFormat,
+    /// Serve Prometheus metrics at /metrics, and /health and /ready, on
+    /// this address (off when unset).
+    #[arg(long, env = "REDSWITCH_METRICS_LISTEN", global = true)]
+    pub metrics_listen: Option<SocketAddr>,
 }
 
 /// A configuration value that cannot be used.
@@ -280,6 +284,36 @@ pub enum Command {
     /// Everything on one machine: Redis, the simulator, the agent and a
     /// sample call whose events are printed as they flow.
     Demo(DemoArgs),
+    /// Ask a running agent's /health or /ready (at --metrics-listen); exit
+    /// 0 on 200, else 1 with the reason (for container health checks).
+    Probe(ProbeArgs),
+}
+
+/// `redswitch probe`.
+#[derive(Debug, Clone, Args)]
+pub struct ProbeArgs {
+    /// Which endpoint.
+    #[arg(value_enum, default_value_t = ProbeEndpoint::Ready)]
+    pub endpoint: ProbeEndpoint,
+}
+
+/// What `redswitch probe` asks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum ProbeEndpoint {
+    /// `/health`: the agent's loops run.
+    Health,
+    /// `/ready`: connected to FreeSWITCH and Redis, not draining.
+    Ready,
+}
+
+impl ProbeEndpoint {
+    /// The HTTP path.
+    pub fn path(self) -> &'static str {
+        match self {
+            Self::Health => "/health",
+            Self::Ready => "/ready",
+        }
+    }
 }
 
 /// `redswitch push`.

@@ -15,6 +15,8 @@
 //!   load tests. It depends only on [`esl`] (and [`backoff`]'s timer helper).
 //! - [`backoff`]: the one backoff policy every reconnect and retry uses,
 //!   and sleeping until an optional deadline.
+//! - [`ops`]: metrics, health and readiness over HTTP, read from what
+//!   [`service`] and [`switch`] expose.
 //! - [`cli`]: the command line (flags and environment variables), and
 //!   [`commands`]: what each subcommand does.
 
@@ -22,6 +24,7 @@ pub mod backoff;
 pub mod cli;
 pub mod commands;
 pub mod esl;
+pub mod ops;
 pub mod service;
 pub mod sim;
 pub mod switch;

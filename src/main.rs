@@ -5,16 +5,22 @@
 use clap::Parser;
 use redswitch::cli::{Cli, Command, LogFormat};
 use redswitch::commands;
+use redswitch::ops::probe;
 use redswitch::switch::InboundConfig;
+use std::io::IsTerminal;
 use std::process::ExitCode;
 use tracing_subscriber::EnvFilter;
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
+/// Colour only for a person at a terminal: a file or a pipe gets plain
+/// text, and `NO_COLOR` (any value) turns it off everywhere.
 fn init_logging(format: LogFormat) {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let ansi = std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none();
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(ansi)
         .with_writer(std::io::stderr);
     match format {
         LogFormat::Text => builder.init(),
@@ -52,6 +58,13 @@ async fn run(cli: Cli) -> Result<(), BoxError> {
             commands::events::run(esl, args).await?
         }
         Command::Demo(args) => commands::demo::run(&config, args).await?,
+        Command::Probe(args) => {
+            let listen = config
+                .metrics_listen
+                .ok_or("probe: no --metrics-listen (or REDSWITCH_METRICS_LISTEN) to ask")?;
+            let reason = probe::probe(probe::target(listen), args.endpoint.path()).await?;
+            println!("{reason}");
+        }
     }
     Ok(())
 }

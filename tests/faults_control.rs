@@ -170,6 +170,37 @@ async fn garbage_flood_then_hangup_goes_through_and_every_message_is_accounted_f
             })
             .count();
         assert_eq!(control_lines, flood_lines.len(), "{:#?}", logs.lines());
+        // The history is the durable record: the call's events complete and
+        // in order, each answer once, and no active key left.
+        let history: Vec<Value> = stack
+            .lrange("redswitch_history.org1.user1")
+            .await
+            .iter()
+            .map(|s| serde_json::from_str(s).unwrap())
+            .collect();
+        let kinds: Vec<&str> = history
+            .iter()
+            .map(|v| v["type"].as_str().unwrap())
+            .collect();
+        assert_eq!(
+            kinds[..3],
+            ["call-start", "answer-event", "answer-event"],
+            "{kinds:?}"
+        );
+        assert_eq!(kinds.iter().filter(|k| **k == "error").count(), errors);
+        assert_eq!(kinds.iter().filter(|k| **k == "ack").count(), 1);
+        assert_eq!(kinds.iter().filter(|k| **k == "hangup-event").count(), 2);
+        let ack_at = kinds.iter().position(|k| *k == "ack").unwrap();
+        let first_hangup = kinds.iter().position(|k| *k == "hangup-event").unwrap();
+        assert!(
+            ack_at < first_hangup,
+            "the ack precedes the hangups: {kinds:?}"
+        );
+        let mut con = stack.redis().await;
+        let active: Vec<String> = redis::AsyncCommands::keys(&mut con, "redswitch.*")
+            .await
+            .unwrap();
+        assert!(active.is_empty(), "{active:?}");
         eprintln!(
             "hangup acked {acked_after:?} after the flood began; {errors} errors, \
              {unanswered} counted in {} log lines",

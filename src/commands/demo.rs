@@ -195,6 +195,17 @@ pub async fn run(config: &Config, args: DemoArgs) -> Result<(), DemoError> {
         ),
     );
 
+    if let Some(addr) = config.metrics_listen {
+        let ops = crate::ops::OpsServer::bind(addr)
+            .await
+            .map_err(crate::commands::serve::ServeError::from)?;
+        say(
+            start,
+            &format!("metrics: http://{}/metrics", ops.local_addr()),
+        );
+        ops.spawn(agent.monitor().clone(), cancel.child_token());
+    }
+
     let client = redis::Client::open(redis_url.as_str())?;
     let dial_id = format!("demo-{}", &uuid::Uuid::new_v4().simple().to_string()[..12]);
     let job = json!({

@@ -27,6 +27,9 @@ pub enum ServeError {
     /// The agent failed.
     #[error(transparent)]
     Agent(#[from] AgentError),
+    /// The metrics server could not start.
+    #[error(transparent)]
+    Ops(#[from] crate::ops::OpsError),
 }
 
 /// FreeSWITCH may run elsewhere, so `play` and `record` hand it absolute
@@ -119,10 +122,26 @@ pub fn cancel_on_signal(drain: CancellationToken, hangup: CancellationToken) {
 /// `redswitch serve`.
 pub async fn serve(config: &Config) -> Result<(), ServeError> {
     let agent_config = agent_config(config)?;
+    let ops = match config.metrics_listen {
+        Some(addr) => Some(crate::ops::OpsServer::bind(addr).await?),
+        None => None,
+    };
     let drain = CancellationToken::new();
     let hangup = CancellationToken::new();
     cancel_on_signal(drain.clone(), hangup.clone());
-    agent::serve(agent_config, drain, hangup).await?;
+    let agent = agent::Agent::start(agent_config, drain).await?;
+    let all = agent.hangup_token();
+    tokio::spawn(async move {
+        hangup.cancelled().await;
+        all.cancel();
+    });
+    // Kept up until the calls are over, answering /ready with 503.
+    let ops_stop = CancellationToken::new();
+    if let Some(ops) = ops {
+        ops.spawn(agent.monitor().clone(), ops_stop.clone());
+    }
+    agent.stopped().await;
+    ops_stop.cancel();
     Ok(())
 }
 

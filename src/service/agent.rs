@@ -38,7 +38,9 @@ use crate::service::events::{CallEvents, Event, publish_only_cmd};
 use crate::service::job;
 use crate::service::outbox::{DEFAULT_CAPACITY, Outbox, Receipt};
 use crate::service::pacing::{Turn, Turns};
+use crate::service::monitor::Monitor;
 use crate::service::queue::{JobQueue, QueueConfig, QueueError, TakenJob};
+use crate::service::stats::{CallMeter, Stats};
 use crate::service::store::{RedisClient, StoreError};
 use crate::switch::app::{Dialer, reject_unknown};
 use crate::switch::{InboundClient, InboundConfig, OutboundConfig, OutboundListener};
@@ -50,6 +52,7 @@ use tokio::net::TcpListener;
 use tokio::sync::{Semaphore, watch};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
+use tracing::Instrument;
 
 /// The default `--drain-timeout`.
 pub const DEFAULT_DRAIN_TIMEOUT: Duration = Duration::from_secs(600);
@@ -120,6 +123,7 @@ pub struct Agent {
     pub listen: SocketAddr,
     /// This instance's id.
     pub instance: String,
+    monitor: Monitor,
     tasks: TaskTracker,
     cancel: CancellationToken,
     hangup: CancellationToken,
@@ -170,19 +174,22 @@ impl Agent {
                 ..OutboundConfig::default()
             },
         );
-        tasks.spawn(outbound.serve(dialer.handler(reject_unknown), shutdown.child_token()));
+        let outbound_task =
+            tasks.spawn(outbound.serve(dialer.handler(reject_unknown), shutdown.child_token()));
         let (router, router_task) = ControlRouter::spawn(
             redis.clone(),
             RouterConfig::default(),
             shutdown.child_token(),
         );
+        let stats = Stats::default();
         let mut queue_config = QueueConfig::new(config.jobs_key.clone());
         queue_config.instance = config.instance.clone();
+        queue_config.stats = stats.clone();
         let queue = JobQueue::open(&redis, queue_config).await?;
         let conn = redis.connection().await?;
         let outbox = Outbox::spawn(conn.clone(), DEFAULT_CAPACITY);
         let claims = Claims::new(
-            conn,
+            conn.clone(),
             outbox.clone(),
             queue.keys().clone(),
             config.instance.clone(),
@@ -200,6 +207,32 @@ impl Agent {
                 async move { claims.close_out(jobs, &inbound).await }
             })
         };
+        let monitor = Monitor::new(
+            stats.clone(),
+            inbound.clone(),
+            router.clone(),
+            conn.clone(),
+            cancel.clone(),
+        );
+        let probe = monitor.spawn_switch_probe(shutdown.child_token());
+        monitor.watch("the outbound listener", &outbound_task);
+        monitor.watch("the control router", &router_task);
+        monitor.watch("the queue heartbeat", &maintenance);
+        monitor.watch("the FreeSWITCH event router", &dispatcher);
+        monitor.watch("the FreeSWITCH probe", &probe);
+        {
+            // The outbox's backlog, as the `redswitch_outbox_pending` gauge.
+            let (outbox, gauge, stop) = (outbox.clone(), stats.outbox_pending.clone(), shutdown.clone());
+            tokio::spawn(async move {
+                loop {
+                    gauge.set(i64::try_from(outbox.pending()).unwrap_or(i64::MAX));
+                    tokio::select! {
+                        () = stop.cancelled() => return,
+                        () = tokio::time::sleep(Duration::from_secs(1)) => {}
+                    }
+                }
+            });
+        }
 
         // The switch's sessions-per-second limit, now and after reconnects.
         config.call.pacer.read_limit(&inbound).await;
@@ -222,6 +255,7 @@ impl Agent {
             settings: config.call.clone(),
             calls: Arc::new(Semaphore::new(config.max_calls.max(1))),
             call_tasks: TaskTracker::new(),
+            stats,
         };
         {
             // `/ready` turns false the moment the drain begins.
@@ -234,7 +268,7 @@ impl Agent {
         let stop = cancel.clone();
         let hangup_all = hangup.clone();
         let drain_timeout = config.drain_timeout;
-        tasks.spawn(async move {
+        let jobs_task = tasks.spawn(async move {
             worker.take_jobs(&stop).await;
             worker.drain(drain_timeout, &hangup_all).await;
             worker.release().await;
@@ -247,13 +281,16 @@ impl Agent {
             }
             shutdown.cancel();
             dispatcher.abort();
+            probe.abort();
             let _ = router_task.await;
             let _ = maintenance.await;
         });
+        monitor.watch("the job loop", &jobs_task);
         tracing::info!(%listen, %advertise, instance = %config.instance, "agent started");
         Ok(Self {
             listen,
             instance: config.instance,
+            monitor,
             tasks,
             cancel,
             hangup,
@@ -261,6 +298,11 @@ impl Agent {
             outbox,
             claims,
         })
+    }
+
+    /// The agent's health and metrics, for [`crate::ops`].
+    pub fn monitor(&self) -> &Monitor {
+        &self.monitor
     }
 
     /// Whether the drain has begun (no new jobs are taken).
@@ -298,23 +340,6 @@ impl Agent {
     }
 }
 
-/// `redswitch serve`: runs until `cancel` (the drain), and `hangup` (end
-/// every call now).
-pub async fn serve(
-    config: AgentConfig,
-    cancel: CancellationToken,
-    hangup: CancellationToken,
-) -> Result<(), AgentError> {
-    let agent = Agent::start(config, cancel).await?;
-    let all = agent.hangup_token();
-    tokio::spawn(async move {
-        hangup.cancelled().await;
-        all.cancel();
-    });
-    agent.stopped().await;
-    Ok(())
-}
-
 struct Worker {
     queue: Arc<JobQueue>,
     dialer: Dialer,
@@ -325,6 +350,7 @@ struct Worker {
     settings: CallSettings,
     calls: Arc<Semaphore>,
     call_tasks: TaskTracker,
+    stats: Stats,
 }
 
 impl Worker {
@@ -378,6 +404,7 @@ impl Worker {
                 }
             };
             let turn = turns.next();
+            let meter = self.stats.call();
             let job = JobRun {
                 queue: self.queue.clone(),
                 dialer: self.dialer.clone(),
@@ -386,10 +413,14 @@ impl Worker {
                 claims: self.claims.clone(),
                 settings: self.settings.clone(),
             };
-            self.call_tasks.spawn(async move {
-                let _permit = permit;
-                job.run(taken, turn).await;
-            });
+            let span = tracing::info_span!("call", dial_id = tracing::field::Empty);
+            self.call_tasks.spawn(
+                async move {
+                    let _permit = permit;
+                    job.run(taken, turn, meter).await;
+                }
+                .instrument(span),
+            );
         }
     }
 
@@ -450,10 +481,13 @@ struct JobRun {
 impl JobRun {
     /// Runs one job; `turn` keeps originates in the order jobs were taken
     /// (released, by being dropped, on every early return).
-    async fn run(self, taken: TakenJob, turn: Turn) {
+    async fn run(self, taken: TakenJob, turn: Turn, meter: CallMeter) {
         let job = match job::parse(taken.raw()) {
             Ok(job) => job,
             Err(bad) => {
+                if let Some(dial_id) = &bad.dial_id {
+                    tracing::Span::current().record("dial_id", tracing::field::display(dial_id));
+                }
                 let reason = bad.reason();
                 tracing::warn!(%reason, "bad job dead-lettered");
                 if let Some(dial_id) = &bad.dial_id {
@@ -469,6 +503,7 @@ impl JobRun {
                 return;
             }
         };
+        tracing::Span::current().record("dial_id", tracing::field::display(&job.dial_id));
         let dial_id = job.dial_id.clone();
         let switch = claims::core_uuid(self.dialer.inbound())
             .await
@@ -505,6 +540,7 @@ impl JobRun {
             job,
             events.clone(),
             turn,
+            meter,
         )
         .await;
         match started {
@@ -517,6 +553,7 @@ impl JobRun {
                 return;
             }
             Err(StartError::NotAttempted(refused)) if refused.refused => {
+                self.queue.config().stats.jobs_dead_lettered.inc();
                 let dead_letter = vec![self.queue.dead_letter_cmd(&taken, &refused.cause)];
                 if let Err(error) = self.outbox.push("dead-letter", dead_letter) {
                     tracing::error!(%error, "could not queue a dead letter");
@@ -535,6 +572,7 @@ impl JobRun {
     /// Keeps a job that will not run on the dead-letter list and
     /// acknowledges it, through the outbox.
     fn dead_letter(&self, taken: TakenJob, reason: &str) {
+        self.queue.config().stats.jobs_dead_lettered.inc();
         let cmds = vec![
             self.queue.dead_letter_cmd(&taken, reason),
             self.queue.ack_cmd(&taken),

@@ -74,6 +74,7 @@ use crate::service::control::{ControlMessage, ControlRouter, PlaySide, RouterErr
 use crate::service::events::{CallEvents, Event, MediaDoneReason, RecordDoneReason, Side};
 use crate::service::job::AspCallJob;
 use crate::service::pacing::{Pacer, THROTTLE_BACKOFF, Turn, sessions_of};
+use crate::service::stats::CallMeter;
 use crate::service::validate::{Media, PhoneNumber};
 use crate::switch::app::{DialError, Dialer, Originate, Progress, Ringing};
 use crate::switch::{Call, CallEvents as LegEvents};
@@ -81,6 +82,7 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
 
 /// What the caller hears while the callee rings (North American ringback,
 /// until broken).
@@ -266,6 +268,15 @@ impl Leg {
         }
     }
 
+    /// The leg's channel uuid, once dialled (for the `leg` span).
+    fn uuid(&self) -> Option<&str> {
+        match self {
+            Leg::Ringing(p) => Some(p.ringing.uuid()),
+            Leg::Up(call, _) => Some(call.uuid()),
+            _ => None,
+        }
+    }
+
     /// Cancel-safe: state lives in the leg, not in this future.
     async fn news(&mut self) -> LegNews {
         match self {
@@ -375,6 +386,8 @@ pub struct AspCall {
     recording: Option<Recording>,
     reports_tx: mpsc::Sender<Report>,
     reports: mpsc::Receiver<Report>,
+    /// Counts the call and sees what it publishes.
+    meter: CallMeter,
 }
 
 impl AspCall {
@@ -391,6 +404,7 @@ impl AspCall {
         job: AspCallJob,
         events: CallEvents,
         mut turn: Turn,
+        meter: CallMeter,
     ) -> Result<Self, StartError> {
         let control = match router.subscribe(&job.dial_id).await {
             Ok(sub) => Some(sub),
@@ -423,6 +437,7 @@ impl AspCall {
             recording: None,
             reports_tx,
             reports,
+            meter,
         };
         let req = call.originate(
             Side::Caller,
@@ -484,6 +499,8 @@ impl AspCall {
     }
 
     async fn publish(&self, event: Event) {
+        self.meter.published(&event);
+        tracing::debug!(event = event.event_type(), "publishing");
         if let Err(error) = self.events.publish(&event).await {
             tracing::warn!(dial_id = %self.job.dial_id, %error, event = event.event_type(), "could not publish");
         }
@@ -597,6 +614,7 @@ impl AspCall {
         }
     }
 
+    #[tracing::instrument(name = "leg", skip_all, fields(side = side.number(), uuid = self.legs[side.number() as usize].uuid()))]
     async fn on_news(&mut self, side: Side, news: LegNews) {
         let i = side.number() as usize;
         match news {
@@ -787,9 +805,12 @@ impl AspCall {
                 };
                 // Eavesdrop runs until the target hangs up; it starts in
                 // listen-only mode (muted).
-                tokio::spawn(async move {
-                    let _ = call.execute("eavesdrop", &target).await;
-                });
+                tokio::spawn(
+                    async move {
+                        let _ = call.execute("eavesdrop", &target).await;
+                    }
+                    .in_current_span(),
+                );
             }
         }
     }
@@ -811,11 +832,13 @@ impl AspCall {
     /// `stop-record`) is published after the `ack`, as every other
     /// consequence of a control message is.
     async fn on_control(&mut self, msg: ControlMessage) {
+        let received = Instant::now();
         let (answer, then) = match self.control_result(&msg).await {
             Ok(then) => (msg.ack(), then),
             Err(refusal) => (msg.error(refusal.to_string()), None),
         };
         self.publish(answer).await;
+        self.meter.control_answered(received);
         if let Some(event) = then {
             self.publish(event).await;
         }

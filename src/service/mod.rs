@@ -22,6 +22,8 @@
 //! - [`pacing`]: originates paced under FreeSWITCH's sessions-per-second
 //!   limit.
 //! - [`agent`]: `redswitch serve`: takes jobs, runs calls, routes control.
+//! - [`stats`]: what the agent counts (jobs, calls, hangups, timings).
+//! - [`monitor`]: a running agent's liveness, readiness and readings.
 //!
 //! This is the only part of the agent that talks to Redis (the tester
 //! tools `push`, `control` and `demo` talk to it as any producer or
@@ -43,7 +45,6 @@
 //! | `{redswitch_history.<org_id>.<user_id>}.call.<token>` | hash: a call's sequence number and which sides ended | as the claim while live; 10 min after the end |
 //! | `redswitch_history.<org_id>.<user_id>` | list of published JSON | 4 h, re-set on each write |
 //! | `redswitch.<dial_id>.<org_id>.<user_id>` | list of `ACTIVE.<side>` | 24 h, re-set on each write |
-//! | `{redswitch_history.<org_id>.<user_id>}.sent.<dial_id>` | set of the call's written event numbers (a retried write is not repeated) | 4 h, re-set on each write |
 //! | channel `<dial_id>` | pub/sub: events out, control in | — |
 
 pub mod agent;
@@ -54,7 +55,9 @@ pub mod events;
 pub mod job;
 pub mod outbox;
 pub mod pacing;
+pub mod monitor;
 pub mod queue;
 pub mod retry;
+pub mod stats;
 pub mod store;
 pub mod validate;

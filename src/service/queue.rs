@@ -129,6 +129,8 @@ pub struct QueueConfig {
     pub take_timeout: Duration,
     /// How many dead letters are kept.
     pub dead_cap: usize,
+    /// Where jobs taken, requeued and dead-lettered are counted.
+    pub stats: super::stats::Stats,
 }
 
 impl QueueConfig {
@@ -143,6 +145,7 @@ impl QueueConfig {
             reap_every: Duration::from_secs(5),
             take_timeout: Duration::from_secs(1),
             dead_cap: DEFAULT_DEAD_CAP,
+            stats: super::stats::Stats::default(),
         }
     }
 
@@ -516,6 +519,9 @@ impl JobQueue {
         )
         .await;
         let raw = taken.inspect_err(|_| self.inner.suspect.store(true, Ordering::Relaxed))?;
+        if raw.is_some() {
+            self.inner.config.stats.jobs_taken.inc();
+        }
         Ok(raw.map(|raw| {
             self.inner.hold(&raw);
             TakenJob { raw }
@@ -615,6 +621,7 @@ impl JobQueue {
         })
         .await?;
         self.inner.release_hold(&job.raw);
+        self.inner.config.stats.jobs_requeued.inc();
         Ok(())
     }
 
@@ -634,6 +641,7 @@ impl JobQueue {
             async move { cmd.query_async::<()>(&mut conn).await }
         })
         .await?;
+        self.inner.config.stats.jobs_dead_lettered.inc();
         self.ack(job).await?;
         Ok(())
     }
@@ -699,6 +707,11 @@ impl JobQueue {
                 async move { cmd.query_async(&mut conn).await }
             })
             .await?;
+        self.inner
+            .config
+            .stats
+            .jobs_requeued
+            .inc_by(u64::try_from(moved).unwrap_or(u64::MAX));
         Ok((moved, kept.into_iter().map(TakenJob::from_raw).collect()))
     }
 

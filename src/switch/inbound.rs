@@ -135,6 +135,8 @@ struct Shared {
     connected: AtomicBool,
     /// Events dropped because the stream was full.
     dropped: AtomicU64,
+    /// Connections re-established after a loss.
+    reconnects: AtomicU64,
 }
 
 /// A subscription command that succeeded and must be replayed after a
@@ -400,6 +402,11 @@ impl InboundClient {
     /// False while the client is reconnecting.
     pub fn is_connected(&self) -> bool {
         self.shared.connected.load(Ordering::Acquire)
+    }
+
+    /// How many times the connection was re-established after a loss.
+    pub fn reconnects(&self) -> u64 {
+        self.shared.reconnects.load(Ordering::Relaxed)
     }
 
     /// Events dropped so far because the [`EventStream`] was full.
@@ -782,6 +789,7 @@ impl Driver {
                 None => return,
             }
             self.sink.shared.connected.store(true, Ordering::Release);
+            self.sink.shared.reconnects.fetch_add(1, Ordering::Relaxed);
             tracing::info!(addr = %self.cfg.addr, "reconnected to FreeSWITCH");
         }
     }

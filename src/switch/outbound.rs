@@ -288,7 +288,8 @@ async fn handshake(
         );
     }
     let (call, driver) = call::new_leg(reader, writer, data, &prepared.internal, config.limits());
-    tokio::spawn(driver.run());
+    let span = tracing::info_span!("leg", uuid = %call.uuid());
+    tokio::spawn(tracing::Instrument::instrument(driver.run(), span));
     Ok(call)
 }
 
