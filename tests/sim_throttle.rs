@@ -343,7 +343,7 @@ async fn trace_13_burst() -> Option<()> {
         "+OK hangup all channels with cause NORMAL_CLEARING\n"
     );
     assert_eq!(c.job(&waiting[0]).await, "-ERR NORMAL_CLEARING\n");
-    support::wait_until("every channel gone", WAIT, || {
+    support::eventually("every channel gone", WAIT, || {
         let sim = sim.clone();
         async move { sim.channels().is_empty() }
     })
@@ -353,8 +353,7 @@ async fn trace_13_burst() -> Option<()> {
     Some(())
 }
 
-#[allow(dead_code)]
-mod support;
+use redswitch_test_support as support;
 
 #[tokio::test]
 async fn a_burst_over_the_limit_is_refused_as_in_trace_13() {
@@ -452,7 +451,7 @@ async fn redswitch_sim_takes_sessions_per_second() {
         .stderr(std::process::Stdio::null())
         .spawn()
         .expect("run redswitch sim");
-    support::wait_until("the simulator listens", WAIT, || async move {
+    support::eventually("the simulator listens", WAIT, || async move {
         TcpStream::connect(addr).await.is_ok()
     })
     .await;
@@ -591,7 +590,7 @@ async fn originate_variables_find_and_end_the_legs_of_one_instance() {
         "+OK hangup all channels matching [redswitch_instance]=[agent-1] with cause: MANAGER_REQUEST\n"
     );
     assert_eq!(c.hangup_cause(&mine).await, "MANAGER_REQUEST");
-    support::wait_until("both legs of the first call gone", WAIT, || {
+    support::eventually("both legs of the first call gone", WAIT, || {
         let sim = sim.clone();
         async move { sim.channels().len() == 2 }
     })
@@ -603,7 +602,7 @@ async fn originate_variables_find_and_end_the_legs_of_one_instance() {
         "+OK hangup all channels matching [dial_id]=[d-2] with cause: MANAGER_REQUEST\n"
     );
     assert_eq!(c.hangup_cause(&other).await, "MANAGER_REQUEST");
-    support::wait_until("every channel gone", WAIT, || {
+    support::eventually("every channel gone", WAIT, || {
         let sim = sim.clone();
         async move { sim.channels().is_empty() }
     })
