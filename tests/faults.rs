@@ -614,7 +614,11 @@ async fn sigterm_drains_live_calls_then_exits() {
     f.wait_answered(&b).await;
 
     f.agents[0].signal(libc::SIGTERM);
-    // No job is taken any more.
+    // Once the signal is handled, no job is taken any more.
+    eventually("SIGTERM handled", Duration::from_secs(10), || {
+        std::future::ready(f.agents[0].log().contains("stopping: no new jobs"))
+    })
+    .await;
     let waiting = f.push(CALLEE).await;
     tokio::time::sleep(Duration::from_secs(3)).await;
     let queued: Vec<String> = f.redis().await.lrange(JOBS, 0, -1).await.unwrap();

@@ -10,9 +10,9 @@ use std::net::SocketAddr;
 use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::time::Duration;
+use support::eventually;
 use support::redis_server::RedisServer;
 use support::stack::{Follower, JOBS, job};
-use support::eventually;
 
 const PATIENCE: Duration = Duration::from_secs(20);
 

@@ -36,9 +36,9 @@ use crate::service::claims::{self, Claim, ClaimConfig, Claims};
 use crate::service::control::{ControlRouter, RouterConfig};
 use crate::service::events::{CallEvents, Event, publish_only_cmd};
 use crate::service::job;
+use crate::service::monitor::Monitor;
 use crate::service::outbox::{DEFAULT_CAPACITY, Outbox, Receipt};
 use crate::service::pacing::{Turn, Turns};
-use crate::service::monitor::Monitor;
 use crate::service::queue::{JobQueue, QueueConfig, QueueError, TakenJob};
 use crate::service::stats::{CallMeter, Stats};
 use crate::service::store::{RedisClient, StoreError};
@@ -222,7 +222,11 @@ impl Agent {
         monitor.watch("the FreeSWITCH probe", &probe);
         {
             // The outbox's backlog, as the `redswitch_outbox_pending` gauge.
-            let (outbox, gauge, stop) = (outbox.clone(), stats.outbox_pending.clone(), shutdown.clone());
+            let (outbox, gauge, stop) = (
+                outbox.clone(),
+                stats.outbox_pending.clone(),
+                shutdown.clone(),
+            );
             tokio::spawn(async move {
                 loop {
                     gauge.set(i64::try_from(outbox.pending()).unwrap_or(i64::MAX));
