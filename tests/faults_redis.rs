@@ -78,7 +78,7 @@ impl Legs {
         tokio::spawn(async move {
             let _client = client;
             while let Some(e) = events.recv().await {
-                if let Some(dial_id) = e.header("variable_redswitch_dial_id") {
+                if let Some(dial_id) = e.header("variable_dial_id") {
                     *counts
                         .lock()
                         .unwrap()
