@@ -145,6 +145,16 @@ pub struct Config {
         global = true
     )]
     pub sessions_per_second: Option<u32>,
+    /// After SIGTERM, how long live calls may go on before they are hung
+    /// up (a second SIGTERM or Ctrl-C hangs up at once). E.g. `10m`, `30s`.
+    #[arg(
+        long,
+        env = "REDSWITCH_DRAIN_TIMEOUT",
+        default_value = "10m",
+        value_parser = parse_duration,
+        global = true
+    )]
+    pub drain_timeout: Duration,
     /// `text` or `json` log lines (RUST_LOG sets levels).
     #[arg(long, env = "REDSWITCH_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text, global = true)]
     pub log_format: LogFormat,

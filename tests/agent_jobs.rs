@@ -5,6 +5,7 @@
 
 use redswitch_test_support as support;
 
+use redswitch::service::claims;
 use redswitch::service::queue::{JobQueue, QueueConfig};
 use redswitch::service::store::RedisClient;
 use serde_json::{Value, json};
@@ -281,10 +282,7 @@ async fn a_dial_id_reused_while_its_call_is_live_is_refused() {
     again["dial_id"] = json!(dial_id);
     stack.push_raw(&again.to_string()).await;
     let failure = f.expect("failure").await;
-    assert_eq!(
-        failure["cause"],
-        "dial_id already has an active call on this instance"
-    );
+    assert_eq!(failure["cause"], claims::DIAL_ID_CLAIMED);
     support::eventually("dead-lettered", Duration::from_secs(5), || {
         let stack = &stack;
         async move { !stack.lrange(&format!("{JOBS}.dead")).await.is_empty() }
@@ -318,6 +316,35 @@ async fn a_dial_id_reused_while_its_call_is_live_is_refused() {
     f.answer(Some("hangup")).await;
     f.drain(Duration::from_millis(400)).await;
     assert_eq!(f.answers(), 2, "{:#?}", f.seen);
+    stack.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dial_id_live_on_one_instance_is_refused_by_every_instance() {
+    let stack = Stack::start(2).await;
+    let (mut f, dial_id) = stack.bridged_call("15105625882", "14157697098").await;
+    let sessions = stack.sessions_since_startup().await;
+    // Pushed several times: both agents take some (Redis hands each job to
+    // the longest waiter), and each refuses it through the claim.
+    let mut again = job("15105620000", "14150000000");
+    again["dial_id"] = json!(dial_id);
+    for _ in 0..4 {
+        stack.push_raw(&again.to_string()).await;
+        let failure = f.expect("failure").await;
+        assert_eq!(failure["cause"], claims::DIAL_ID_CLAIMED);
+    }
+    support::eventually("dead-lettered", Duration::from_secs(5), || {
+        let stack = &stack;
+        async move { stack.lrange(&format!("{JOBS}.dead")).await.len() == 4 }
+    })
+    .await;
+    assert_eq!(
+        stack.sessions_since_startup().await,
+        sessions,
+        "nothing dialled"
+    );
+    stack.publish(&dial_id, r#"{"type":"hangup"}"#).await;
+    f.hangups(&[0, 1]).await;
     stack.stop().await;
 }
 

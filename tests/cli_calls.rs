@@ -4,7 +4,7 @@
 //! channel whose `dial_id` no call owns, and exits 1 until they are gone.
 
 #[allow(dead_code)]
-mod support;
+use redswitch_test_support as support;
 
 use redis::AsyncCommands;
 use redswitch::switch::{InboundClient, InboundConfig};
@@ -95,7 +95,10 @@ async fn calls_lists_a_live_call_with_sides_and_age() {
 
     // A node list whose first entry is down: the standalone server that
     // answered is the one used.
-    let dead = format!("redis://127.0.0.1:{}", support::redis::free_port(false));
+    let dead = format!(
+        "redis://127.0.0.1:{}",
+        support::redis_server::free_port(false)
+    );
     let mut argv = calls_args(&stack, &["--json"]);
     argv[1] = format!("{dead},{}", stack.redis.url());
     let out = redswitch(argv).await;
@@ -196,7 +199,7 @@ async fn check_switch_marks_calls_without_legs_and_orphan_channels() {
     for uuid in ["leg-orphan", "leg-half-0"] {
         client.api(&format!("uuid_kill {uuid}")).await.unwrap();
     }
-    support::wait_until("killed channels gone", Duration::from_secs(10), || async {
+    support::eventually("killed channels gone", Duration::from_secs(10), || async {
         stack.sim.channels().len() == 3
     })
     .await;
@@ -207,7 +210,7 @@ async fn check_switch_marks_calls_without_legs_and_orphan_channels() {
     // FreeSWITCH unreachable: one error line, exit 1.
     let mut argv = calls_args(&stack, &["--check-switch"]);
     let port = argv.iter().position(|a| a == "--esl-port").unwrap() + 1;
-    argv[port] = support::redis::free_port(false).to_string();
+    argv[port] = support::redis_server::free_port(false).to_string();
     let out = redswitch(argv).await;
     assert_eq!(out.status.code(), Some(1));
     let stderr = text(&out.stderr);

@@ -4,8 +4,7 @@
 //! garbage message either got its one `error` or was counted in a log line
 //! (at most one a second).
 
-#[allow(dead_code)]
-mod support;
+use redswitch_test_support as support;
 
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
@@ -115,7 +114,7 @@ async fn garbage_flood_then_hangup_goes_through_and_every_message_is_accounted_f
         assert_eq!(causes[&0], "NORMAL_CLEARING");
         assert_eq!(causes[&1], "NORMAL_CLEARING");
         let sim = &stack.sim;
-        support::wait_until(
+        support::eventually(
             "no channel in the simulator",
             Duration::from_secs(10),
             || async { sim.channels().is_empty() },

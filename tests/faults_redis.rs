@@ -5,8 +5,7 @@
 //! fate is written (the processing list ends empty), no job is dialled
 //! twice, no active key or channel is left.
 
-#[allow(dead_code)]
-mod support;
+use redswitch_test_support as support;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -24,7 +23,7 @@ use redswitch::service::validate::Id;
 use redswitch::sim::{SimConfig, Simulator};
 use redswitch::switch::{InboundClient, InboundConfig};
 use serde_json::{Value, json};
-use support::redis::RedisServer;
+use support::redis_server::RedisServer;
 use support::stack::{Follower, JOBS, Stack, agent_config, job};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -79,7 +78,7 @@ impl Legs {
         tokio::spawn(async move {
             let _client = client;
             while let Some(e) = events.recv().await {
-                if let Some(dial_id) = e.header("variable_redswitch_dial_id") {
+                if let Some(dial_id) = e.header("variable_dial_id") {
                     *counts
                         .lock()
                         .unwrap()
@@ -208,7 +207,7 @@ async fn nothing_left(stack: &Stack, legs: &Legs, jobs: &[&Value]) {
     }
     let processing = format!("{{{JOBS}}}.processing.{}", stack.agents[0].instance);
     let mut con = stack.redis().await;
-    support::wait_until("empty processing list", Duration::from_secs(10), || {
+    support::eventually("empty processing list", Duration::from_secs(10), || {
         let mut con = con.clone();
         let processing = processing.clone();
         async move { con.llen::<_, usize>(&processing).await.unwrap() == 0 }
@@ -219,7 +218,7 @@ async fn nothing_left(stack: &Stack, legs: &Legs, jobs: &[&Value]) {
     let dead: usize = con.llen(format!("{JOBS}.dead")).await.unwrap();
     assert_eq!(dead, 0);
     let sim = &stack.sim;
-    support::wait_until("no channel left", Duration::from_secs(10), || async {
+    support::eventually("no channel left", Duration::from_secs(10), || async {
         sim.channels().is_empty()
     })
     .await;

@@ -2,8 +2,7 @@
 //! call's lines carry its `dial_id` (and a leg's its side and uuid), and a
 //! bad job is logged once.
 
-#[allow(dead_code)]
-mod support;
+use redswitch_test_support as support;
 
 use redswitch::sim::{SimConfig, Simulator};
 use std::io::{BufRead, BufReader};
@@ -11,9 +10,9 @@ use std::net::SocketAddr;
 use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::time::Duration;
-use support::redis::RedisServer;
+use support::eventually;
+use support::redis_server::RedisServer;
 use support::stack::{Follower, JOBS, job};
-use support::wait_until;
 
 const PATIENCE: Duration = Duration::from_secs(20);
 
@@ -128,7 +127,7 @@ async fn calls_log_their_dial_id_and_bad_jobs_are_logged_once() {
         .unwrap();
     f.hangups(&[0, 1]).await;
     let seen = read_until(&lines, "call ended");
-    wait_until("the dead letter", PATIENCE, || async {
+    eventually("the dead letter", PATIENCE, || async {
         let mut con = client.get_multiplexed_async_connection().await.unwrap();
         let n: i64 = redis::cmd("LLEN")
             .arg(format!("{JOBS}.dead"))

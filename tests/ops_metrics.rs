@@ -1,16 +1,15 @@
 //! Metrics, health and readiness of a real agent (redis-server and the
 //! FreeSWITCH simulator), scraped over HTTP as Prometheus would.
 
-#[allow(dead_code)]
-mod support;
+use redswitch_test_support as support;
 
 use redswitch::ops::OpsServer;
 use redswitch::sim::Simulator;
 use std::net::SocketAddr;
 use std::process::Command;
 use std::time::Duration;
+use support::eventually;
 use support::stack::{JOBS, Stack, job};
-use support::wait_until;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio_util::sync::CancellationToken;
@@ -57,7 +56,7 @@ async fn sample(addr: SocketAddr, name: &str) -> f64 {
 }
 
 async fn wait_sample(addr: SocketAddr, name: &str, check: impl Fn(f64) -> bool) {
-    wait_until(name, PATIENCE, || async { check(sample(addr, name).await) }).await;
+    eventually(name, PATIENCE, || async { check(sample(addr, name).await) }).await;
 }
 
 async fn wait_status(addr: SocketAddr, path: &str, code: u16, reason: &str) -> String {

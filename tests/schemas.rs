@@ -5,7 +5,7 @@
 //! of its `type`.
 
 #[allow(dead_code)]
-mod support;
+use redswitch_test_support as support;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
@@ -518,7 +518,7 @@ async fn every_message_of_real_call_flows_matches_its_schema() {
             "the job schema accepts {raw}"
         );
     }
-    support::wait_until("4 dead letters", Duration::from_secs(10), || async {
+    support::eventually("4 dead letters", Duration::from_secs(10), || async {
         stack.dead_letters().await.len() == 4
     })
     .await;

@@ -248,7 +248,7 @@ async fn garbage_spends_its_own_budget_and_never_blocks_commands() {
     }
     publish(&mut f.conn, "flooded", r#"{"type":"hangup"}"#).await;
     let router = f.router.clone();
-    support::wait_until("the flood counted", Duration::from_secs(5), || {
+    support::eventually("the flood counted", Duration::from_secs(5), || {
         let router = router.clone();
         async move { router.unanswered() == 95 }
     })

@@ -62,6 +62,7 @@ pub fn agent_config(config: &Config) -> Result<AgentConfig, ServeError> {
         },
         max_calls: 10_000,
         instance: instance_id(),
+        drain_timeout: config.drain_timeout,
     })
 }
 
@@ -81,28 +82,40 @@ pub fn instance_id() -> String {
     format!("{host}-{}-{}", std::process::id(), &random[..8])
 }
 
-/// Cancels `token` on Ctrl-C or SIGTERM.
-pub fn cancel_on_signal(token: CancellationToken) {
+/// The first Ctrl-C or SIGTERM cancels `drain` (no new jobs; live calls
+/// go on), the second cancels `hangup` (every call hung up now).
+pub fn cancel_on_signal(drain: CancellationToken, hangup: CancellationToken) {
     tokio::spawn(async move {
         #[cfg(unix)]
-        {
+        let mut term = {
             use tokio::signal::unix::{SignalKind, signal};
-            match signal(SignalKind::terminate()) {
-                Ok(mut term) => {
-                    tokio::select! {
-                        _ = tokio::signal::ctrl_c() => {}
-                        _ = term.recv() => {}
+            signal(SignalKind::terminate()).ok()
+        };
+        for (n, token) in [drain, hangup].into_iter().enumerate() {
+            #[cfg(unix)]
+            {
+                let term_recv = async {
+                    match &mut term {
+                        Some(term) => {
+                            term.recv().await;
+                        }
+                        None => std::future::pending().await,
                     }
-                }
-                Err(_) => {
-                    let _ = tokio::signal::ctrl_c().await;
+                };
+                tokio::select! {
+                    _ = tokio::signal::ctrl_c() => {}
+                    () = term_recv => {}
                 }
             }
+            #[cfg(not(unix))]
+            let _ = tokio::signal::ctrl_c().await;
+            if n == 0 {
+                tracing::info!("stopping: no new jobs, waiting for calls in progress");
+            } else {
+                tracing::warn!("second signal: hanging up every call");
+            }
+            token.cancel();
         }
-        #[cfg(not(unix))]
-        let _ = tokio::signal::ctrl_c().await;
-        tracing::info!("stopping: no new jobs, waiting for calls in progress");
-        token.cancel();
     });
 }
 
@@ -113,9 +126,15 @@ pub async fn serve(config: &Config) -> Result<(), ServeError> {
         Some(addr) => Some(crate::ops::OpsServer::bind(addr).await?),
         None => None,
     };
-    let cancel = CancellationToken::new();
-    cancel_on_signal(cancel.clone());
-    let agent = agent::Agent::start(agent_config, cancel).await?;
+    let drain = CancellationToken::new();
+    let hangup = CancellationToken::new();
+    cancel_on_signal(drain.clone(), hangup.clone());
+    let agent = agent::Agent::start(agent_config, drain).await?;
+    let all = agent.hangup_token();
+    tokio::spawn(async move {
+        hangup.cancelled().await;
+        all.cancel();
+    });
     // Kept up until the calls are over, answering /ready with 503.
     let ops_stop = CancellationToken::new();
     if let Some(ops) = ops {

@@ -7,27 +7,37 @@
 //! themselves, and no job is taken while FreeSWITCH is away (jobs wait in
 //! Redis, where another instance may take them).
 //!
-//! A job's fate is decided once FreeSWITCH accepted the first originate, or
-//! the job was refused (dead-lettered, `failure` published); only then is it
-//! removed from this instance's processing list.
+//! Every write to Redis (events, history, active keys, claims, dead
+//! letters, acknowledgements) goes through one [`Outbox`], in order, and
+//! survives a Redis outage (see [`crate::service::outbox`]).
 //!
-//! A job whose `dial_id` is the channel of a call still live on this
-//! instance is refused: `failure` ("dial_id already has an active call on
-//! this instance") is published on that channel, the job is dead-lettered
-//! with that reason, nothing is dialled, and the live call goes on (its
-//! control messages keep getting exactly one answer). The guard is per
-//! instance: two instances each holding a live call with one `dial_id`
-//! would both obey, and both answer, its control messages. Once a call has
-//! ended (also while it lingers answering "call has ended"), its `dial_id`
-//! may be used again. A job whose instance dies
-//! before that goes back to the queue (see [`crate::service::queue`]); one
-//! whose call was already placed is not dialled twice.
+//! Before dialling, a job is claimed (see [`crate::service::claims`]): a
+//! job with the `dial_id` of a live call on any instance is refused
+//! (`failure` "dial_id already has an active call", dead-lettered), and a
+//! claimed job stays on this instance's processing list until its call
+//! ended, so that should this instance die, another one closes the call out
+//! instead of dialling it again.
+//!
+//! # Shutdown
+//!
+//! Cancelling the agent's token (SIGTERM or Ctrl-C in `serve`) starts a
+//! drain: no job is taken from then on (a job whose take was under way
+//! goes back to the queue undialled), while control, the leg listener and
+//! the outbox go on until every live call has ended; then the undialled
+//! jobs go back to the queue, the outbox is flushed (for up to 2 s) and
+//! the agent stops. After the drain timeout, or at once on
+//! [`Agent::hang_up_all`] (a second signal), every remaining leg is killed
+//! with cause `MANAGER_REQUEST`; each call publishes its `hangup-event`s as
+//! usual and ends. [`Agent::draining`] tells whether the drain has begun
+//! (for `/ready`).
 
 use crate::service::asp_call::{AspCall, CallSettings, StartError};
+use crate::service::claims::{self, Claim, ClaimConfig, Claims};
 use crate::service::control::{ControlRouter, RouterConfig};
-use crate::service::events::CallEvents;
+use crate::service::events::{CallEvents, Event, publish_only_cmd};
 use crate::service::job;
 use crate::service::monitor::Monitor;
+use crate::service::outbox::{DEFAULT_CAPACITY, Outbox, Receipt};
 use crate::service::pacing::{Turn, Turns};
 use crate::service::queue::{JobQueue, QueueConfig, QueueError, TakenJob};
 use crate::service::stats::{CallMeter, Stats};
@@ -39,10 +49,18 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::TcpListener;
-use tokio::sync::Semaphore;
+use tokio::sync::{Semaphore, watch};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::Instrument;
+
+/// The default `--drain-timeout`.
+pub const DEFAULT_DRAIN_TIMEOUT: Duration = Duration::from_secs(600);
+/// The cause legs are killed with when the drain ends them: FreeSWITCH's
+/// cause for a hangup asked through the API (its `hangup-event`s carry it).
+pub const SHUTDOWN_CAUSE: &str = "MANAGER_REQUEST";
+/// How long the outbox may take to flush once the last call ended.
+const FINAL_FLUSH: Duration = Duration::from_secs(2);
 
 /// Everything `serve` needs.
 #[derive(Debug, Clone)]
@@ -69,6 +87,9 @@ pub struct AgentConfig {
     pub max_calls: usize,
     /// This instance's id (processing list, liveness key, leg filter).
     pub instance: String,
+    /// After the drain began, how long live calls may go on before they
+    /// are hung up (`--drain-timeout`).
+    pub drain_timeout: Duration,
 }
 
 /// Why the agent could not start or had to stop.
@@ -105,10 +126,15 @@ pub struct Agent {
     monitor: Monitor,
     tasks: TaskTracker,
     cancel: CancellationToken,
+    hangup: CancellationToken,
+    draining: watch::Receiver<bool>,
+    outbox: Outbox,
+    claims: Claims,
 }
 
 impl Agent {
-    /// Starts every part; returns once the agent takes jobs.
+    /// Starts every part; returns once the agent takes jobs. Cancelling
+    /// `cancel` starts the drain (see the module doc).
     pub async fn start(config: AgentConfig, cancel: CancellationToken) -> Result<Self, AgentError> {
         let redis = RedisClient::connect(&config.redis_url, config.redis_timeout).await?;
         let listener =
@@ -133,6 +159,9 @@ impl Agent {
         let (dialer, dispatcher) =
             Dialer::start(inbound.clone(), events, &advertise, &config.instance).await?;
 
+        // Stops the listener, the router and the maintenance once the last
+        // call ended; the calls need them until then.
+        let shutdown = CancellationToken::new();
         let tasks = TaskTracker::new();
         let outbound = OutboundListener::from_listener(
             listener,
@@ -143,16 +172,38 @@ impl Agent {
             },
         );
         let outbound_task =
-            tasks.spawn(outbound.serve(dialer.handler(reject_unknown), cancel.child_token()));
-        let (router, router_task) =
-            ControlRouter::spawn(redis.clone(), RouterConfig::default(), cancel.child_token());
+            tasks.spawn(outbound.serve(dialer.handler(reject_unknown), shutdown.child_token()));
+        let (router, router_task) = ControlRouter::spawn(
+            redis.clone(),
+            RouterConfig::default(),
+            shutdown.child_token(),
+        );
         let stats = Stats::default();
         let mut queue_config = QueueConfig::new(config.jobs_key.clone());
         queue_config.instance = config.instance.clone();
         queue_config.stats = stats.clone();
         let queue = JobQueue::open(&redis, queue_config).await?;
-        let maintenance = queue.spawn_maintenance(cancel.child_token());
         let conn = redis.connection().await?;
+        let outbox = Outbox::spawn(conn.clone(), DEFAULT_CAPACITY);
+        let claims = Claims::new(
+            conn.clone(),
+            outbox.clone(),
+            queue.keys().clone(),
+            config.instance.clone(),
+            // Claims outlive the longest call FreeSWITCH lets run.
+            ClaimConfig {
+                max_call_duration: config.call.max_call_duration,
+            },
+        );
+        let maintenance = {
+            let claims = claims.clone();
+            let inbound = inbound.clone();
+            queue.spawn_maintenance_with(shutdown.child_token(), move |jobs| {
+                let claims = claims.clone();
+                let inbound = inbound.clone();
+                async move { claims.close_out(jobs, &inbound).await }
+            })
+        };
         let monitor = Monitor::new(
             stats.clone(),
             inbound.clone(),
@@ -160,12 +211,29 @@ impl Agent {
             conn.clone(),
             cancel.clone(),
         );
-        let probe = monitor.spawn_switch_probe(cancel.child_token());
+        let probe = monitor.spawn_switch_probe(shutdown.child_token());
         monitor.watch("the outbound listener", &outbound_task);
         monitor.watch("the control router", &router_task);
         monitor.watch("the queue heartbeat", &maintenance);
         monitor.watch("the FreeSWITCH event router", &dispatcher);
         monitor.watch("the FreeSWITCH probe", &probe);
+        {
+            // The outbox's backlog, as the `redswitch_outbox_pending` gauge.
+            let (outbox, gauge, stop) = (
+                outbox.clone(),
+                stats.outbox_pending.clone(),
+                shutdown.clone(),
+            );
+            tokio::spawn(async move {
+                loop {
+                    gauge.set(i64::try_from(outbox.pending()).unwrap_or(i64::MAX));
+                    tokio::select! {
+                        () = stop.cancelled() => return,
+                        () = tokio::time::sleep(Duration::from_secs(1)) => {}
+                    }
+                }
+            });
+        }
 
         // The switch's sessions-per-second limit, now and after reconnects.
         config.call.pacer.read_limit(&inbound).await;
@@ -174,22 +242,45 @@ impl Agent {
                 .call
                 .pacer
                 .clone()
-                .follow(inbound.clone(), cancel.child_token()),
+                .follow(inbound.clone(), shutdown.child_token()),
         );
+        let (draining_tx, draining) = watch::channel(false);
+        let hangup = CancellationToken::new();
         let worker = Worker {
             queue: Arc::new(queue),
             dialer,
             router,
             inbound,
-            conn,
+            outbox: outbox.clone(),
+            claims: claims.clone(),
             settings: config.call.clone(),
             calls: Arc::new(Semaphore::new(config.max_calls.max(1))),
-            tasks: tasks.clone(),
+            call_tasks: TaskTracker::new(),
             stats,
         };
+        {
+            // `/ready` turns false the moment the drain begins.
+            let cancel = cancel.clone();
+            tokio::spawn(async move {
+                cancel.cancelled().await;
+                draining_tx.send_replace(true);
+            });
+        }
         let stop = cancel.clone();
+        let hangup_all = hangup.clone();
+        let drain_timeout = config.drain_timeout;
         let jobs_task = tasks.spawn(async move {
-            worker.take_jobs(stop).await;
+            worker.take_jobs(&stop).await;
+            worker.drain(drain_timeout, &hangup_all).await;
+            worker.release().await;
+            let left = worker.outbox.flush(FINAL_FLUSH).await;
+            if left > 0 {
+                tracing::error!(
+                    entries = left,
+                    "Redis unreachable at exit: events and state not written"
+                );
+            }
+            shutdown.cancel();
             dispatcher.abort();
             probe.abort();
             let _ = router_task.await;
@@ -203,6 +294,10 @@ impl Agent {
             monitor,
             tasks,
             cancel,
+            hangup,
+            draining,
+            outbox,
+            claims,
         })
     }
 
@@ -211,7 +306,34 @@ impl Agent {
         &self.monitor
     }
 
-    /// Waits until the agent stopped (after `cancel`), with every call task.
+    /// Whether the drain has begun (no new jobs are taken).
+    pub fn draining(&self) -> watch::Receiver<bool> {
+        self.draining.clone()
+    }
+
+    /// The outbox every write goes through (its pending count is a gauge).
+    pub fn outbox(&self) -> &Outbox {
+        &self.outbox
+    }
+
+    /// Live calls on this instance.
+    pub fn live_calls(&self) -> usize {
+        self.claims.live_calls()
+    }
+
+    /// Starts the drain if it has not begun, and hangs every call up now.
+    pub fn hang_up_all(&self) {
+        self.cancel.cancel();
+        self.hangup.cancel();
+    }
+
+    /// A handle that does what [`hang_up_all`](Self::hang_up_all) does, for
+    /// a signal handler.
+    pub fn hangup_token(&self) -> CancellationToken {
+        self.hangup.clone()
+    }
+
+    /// Waits until the agent stopped (after `cancel` and the drain).
     pub async fn stopped(self) {
         self.cancel.cancelled().await;
         self.tasks.close();
@@ -219,27 +341,21 @@ impl Agent {
     }
 }
 
-/// `redswitch serve`: runs until `cancel`.
-pub async fn serve(config: AgentConfig, cancel: CancellationToken) -> Result<(), AgentError> {
-    let agent = Agent::start(config, cancel).await?;
-    agent.stopped().await;
-    Ok(())
-}
-
 struct Worker {
     queue: Arc<JobQueue>,
     dialer: Dialer,
     router: ControlRouter,
     inbound: InboundClient,
-    conn: crate::service::store::RedisConn,
+    outbox: Outbox,
+    claims: Claims,
     settings: CallSettings,
     calls: Arc<Semaphore>,
-    tasks: TaskTracker,
+    call_tasks: TaskTracker,
     stats: Stats,
 }
 
 impl Worker {
-    async fn take_jobs(&self, stop: CancellationToken) {
+    async fn take_jobs(&self, stop: &CancellationToken) {
         let mut backoff = crate::backoff::Backoff::RECONNECT.attempts();
         let mut turns = Turns::default();
         while !stop.is_cancelled() {
@@ -260,8 +376,9 @@ impl Worker {
             // `take` blocks for at most its timeout; letting it finish keeps
             // a job from being moved while nobody waits for it.
             let taken = match self.queue.take().await {
-                // The link dropped while `take` was blocked: the job waits.
-                Ok(Some(job)) if !self.inbound.is_connected() => {
+                // The link dropped, or the drain began, while `take` was
+                // blocked: the job waits, undialled.
+                Ok(Some(job)) if !self.inbound.is_connected() || stop.is_cancelled() => {
                     if let Err(error) = self.queue.give_back(&job).await {
                         tracing::warn!(%error, "could not return a job to the queue; the reaper will");
                     }
@@ -288,74 +405,197 @@ impl Worker {
                 }
             };
             let turn = turns.take();
-            let queue = self.queue.clone();
-            let dialer = self.dialer.clone();
-            let router = self.router.clone();
-            let conn = self.conn.clone();
-            let settings = self.settings.clone();
             let meter = self.stats.call();
+            let job = JobRun {
+                queue: self.queue.clone(),
+                dialer: self.dialer.clone(),
+                router: self.router.clone(),
+                outbox: self.outbox.clone(),
+                claims: self.claims.clone(),
+                settings: self.settings.clone(),
+            };
             let span = tracing::info_span!("call", dial_id = tracing::field::Empty);
-            self.tasks.spawn(
+            self.call_tasks.spawn(
                 async move {
                     let _permit = permit;
-                    handle_job(queue, dialer, router, conn, settings, taken, meter, turn).await;
+                    job.run(taken, turn, meter).await;
                 }
                 .instrument(span),
             );
         }
+    }
+
+    /// Waits for every call to end; past `timeout`, or once `hangup` fires,
+    /// kills their legs (again every second, for legs dialled meanwhile).
+    async fn drain(&self, timeout: Duration, hangup: &CancellationToken) {
+        self.call_tasks.close();
+        let live = self.call_tasks.len();
+        if live > 0 {
+            tracing::info!(
+                calls = live,
+                ?timeout,
+                "draining: no new jobs, waiting for live calls"
+            );
+        }
+        tokio::select! {
+            () = self.call_tasks.wait() => return,
+            () = tokio::time::sleep(timeout) => {
+                tracing::warn!(calls = self.call_tasks.len(), "drain timeout: hanging up the remaining calls");
+            }
+            () = hangup.cancelled() => {
+                tracing::warn!(calls = self.call_tasks.len(), "hanging up every call now");
+            }
+        }
+        loop {
+            for uuid in self.claims.live_legs() {
+                let _ = self.dialer.kill(&uuid, SHUTDOWN_CAUSE).await;
+            }
+            tokio::select! {
+                () = self.call_tasks.wait() => return,
+                () = tokio::time::sleep(Duration::from_secs(1)) => {}
+            }
+        }
+    }
+
+    /// Gives the undialled jobs back and withdraws this instance.
+    async fn release(&self) {
         match self.queue.release().await {
             Ok(0) => {}
-            Ok(n) => tracing::info!(jobs = n, "returned undecided jobs to the queue"),
-            Err(error) => tracing::warn!(%error, "could not return undecided jobs"),
+            Ok(n) => tracing::info!(jobs = n, "returned undialled jobs to the queue"),
+            Err(error) => {
+                tracing::warn!(%error, "could not return undialled jobs; the reaper will")
+            }
         }
     }
 }
 
-async fn handle_job(
+/// What one job's task needs.
+struct JobRun {
     queue: Arc<JobQueue>,
     dialer: Dialer,
     router: ControlRouter,
-    conn: crate::service::store::RedisConn,
+    outbox: Outbox,
+    claims: Claims,
     settings: CallSettings,
-    taken: TakenJob,
-    meter: CallMeter,
-    turn: Turn,
-) {
-    let job = match job::parse(taken.raw()) {
-        Ok(job) => job,
-        Err(bad) => {
-            if let Some(dial_id) = &bad.dial_id {
-                tracing::Span::current().record("dial_id", tracing::field::display(dial_id));
+}
+
+impl JobRun {
+    /// Runs one job; `turn` keeps originates in the order jobs were taken
+    /// (released, by being dropped, on every early return).
+    async fn run(self, taken: TakenJob, turn: Turn, meter: CallMeter) {
+        let job = match job::parse(taken.raw()) {
+            Ok(job) => job,
+            Err(bad) => {
+                if let Some(dial_id) = &bad.dial_id {
+                    tracing::Span::current().record("dial_id", tracing::field::display(dial_id));
+                }
+                let reason = bad.reason();
+                tracing::warn!(%reason, "bad job dead-lettered");
+                if let Some(dial_id) = &bad.dial_id {
+                    let failure = Event::Failure {
+                        cause: reason.clone(),
+                    };
+                    let notice = vec![publish_only_cmd(dial_id, &failure)];
+                    if let Err(error) = self.outbox.push("bad-job", notice) {
+                        tracing::error!(%error, "could not queue a failure notice");
+                    }
+                }
+                self.dead_letter(taken, &reason);
+                return;
             }
-            if let Err(error) = queue.reject(&taken, &bad).await {
-                tracing::error!(%error, "could not dead-letter a bad job");
+        };
+        tracing::Span::current().record("dial_id", tracing::field::display(&job.dial_id));
+        let dial_id = job.dial_id.clone();
+        let switch = claims::core_uuid(self.dialer.inbound())
+            .await
+            .unwrap_or_default();
+        let record = match self.claims.claim(&taken, &job, &switch).await {
+            Ok(Claim::Claimed(record)) => record,
+            Ok(Claim::Held { by }) => {
+                tracing::warn!(%dial_id, holder = %by, "job refused: its dial_id has a live call");
+                let events = CallEvents::for_job(self.outbox.clone(), &job);
+                let failure = Event::Failure {
+                    cause: claims::DIAL_ID_CLAIMED.into(),
+                };
+                if let Err(error) = events.publish(&failure).await {
+                    tracing::warn!(%dial_id, %error, "could not publish failure");
+                }
+                self.dead_letter(taken, claims::DIAL_ID_CLAIMED);
+                return;
             }
-            return;
+            Err(error) => {
+                // Unclaimed, so undialled: another instance (or this one)
+                // will do it.
+                tracing::warn!(%dial_id, %error, "could not claim the job; returned to the queue");
+                if let Err(error) = self.queue.give_back(&taken).await {
+                    tracing::warn!(%error, "could not return a job to the queue; the reaper will");
+                }
+                return;
+            }
+        };
+        let events = self.claims.events(&record, &job);
+        let started = AspCall::start(
+            self.dialer.clone(),
+            &self.router,
+            self.settings.clone(),
+            job,
+            events.clone(),
+            turn,
+            meter,
+        )
+        .await;
+        match started {
+            Err(StartError::SwitchAway(error)) => {
+                // Nothing was dialled: another instance (or this one, once
+                // FreeSWITCH is back) will do it.
+                tracing::warn!(%dial_id, %error, "FreeSWITCH went away; job returned to the queue");
+                let receipt = self.claims.give_back(&record, &taken);
+                self.forget_once_written(receipt, taken);
+                return;
+            }
+            Err(StartError::NotAttempted(refused)) if refused.refused => {
+                self.queue.config().stats.jobs_dead_lettered.inc();
+                let dead_letter = vec![self.queue.dead_letter_cmd(&taken, &refused.cause)];
+                if let Err(error) = self.outbox.push("dead-letter", dead_letter) {
+                    tracing::error!(%error, "could not queue a dead letter");
+                }
+            }
+            Err(StartError::NotAttempted(_)) => {}
+            Ok(call) => {
+                call.run().await;
+                tracing::debug!(%dial_id, "call ended");
+            }
         }
-    };
-    tracing::Span::current().record("dial_id", tracing::field::display(&job.dial_id));
-    let events = CallEvents::for_job(conn, &job);
-    let dial_id = job.dial_id.clone();
-    let started = AspCall::start(dialer, &router, settings, job, events, meter, turn).await;
-    // Placed, or answered with `failure`: either way the job is decided. A
-    // job refused for its reused dial_id is kept with the bad ones.
-    let decided = match &started {
-        Err(StartError::NotAttempted(refused)) if refused.refused => {
-            queue.dead_letter(&taken, &refused.cause).await
-        }
-        Err(StartError::SwitchAway(error)) => {
-            // Not decided: another instance (or this one, once FreeSWITCH
-            // is back) will do it.
-            tracing::warn!(%dial_id, %error, "FreeSWITCH went away; job returned to the queue");
-            queue.give_back(&taken).await
-        }
-        _ => queue.ack(&taken).await.map(drop),
-    };
-    if let Err(error) = decided {
-        tracing::error!(%dial_id, %error, "could not record the job's fate");
+        let receipt = self.claims.finish(&record, &taken, &events);
+        self.forget_once_written(receipt, taken);
     }
-    if let Ok(call) = started {
-        call.run().await;
-        tracing::debug!(%dial_id, "call ended");
+
+    /// Keeps a job that will not run on the dead-letter list and
+    /// acknowledges it, through the outbox.
+    fn dead_letter(&self, taken: TakenJob, reason: &str) {
+        self.queue.config().stats.jobs_dead_lettered.inc();
+        let cmds = vec![
+            self.queue.dead_letter_cmd(&taken, reason),
+            self.queue.ack_cmd(&taken),
+        ];
+        let receipt = self
+            .outbox
+            .push("dead-letter", cmds)
+            .inspect_err(|error| tracing::error!(%error, "could not queue a dead letter"))
+            .ok();
+        self.forget_once_written(receipt, taken);
+    }
+
+    /// The queue keeps holding a job until its removal from the processing
+    /// list is written (however long Redis is away): a take retried after
+    /// a lost reply must not mistake it for a job nobody holds.
+    fn forget_once_written(&self, receipt: Option<Receipt>, taken: TakenJob) {
+        let Some(receipt) = receipt else { return };
+        let queue = self.queue.clone();
+        tokio::spawn(async move {
+            if receipt.done().await.is_some() {
+                queue.forget(&taken);
+            }
+        });
     }
 }

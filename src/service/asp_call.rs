@@ -73,8 +73,8 @@ use crate::esl::{CallCommand, Command, Event as FsEvent, Execute, SendMsg};
 use crate::service::control::{ControlMessage, ControlRouter, PlaySide, RouterError, Subscription};
 use crate::service::events::{CallEvents, Event, MediaDoneReason, RecordDoneReason, Side};
 use crate::service::job::AspCallJob;
-use crate::service::stats::CallMeter;
 use crate::service::pacing::{Pacer, THROTTLE_BACKOFF, Turn, sessions_of};
+use crate::service::stats::CallMeter;
 use crate::service::validate::{Media, PhoneNumber};
 use crate::switch::app::{DialError, Dialer, Originate, Progress, Ringing};
 use crate::switch::{Call, CallEvents as LegEvents};
@@ -268,7 +268,7 @@ impl Leg {
         }
     }
 
-    /// The leg's channel uuid once it was dialled (for its log span).
+    /// The leg's channel uuid, once dialled (for the `leg` span).
     fn uuid(&self) -> Option<&str> {
         match self {
             Leg::Ringing(p) => Some(p.ringing.uuid()),
@@ -403,8 +403,8 @@ impl AspCall {
         settings: CallSettings,
         job: AspCallJob,
         events: CallEvents,
-        meter: CallMeter,
         mut turn: Turn,
+        meter: CallMeter,
     ) -> Result<Self, StartError> {
         let control = match router.subscribe(&job.dial_id).await {
             Ok(sub) => Some(sub),
@@ -449,6 +449,7 @@ impl AspCall {
         turn.release();
         match placed {
             Ok(ringing) => {
+                call.events.leg_dialled(Side::Caller, ringing.uuid());
                 call.legs[0] = Leg::Ringing(Box::new(Placed {
                     ringing,
                     dial: Dial { req, refusals: 0 },
@@ -721,6 +722,7 @@ impl AspCall {
         }
         match self.dialer.originate(&dial.req).await {
             Ok(ringing) => {
+                self.events.leg_dialled(side, ringing.uuid());
                 self.legs[i] = Leg::Ringing(Box::new(Placed {
                     ringing,
                     dial,

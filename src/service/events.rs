@@ -1,45 +1,34 @@
 //! The messages Redswitch publishes and the Redis state kept with
 //! them (docs/PROTOCOL.md, events and keys).
 //!
-//! For one call, [`CallEvents`] writes each event in one round trip:
+//! For one call, [`CallEvents`] writes each event through the agent's
+//! [`Outbox`] (in order with everything else, surviving Redis outages):
 //!
 //! | key | type | what | expiry |
 //! |---|---|---|---|
 //! | channel `<dial_id>` | pub/sub | `PUBLISH` of the event JSON | — |
 //! | `redswitch_history.<org_id>.<user_id>` | list | `RPUSH` of the same JSON; deleted by [`CallEvents::start_call`] | 4 h, re-set on each write |
-//! | `redswitch.<dial_id>.<org_id>.<user_id>` | list | `ACTIVE.<side>` pushed on `answer-event` (once), `LREM`-ed on `hangup-event` | 24 h, re-set on each write |
-//! | `{redswitch_history.<org_id>.<user_id>}.sent.<dial_id>` | set | the ids (`<writer>:<sequence>`) of the call's events already written | 4 h, re-set on each write |
+//! | `redswitch.<dial_id>.<org_id>.<user_id>` | list | `ACTIVE.<side>` pushed on `answer-event`, `LREM`-ed on `hangup-event` | 24 h, re-set on each write |
+//! | `{redswitch_history.<org_id>.<user_id>}.call.<token>` | hash | the call's last sequence number `seq`, `started`, and per side `s<n>` = `a` (answered) or `h` (its `hangup-event` is written) | the claim's TTL while the call is live, 10 min once it ended |
 //!
-//! The state keys are written before the `PUBLISH`, so a controller
-//! reacting to an event already sees the state it describes. On a
-//! standalone Redis all of an event's writes are one Lua script: one round
-//! trip, atomic, and history order equals publish order even with several
-//! writers. On a cluster the two keys live in different slots (their names
-//! are fixed by the protocol, so no hash tag can join them) and no script may
-//! span slots: the active-list writes go first as their own script, then
-//! the history and the `PUBLISH` as another — two round trips.
-//!
-//! # Idempotency
-//!
-//! A `PUBLISH` or an `RPUSH` to the history run twice is a duplicate, so an
-//! event write whose connection broke could not simply be sent again. Each
-//! event gets an id: a random id of its [`CallEvents`] (a later call may
-//! reuse the `dial_id`) and a sequence number. The script that appends to
-//! the history and publishes first adds that id to the call's `sent` set
-//! (in the history's slot) and does nothing if it was there. The
-//! active-list writes are idempotent by themselves (`LREM` before the
-//! `RPUSH`). So [`CallEvents::publish`] is idempotent and is retried on a
-//! fresh connection after a broken one (see [`retry`](super::retry)).
+//! Each event is two commands, each on one hash slot (so this works on a
+//! cluster too, where the history and active keys sit in different slots):
+//! first the active-list change (so a controller reacting to the event
+//! already sees the state it describes), then one Lua script that appends
+//! the event to the history, updates the call state and publishes it.
+//! Both are idempotent: the script does nothing for a sequence number the
+//! call has already written (a retry after a lost reply), and an
+//! `ACTIVE.<side>` item is pushed only when absent. The call state is what
+//! another instance reads to close the call out should this one die (see
+//! [`super::claims`]).
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 
 use redis::aio::ConnectionLike;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use super::job::AspCallJob;
-use super::retry::{Idempotency, with_retry};
-use super::store::RedisConn;
+use super::outbox::{Outbox, OutboxError, Written};
 use super::validate::Id;
 
 /// History lists live this long after their last write.
@@ -247,6 +236,12 @@ pub enum EventsError {
     /// Redis failed; the event may not have been published.
     #[error("publishing event: {0}")]
     Redis(#[from] redis::RedisError),
+    /// The outbox is full (Redis away for long): the event was dropped.
+    #[error(transparent)]
+    Dropped(#[from] OutboxError),
+    /// Redis refused the event's commands (not an outage).
+    #[error("Redis refused the event's commands")]
+    Refused,
 }
 
 /// `redswitch_history.<org_id>.<user_id>`.
@@ -264,71 +259,82 @@ pub fn active_item(side: Side) -> String {
     format!("ACTIVE.{}", side.number())
 }
 
-/// `{redswitch_history.<org_id>.<user_id>}.sent.<dial_id>`: the call's
-/// written event numbers, in the history's cluster slot (the tag is the
-/// history key itself, which hashes the same).
-pub fn sent_key(dial_id: &Id, org_id: &Id, user_id: &Id) -> String {
-    format!("{{{}}}.sent.{dial_id}", history_key(org_id, user_id))
+/// The call-state hash kept next to the history (same hash slot, so the
+/// event script updates both atomically): `{<history>}.call.<token>`.
+pub fn call_state_key(history: &str, token: &str) -> String {
+    format!("{{{history}}}.call.{token}")
 }
 
-/// Appends an event to the history and publishes it, once per event id.
-/// KEYS: history, sent set. ARGV: event id, JSON, channel, reset
-/// the history first ("1"/"0"), history TTL.
-const HISTORY_AND_PUBLISH: &str = r"
-if redis.call('SADD', KEYS[2], ARGV[1]) == 0 then
-  return 0
-end
-redis.call('EXPIRE', KEYS[2], ARGV[5])
-if ARGV[4] == '1' then
-  redis.call('DEL', KEYS[1])
-end
-redis.call('RPUSH', KEYS[1], ARGV[2])
-redis.call('EXPIRE', KEYS[1], ARGV[5])
-redis.call('PUBLISH', ARGV[3], ARGV[2])
-return 1
-";
+/// How long a call's state hash lives after its last write while the call
+/// is live; set per call from the claim TTL (the longest a call may last).
+pub const DEFAULT_STATE_TTL_SECS: i64 = 5 * 3600;
+/// How long it lives once the call has ended (late control answers may
+/// still be written).
+pub const ENDED_STATE_TTL_SECS: i64 = 600;
 
-/// The whole write of one event on a standalone Redis: the active list
-/// (KEYS[3]; ARGV[6] "push", "remove" or "", ARGV[7] the item, ARGV[8] its
-/// TTL), then [`HISTORY_AND_PUBLISH`].
-const ACTIVE_THEN_HISTORY_AND_PUBLISH: &str = r"
-if redis.call('SISMEMBER', KEYS[2], ARGV[1]) == 1 then
-  return 0
-end
-if ARGV[6] ~= '' then
-  redis.call('LREM', KEYS[3], 0, ARGV[7])
-  if ARGV[6] == 'push' then
-    redis.call('RPUSH', KEYS[3], ARGV[7])
+/// The event script. Appends the event to the history and publishes it
+/// only when its sequence number is newer than the call's last one, so a
+/// retry after a lost reply changes nothing. On a standalone Redis it also
+/// makes the event's active-list change (a third key), so the whole event
+/// is one atomic round trip; on a cluster that change is
+/// [`ACTIVE_SCRIPT`], sent first.
+///
+/// KEYS: history, call state[, active list]. ARGV: seq, json, reset (`1`
+/// deletes the history first), history TTL, state TTL, channel, state
+/// field (or ``), its value[, `add`/`rem`/``, item, active TTL].
+const EVENT_SCRIPT: &str = r"
+local last = tonumber(redis.call('HGET', KEYS[2], 'seq') or '0')
+if tonumber(ARGV[1]) <= last then return 0 end
+if KEYS[3] and ARGV[9] ~= '' then
+  if ARGV[9] == 'add' then
+    if not redis.call('LPOS', KEYS[3], ARGV[10]) then redis.call('RPUSH', KEYS[3], ARGV[10]) end
+  else
+    redis.call('LREM', KEYS[3], 0, ARGV[10])
   end
-  redis.call('EXPIRE', KEYS[3], ARGV[8])
+  if redis.call('EXISTS', KEYS[3]) == 1 then redis.call('EXPIRE', KEYS[3], ARGV[11]) end
 end
-redis.call('SADD', KEYS[2], ARGV[1])
-redis.call('EXPIRE', KEYS[2], ARGV[5])
-if ARGV[4] == '1' then
-  redis.call('DEL', KEYS[1])
-end
+if ARGV[3] == '1' then redis.call('DEL', KEYS[1]) end
 redis.call('RPUSH', KEYS[1], ARGV[2])
-redis.call('EXPIRE', KEYS[1], ARGV[5])
-redis.call('PUBLISH', ARGV[3], ARGV[2])
+redis.call('EXPIRE', KEYS[1], ARGV[4])
+redis.call('HSET', KEYS[2], 'seq', ARGV[1])
+if ARGV[7] ~= '' then redis.call('HSET', KEYS[2], ARGV[7], ARGV[8]) end
+redis.call('EXPIRE', KEYS[2], ARGV[5])
+redis.call('PUBLISH', ARGV[6], ARGV[2])
 return 1
 ";
 
-/// The active-list writes alone (a cluster's first round trip): KEYS[1]
-/// the list, ARGV as ARGV[6..8] above. Idempotent by itself.
-const ACTIVE: &str = r"
-redis.call('LREM', KEYS[1], 0, ARGV[2])
-if ARGV[1] == 'push' then
-  redis.call('RPUSH', KEYS[1], ARGV[2])
+/// The active-list script: `add` pushes the item only when absent, `rem`
+/// removes it; either re-sets the expiry while the list exists.
+///
+/// KEYS: active list. ARGV: `add`/`rem`, item, TTL.
+const ACTIVE_SCRIPT: &str = r"
+if ARGV[1] == 'add' then
+  if not redis.call('LPOS', KEYS[1], ARGV[2]) then redis.call('RPUSH', KEYS[1], ARGV[2]) end
+else
+  redis.call('LREM', KEYS[1], 0, ARGV[2])
 end
-redis.call('EXPIRE', KEYS[1], ARGV[3])
+if redis.call('EXISTS', KEYS[1]) == 1 then redis.call('EXPIRE', KEYS[1], ARGV[3]) end
 return 1
 ";
 
-/// An event with its id within its call, written at most once however
-/// often [`CallEvents::write`] is called with it.
+/// An `EVAL` of `script` with `keys` and `args`.
+pub(crate) fn eval(script: &str, keys: &[&str], args: &[&str]) -> redis::Cmd {
+    let mut cmd = redis::cmd("EVAL");
+    cmd.arg(script).arg(keys.len());
+    for k in keys {
+        cmd.arg(*k);
+    }
+    for a in args {
+        cmd.arg(*a);
+    }
+    cmd
+}
+
+/// An event with its place in the call's sequence, to be written (perhaps
+/// more than once) with [`CallEvents::write`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NumberedEvent {
-    id: String,
+    seq: u64,
     event: Event,
     reset_history: bool,
 }
@@ -344,19 +350,28 @@ struct CallKeys {
     dial_id: Id,
     history: String,
     active: String,
-    sent: String,
-    /// Tells this writer's event ids from those of another call that
-    /// reuses the `dial_id`.
-    writer: u64,
-    /// The next event's sequence number.
-    next_seq: AtomicU64,
+    /// This call's token (unique per call, also when a `dial_id` is
+    /// reused): names its state hash.
+    token: String,
+    state: String,
+    /// The last sequence number given out.
+    seq: std::sync::atomic::AtomicU64,
+    /// The state hash's TTL in seconds (shortened once the call ended).
+    state_ttl: std::sync::atomic::AtomicI64,
+    /// Where the legs of the call are recorded, for a call that holds a
+    /// claim.
+    record: Option<super::claims::CallRecord>,
+    /// Held while a sequence number is taken and its entry queued, so the
+    /// outbox order and the sequence agree when several tasks publish.
+    order: std::sync::Mutex<()>,
 }
 
-/// Publishes the events of one call and keeps its Redis state. Clones share
-/// the keys and the connection, so the tasks of both legs can hold one.
+/// Publishes the events of one call and keeps its Redis state, through an
+/// [`Outbox`]. Clones share the keys, the sequence and the outbox, so the
+/// tasks of both legs can hold one.
 #[derive(Clone)]
 pub struct CallEvents {
-    conn: RedisConn,
+    outbox: Outbox,
     keys: Arc<CallKeys>,
 }
 
@@ -366,29 +381,60 @@ impl std::fmt::Debug for CallEvents {
             .field("dial_id", &self.keys.dial_id)
             .field("history", &self.keys.history)
             .field("active", &self.keys.active)
+            .field("token", &self.keys.token)
             .finish()
     }
 }
 
 impl CallEvents {
-    /// Events for the call `dial_id` of `user_id` in `org_id`.
-    pub fn new(conn: RedisConn, dial_id: &Id, org_id: &Id, user_id: &Id) -> Self {
+    /// Events for the call `dial_id` of `user_id` in `org_id`, written
+    /// through `outbox` (a [`RedisConn`](super::store::RedisConn) gets an
+    /// outbox of its own).
+    pub fn new(outbox: impl Into<Outbox>, dial_id: &Id, org_id: &Id, user_id: &Id) -> Self {
+        let token = uuid::Uuid::new_v4().simple().to_string();
+        Self::resume(outbox.into(), dial_id, org_id, user_id, token, 0, None)
+    }
+
+    /// Events for the call of `job`.
+    pub fn for_job(outbox: impl Into<Outbox>, job: &AspCallJob) -> Self {
+        Self::new(outbox, &job.dial_id, &job.org_id, &job.user_id)
+    }
+
+    /// Events of a call whose `token` is known and whose last written
+    /// sequence number is `seq`: a claimed call (with `record`), or a dead
+    /// instance's call being closed out.
+    pub(crate) fn resume(
+        outbox: Outbox,
+        dial_id: &Id,
+        org_id: &Id,
+        user_id: &Id,
+        token: String,
+        seq: u64,
+        record: Option<super::claims::CallRecord>,
+    ) -> Self {
+        let history = history_key(org_id, user_id);
         Self {
-            conn,
+            outbox,
             keys: Arc::new(CallKeys {
                 dial_id: dial_id.clone(),
-                history: history_key(org_id, user_id),
                 active: active_key(dial_id, org_id, user_id),
-                sent: sent_key(dial_id, org_id, user_id),
-                writer: rand::random(),
-                next_seq: AtomicU64::new(0),
+                state: call_state_key(&history, &token),
+                history,
+                token,
+                seq: std::sync::atomic::AtomicU64::new(seq),
+                state_ttl: std::sync::atomic::AtomicI64::new(DEFAULT_STATE_TTL_SECS),
+                record,
+                order: std::sync::Mutex::new(()),
             }),
         }
     }
 
-    /// Events for the call of `job`.
-    pub fn for_job(conn: RedisConn, job: &AspCallJob) -> Self {
-        Self::new(conn, &job.dial_id, &job.org_id, &job.user_id)
+    /// Sets how long the call's state hash lives while the call is live.
+    pub(crate) fn set_state_ttl(&self, ttl: std::time::Duration) {
+        let secs = i64::try_from(ttl.as_secs()).unwrap_or(i64::MAX).max(1);
+        self.keys
+            .state_ttl
+            .store(secs, std::sync::atomic::Ordering::Relaxed);
     }
 
     /// The call's channel (its `dial_id`).
@@ -406,125 +452,175 @@ impl CallEvents {
         &self.keys.active
     }
 
-    /// The call has started: deletes the user's history, then publishes
-    /// `call-start` and makes it the history's first entry. Idempotent (see
-    /// the module doc); retried after a broken connection.
-    pub async fn start_call(&self) -> Result<(), EventsError> {
-        self.write(&self.call_start()).await
+    /// The call's state hash (sequence number, which sides ended).
+    pub fn state_key(&self) -> &str {
+        &self.keys.state
     }
 
-    /// Publishes `event`, appends it to the history and updates the
-    /// active-call list for answers and hangups: one round trip. Idempotent
-    /// (see the module doc); retried after a broken connection.
-    pub async fn publish(&self, event: &Event) -> Result<(), EventsError> {
-        self.write(&self.numbered(event.clone())).await
+    /// The outbox the events go through.
+    pub fn outbox(&self) -> &Outbox {
+        &self.outbox
     }
 
-    /// `call-start`, numbered, for [`write`](Self::write).
-    pub fn call_start(&self) -> NumberedEvent {
-        let mut numbered = self.numbered(Event::CallStart {
-            dial_id: self.keys.dial_id.to_string(),
-        });
-        numbered.reset_history = true;
-        numbered
-    }
-
-    /// Gives `event` its id, for [`write`](Self::write): a caller that keeps
-    /// an event to write again later (after an outage longer than the
-    /// retries) keeps it numbered, so a write that went through unseen is
-    /// not repeated.
-    pub fn numbered(&self, event: Event) -> NumberedEvent {
-        let seq = self.keys.next_seq.fetch_add(1, Ordering::Relaxed);
-        NumberedEvent {
-            id: format!("{:x}:{seq}", self.keys.writer),
-            event,
-            reset_history: false,
+    /// FreeSWITCH accepted the originate of `side`'s leg `uuid`: recorded
+    /// with the call's claim (if it holds one), so that the call can be
+    /// ended by another instance should this one die.
+    pub fn leg_dialled(&self, side: Side, uuid: &str) {
+        if let Some(record) = &self.keys.record {
+            record.leg_dialled(&self.outbox, side, uuid);
         }
     }
 
-    /// Writes a numbered event: publishes it, appends it to the history and
-    /// updates the active-call list, unless it was written before.
-    /// Idempotent; retried after a broken connection.
-    pub async fn write(&self, numbered: &NumberedEvent) -> Result<(), EventsError> {
+    /// The call has started: deletes the user's history, then publishes
+    /// `call-start` and makes it the history's first entry.
+    pub async fn start_call(&self) -> Result<(), EventsError> {
+        let event = Event::CallStart {
+            dial_id: self.keys.dial_id.to_string(),
+        };
+        self.write_event(event, true).await
+    }
+
+    /// Publishes `event`, appends it to the history and updates the
+    /// active-call list for answers and hangups, through the outbox: in
+    /// order with everything else the agent writes. Returns once written,
+    /// or at once while Redis is away (the outbox then holds the event).
+    pub async fn publish(&self, event: &Event) -> Result<(), EventsError> {
+        self.write_event(event.clone(), false).await
+    }
+
+    /// The commands of one event: on a standalone Redis one script; on a
+    /// cluster the active-list change first (so a controller reacting to
+    /// the event already sees it), then history, call state and publish in
+    /// one script. Each is idempotent and on one hash slot.
+    fn commands(&self, numbered: &NumberedEvent) -> Vec<redis::Cmd> {
+        use std::sync::atomic::Ordering::Relaxed;
         let NumberedEvent {
-            id: event_id,
+            seq,
             event,
             reset_history,
         } = numbered;
         let json = event.to_json();
         let keys = &self.keys;
-        let (op, item) = match event {
-            Event::Answer { side } => ("push", active_item(*side)),
-            Event::Hangup { side, .. } => ("remove", active_item(*side)),
-            _ => ("", String::new()),
+        let active_ttl = ACTIVE_TTL_SECS.to_string();
+        let (active, mark) = match event {
+            Event::CallStart { .. } => (None, Some(("started".to_owned(), "1"))),
+            Event::Answer { side } => (Some(("add", *side)), Some((side_field(*side), "a"))),
+            Event::Hangup { side, .. } => (Some(("rem", *side)), Some((side_field(*side), "h"))),
+            _ => (None, None),
         };
-        let reset = if *reset_history { "1" } else { "0" };
-        let standalone = !self.conn.is_cluster();
-        let written = with_retry(event.event_type(), Idempotency::Idempotent, |_| {
-            let mut conn = self.conn.clone();
-            let (json, item, event_id) = (&json, &item, &event_id);
-            async move {
-                let history = |script: &str| {
-                    let mut eval = redis::cmd("EVAL");
-                    eval.arg(script)
-                        .arg(if standalone { 3 } else { 2 })
-                        .arg(&keys.history)
-                        .arg(&keys.sent);
-                    if standalone {
-                        eval.arg(&keys.active);
-                    }
-                    eval.arg(event_id)
-                        .arg(json)
-                        .arg(keys.dial_id.as_str())
-                        .arg(reset)
-                        .arg(HISTORY_TTL_SECS);
-                    eval
-                };
-                // EVAL rather than EVALSHA: the scripts are short, and a
-                // restarted Redis has an empty script cache.
-                if standalone {
-                    let mut eval = history(ACTIVE_THEN_HISTORY_AND_PUBLISH);
-                    eval.arg(op).arg(item).arg(ACTIVE_TTL_SECS);
-                    return eval.query_async::<i64>(&mut conn).await;
-                }
-                // Cluster: the active list first (its own slot), so a
-                // controller reacting to the publish sees the state.
-                if !op.is_empty() {
-                    redis::cmd("EVAL")
-                        .arg(ACTIVE)
-                        .arg(1)
-                        .arg(&keys.active)
-                        .arg(op)
-                        .arg(item)
-                        .arg(ACTIVE_TTL_SECS)
-                        .query_async::<i64>(&mut conn)
-                        .await?;
-                }
-                history(HISTORY_AND_PUBLISH)
-                    .query_async::<i64>(&mut conn)
-                    .await
-            }
-        })
-        .await?;
-        if written == 0 {
-            tracing::debug!(dial_id = %keys.dial_id, event = %event_id, "event already written by an attempt whose reply was lost");
+        let seq = seq.to_string();
+        let (field, value) = mark.unwrap_or((String::new(), ""));
+        let (op, item) = active.map_or(("", String::new()), |(op, side)| (op, active_item(side)));
+        let mut args = vec![
+            seq.as_str(),
+            &json,
+            if *reset_history { "1" } else { "0" },
+            "",
+            "",
+            keys.dial_id.as_str(),
+            &field,
+            value,
+        ];
+        let (history_ttl, state_ttl) = (
+            HISTORY_TTL_SECS.to_string(),
+            keys.state_ttl.load(Relaxed).to_string(),
+        );
+        args[3] = &history_ttl;
+        args[4] = &state_ttl;
+        if !self.outbox.is_cluster() {
+            args.extend([op, &item, &active_ttl]);
+            return vec![eval(
+                EVENT_SCRIPT,
+                &[&keys.history, &keys.state, &keys.active],
+                &args,
+            )];
         }
-        Ok(())
+        let mut cmds = Vec::with_capacity(2);
+        if !op.is_empty() {
+            cmds.push(eval(
+                ACTIVE_SCRIPT,
+                &[&keys.active],
+                &[op, &item, &active_ttl],
+            ));
+        }
+        cmds.push(eval(EVENT_SCRIPT, &[&keys.history, &keys.state], &args));
+        cmds
+    }
+
+    async fn write_event(&self, event: Event, reset_history: bool) -> Result<(), EventsError> {
+        // The number is taken under the push, so the outbox order and the
+        // sequence agree even when both legs' tasks publish.
+        let receipt = {
+            let _order = self.keys.order.lock().unwrap_or_else(|p| p.into_inner());
+            let mut numbered = self.numbered(event);
+            numbered.reset_history = reset_history;
+            self.outbox
+                .push(numbered.event.event_type(), self.commands(&numbered))?
+        };
+        Self::outcome(receipt).await
+    }
+
+    /// Gives `event` the call's next sequence number, for a caller that
+    /// keeps it to [`write`](Self::write) (again) later. A call's numbered
+    /// events must be written in the order they were numbered: a number
+    /// lower than one already written is taken for a repeat.
+    pub fn numbered(&self, event: Event) -> NumberedEvent {
+        NumberedEvent {
+            seq: self
+                .keys
+                .seq
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+                + 1,
+            event,
+            reset_history: false,
+        }
+    }
+
+    /// Writes a numbered event through the outbox; idempotent (a second
+    /// write of it changes nothing).
+    pub async fn write(&self, numbered: &NumberedEvent) -> Result<(), EventsError> {
+        let receipt = self
+            .outbox
+            .push(numbered.event.event_type(), self.commands(numbered))?;
+        Self::outcome(receipt).await
+    }
+
+    async fn outcome(receipt: super::outbox::Receipt) -> Result<(), EventsError> {
+        match receipt.written().await {
+            Written::Done | Written::Queued => Ok(()),
+            Written::Refused => Err(EventsError::Refused),
+        }
+    }
+
+    /// The call ended: its state hash is kept only a short while for late
+    /// answers; removed with the claim by [`super::claims`].
+    pub(crate) fn ended(&self) {
+        self.set_state_ttl(std::time::Duration::from_secs(ENDED_STATE_TTL_SECS as u64));
     }
 }
 
-/// Publishes `event` on `dial_id` only, without history: for a bad job,
-/// whose `org_id`/`user_id` cannot be trusted to build key names. Not
-/// idempotent (a second `PUBLISH` is a second message) and not retried
-/// here.
+/// The call-state field for `side`: `s0`, `s1`, `s2` (`a` answered, `h`
+/// its `hangup-event` is written).
+pub fn side_field(side: Side) -> String {
+    format!("s{}", side.number())
+}
+
+/// The `PUBLISH` of `event` on `dial_id` only, without history: for a bad
+/// job, whose `org_id`/`user_id` cannot be trusted to build key names.
+pub fn publish_only_cmd(dial_id: &Id, event: &Event) -> redis::Cmd {
+    let mut cmd = redis::cmd("PUBLISH");
+    cmd.arg(dial_id.as_str()).arg(event.to_json());
+    cmd
+}
+
+/// Publishes `event` on `dial_id` only, without history (see
+/// [`publish_only_cmd`]).
 pub async fn publish_only<C: ConnectionLike + Send>(
     conn: &mut C,
     dial_id: &Id,
     event: &Event,
 ) -> Result<(), EventsError> {
-    redis::cmd("PUBLISH")
-        .arg(dial_id.as_str())
-        .arg(event.to_json())
+    publish_only_cmd(dial_id, event)
         .query_async::<()>(conn)
         .await?;
     Ok(())

@@ -8,6 +8,10 @@
 //!   letters.
 //! - [`events`]: the messages Redswitch publishes on a call's channel and
 //!   the history and active-call keys kept with them.
+//! - [`outbox`]: the one ordered path of every write to Redis, which
+//!   holds what it cannot send while Redis is away.
+//! - [`claims`]: dial-once claims, and the close-out of a dead instance's
+//!   calls.
 //! - [`control`]: control messages from controllers, and the router that
 //!   delivers them from one pub/sub connection to each call's mailbox.
 //! - [`store`]: connections to Redis, standalone or cluster.
@@ -33,21 +37,24 @@
 //! | key | type | expiry |
 //! |---|---|---|
 //! | `J` | list of jobs, oldest first | none |
-//! | `T.processing.<instance>` | list: jobs taken, not yet decided | none (emptied by ack or reaper) |
+//! | `T.processing.<instance>` | list: jobs taken, not yet ended | none (emptied as calls end, or by a reaper) |
 //! | `T.alive.<instance>` | string: liveness | 15 s, re-set every 5 s |
 //! | `T.instances` | set of instance ids | none (pruned by the reaper) |
 //! | `J.dead` | list of dead letters | none; capped at 10,000 |
+//! | `T.claim.<dial_id>` | hash: the claim of a live call (instance, token, switch, legs) | max call duration + 15 min; deleted when the call ends |
+//! | `{redswitch_history.<org_id>.<user_id>}.call.<token>` | hash: a call's sequence number and which sides ended | as the claim while live; 10 min after the end |
 //! | `redswitch_history.<org_id>.<user_id>` | list of published JSON | 4 h, re-set on each write |
 //! | `redswitch.<dial_id>.<org_id>.<user_id>` | list of `ACTIVE.<side>` | 24 h, re-set on each write |
-//! | `{redswitch_history.<org_id>.<user_id>}.sent.<dial_id>` | set of the ids of the call's written events (a retried write is not repeated) | 4 h, re-set on each write |
 //! | channel `<dial_id>` | pub/sub: events out, control in | — |
 
 pub mod agent;
 pub mod asp_call;
+pub mod claims;
 pub mod control;
 pub mod events;
 pub mod job;
 pub mod monitor;
+pub mod outbox;
 pub mod pacing;
 pub mod queue;
 pub mod retry;

@@ -3,13 +3,15 @@
 //! Producers `RPUSH` jobs onto the job list; each Redswitch instance moves
 //! the oldest job atomically into a processing list of its own
 //! (`BLMOVE … LEFT RIGHT`), handles it, and removes it from there once the
-//! job's fate is decided ([`JobQueue::ack`], or [`JobQueue::dead_letter`] for
-//! a bad job). An instance proves it is alive by refreshing a liveness key
-//! with a short expiry. Every instance runs a reaper: an instance whose
-//! liveness key expired is dead, and its processing list is moved back to
-//! the **head** of the job list, so those jobs are redone first by a live
-//! instance. A job is therefore never silently dropped, and may run twice
-//! when an instance dies (or stalls past its liveness TTL) after starting it.
+//! job is done: its call ended (see [`crate::service::claims`]), or the job
+//! was refused ([`JobQueue::dead_letter`] for a bad job). An instance
+//! proves it is alive by refreshing a liveness key with a short expiry.
+//! Every instance runs a reaper: an instance whose liveness key expired is
+//! dead, and the jobs of its processing list it had not claimed (never
+//! dialled) are moved back to the **head** of the job list, so those jobs
+//! are redone first by a live instance. Claimed jobs are never redone:
+//! they are handed to the caller of [`JobQueue::reap_dead`] to be closed
+//! out. A job is therefore never silently dropped, and never dialled twice.
 //!
 //! # Keys
 //!
@@ -36,12 +38,13 @@
 //!
 //! # Races
 //!
-//! The reaper moves a dead instance's jobs one at a time with `LMOVE`, each
-//! atomic, so two reapers racing split the jobs between them and none is
-//! lost or duplicated. An instance that was only late (its key expired, then
-//! it beat again) may still finish a job that was requeued; its `ack` then
-//! finds nothing to remove and says so in the log. That is the "at least
-//! once" of the contract.
+//! The reaper moves a dead instance's unclaimed jobs in one script per
+//! processing list, so two reapers racing cannot lose or duplicate a job,
+//! nor requeue a job that is claimed at that moment. An instance that was
+//! only late (its key expired, then it beat again) may find an undialled
+//! job it held requeued; its `ack` then finds nothing to remove and says
+//! so in the log, and the job's claim (taken by whichever instance dials
+//! first) keeps it from being dialled twice.
 //!
 //! # Broken connections
 //!
@@ -59,8 +62,10 @@
 //!   with the copies held before removing one again.
 //! - [`give_back`](JobQueue::give_back) is a Lua script that pushes the job
 //!   back only if it removed it from the processing list.
-//! - [`dead_letter`](JobQueue::dead_letter) looks for its entry (which
-//!   carries its own timestamp) before pushing it again.
+//! - [`dead_letter`](JobQueue::dead_letter) is a Lua script that looks for
+//!   its entry (which carries its own timestamp) before pushing it.
+//! - the reaper's requeue is one Lua script: a second run after a lost
+//!   reply finds the jobs already moved.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -72,7 +77,7 @@ use redis::aio::ConnectionLike;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-use super::events::{Event, EventsError, publish_only};
+use super::events::{Event, eval, publish_only_cmd};
 use super::job::BadJob;
 use super::retry::{Idempotency, RetryPolicy, with_retry, with_retry_policy};
 use super::store::{RedisClient, RedisConn, StoreError};
@@ -222,7 +227,60 @@ impl QueueKeys {
     pub fn alive_of(&self, instance: &str) -> String {
         format!("{}.alive.{instance}", self.tag)
     }
+
+    /// The claim of a `dial_id` (see [`crate::service::claims`]); in the
+    /// queue's slot, so a claim and a processing list change together.
+    pub fn claim(&self, dial_id: &str) -> String {
+        format!("{}{dial_id}", self.claim_prefix())
+    }
+
+    /// What every claim key starts with.
+    pub fn claim_prefix(&self) -> String {
+        format!("{}.claim.", self.tag)
+    }
 }
+
+/// Moves the unclaimed jobs of a processing list back to the head of the
+/// job list (newest first, so the oldest ends up first) and leaves the jobs
+/// `ARGV[2]` holds a claim for: those were (or may have been) dialled and
+/// are closed out instead (see [`crate::service::claims`]). One script, so
+/// a job is never both queued and claimed, and racing reapers split the
+/// work.
+///
+/// KEYS: processing list, job list. ARGV: claim prefix, instance.
+/// Returns `{moved, {claimed raw jobs}}`.
+const REQUEUE_SCRIPT: &str = r"
+local items = redis.call('LRANGE', KEYS[1], 0, -1)
+local moved = 0
+local kept = {}
+for i = #items, 1, -1 do
+  local raw = items[i]
+  local ok, job = pcall(cjson.decode, raw)
+  local claimed = false
+  if ok and type(job) == 'table' and type(job['dial_id']) == 'string' then
+    claimed = redis.call('HGET', ARGV[1] .. job['dial_id'], 'instance') == ARGV[2]
+  end
+  if claimed then
+    table.insert(kept, raw)
+  else
+    redis.call('LREM', KEYS[1], -1, raw)
+    redis.call('LPUSH', KEYS[2], raw)
+    moved = moved + 1
+  end
+end
+return {moved, kept}
+";
+
+/// Appends a dead letter unless it is already among the newest 1,000 (a
+/// retry after a lost reply), then caps the list.
+///
+/// KEYS: dead-letter list. ARGV: entry, cap.
+const DEAD_LETTER_SCRIPT: &str = r"
+if redis.call('LPOS', KEYS[1], ARGV[1], 'RANK', -1, 'MAXLEN', 1000) then return 0 end
+redis.call('RPUSH', KEYS[1], ARGV[1])
+redis.call('LTRIM', KEYS[1], -tonumber(ARGV[2]), -1)
+return 1
+";
 
 /// A job taken from the list: its raw bytes, exactly as the producer pushed
 /// them (the processing list is searched by value to acknowledge it).
@@ -231,7 +289,22 @@ pub struct TakenJob {
     raw: Vec<u8>,
 }
 
+/// What one reaper pass found.
+#[derive(Debug, Default)]
+pub struct Reaped {
+    /// Jobs moved back to the job list (never dialled).
+    pub requeued: usize,
+    /// Jobs a dead instance holds a claim for, with that instance: they
+    /// were dialled and must be closed out, never redone.
+    pub claimed: Vec<(String, TakenJob)>,
+}
+
 impl TakenJob {
+    /// A job as read from a processing list.
+    pub(crate) fn from_raw(raw: Vec<u8>) -> Self {
+        Self { raw }
+    }
+
     /// The raw job.
     pub fn raw(&self) -> &[u8] {
         &self.raw
@@ -512,6 +585,22 @@ impl JobQueue {
         Ok(removed > 0)
     }
 
+    /// Forgets `job` once its `LREM` was written through an outbox (see
+    /// [`ack_cmd`](Self::ack_cmd)); until then this process still holds it,
+    /// so a take retried after a lost reply does not mistake it for a job
+    /// nobody holds.
+    pub fn forget(&self, job: &TakenJob) {
+        self.inner.release_hold(&job.raw);
+    }
+
+    /// The `LREM` that acknowledges `job` (idempotent: a second one
+    /// removes nothing); call [`forget`](Self::forget) once it is written.
+    pub fn ack_cmd(&self, job: &TakenJob) -> redis::Cmd {
+        let mut cmd = redis::cmd("LREM");
+        cmd.arg(&self.inner.keys.processing).arg(1).arg(&job.raw);
+        cmd
+    }
+
     /// Puts an undecided job back at the head of the job list (FreeSWITCH
     /// went away before the call could be placed), atomically so it is
     /// never both queued and in flight, nor lost. Idempotent: a Lua script
@@ -545,32 +634,11 @@ impl JobQueue {
     /// again. The dead-letter list may be in another cluster slot than the
     /// processing list, so no script can do both.
     pub async fn dead_letter(&self, job: &TakenJob, reason: &str) -> Result<(), QueueError> {
-        let keys = &self.inner.keys;
-        let entry = dead_letter_entry(&job.raw, reason, unix_ms());
-        let cap = isize::try_from(self.inner.config.dead_cap.max(1)).unwrap_or(isize::MAX);
-        with_retry("dead letter", Idempotency::Idempotent, |attempt| {
+        let cmd = self.dead_letter_cmd(job, reason);
+        with_retry("dead letter", Idempotency::Idempotent, |_| {
             let mut conn = self.inner.conn.clone();
-            let entry = &entry;
-            async move {
-                if attempt.maybe_applied {
-                    let at: Option<i64> = redis::cmd("LPOS")
-                        .arg(&keys.dead)
-                        .arg(entry)
-                        .query_async(&mut conn)
-                        .await?;
-                    if at.is_some() {
-                        return Ok(());
-                    }
-                }
-                redis::pipe()
-                    .atomic()
-                    .rpush(&keys.dead, entry)
-                    .ignore()
-                    .ltrim(&keys.dead, -cap, -1)
-                    .ignore()
-                    .query_async::<()>(&mut conn)
-                    .await
-            }
+            let cmd = &cmd;
+            async move { cmd.query_async::<()>(&mut conn).await }
         })
         .await?;
         self.inner.config.stats.jobs_dead_lettered.inc();
@@ -578,7 +646,19 @@ impl JobQueue {
         Ok(())
     }
 
-    /// Refuses a bad job: publishes a `failure` on its `dial_id`
+    /// The command that keeps `job` on the dead-letter list with `reason`
+    /// (idempotent: an entry already among the newest is not added again).
+    pub fn dead_letter_cmd(&self, job: &TakenJob, reason: &str) -> redis::Cmd {
+        let entry = dead_letter_entry(&job.raw, reason, unix_ms());
+        let cap = self.inner.config.dead_cap.max(1).to_string();
+        eval(
+            DEAD_LETTER_SCRIPT,
+            &[&self.inner.keys.dead],
+            &[&entry, &cap],
+        )
+    }
+
+    /// Refuses a bad job publishes a `failure` on its `dial_id`
     /// when that is valid, then dead-letters it with the reason. Nothing is
     /// written to history: a bad job's `org_id`/`user_id` cannot be trusted
     /// to build key names. The `PUBLISH` is not idempotent and is retried
@@ -594,9 +674,9 @@ impl JobQueue {
                 let mut conn = self.inner.conn.clone();
                 let failure = &failure;
                 async move {
-                    publish_only(&mut conn, dial_id, failure)
+                    publish_only_cmd(dial_id, failure)
+                        .query_async::<()>(&mut conn)
                         .await
-                        .map_err(|EventsError::Redis(e)| e)
                 }
             })
             .await;
@@ -609,49 +689,48 @@ impl JobQueue {
         self.dead_letter(job, &reason).await
     }
 
-    /// Moves every job of `instance`'s processing list back to the head of
-    /// the job list, newest first so the oldest ends up first. Item by item:
-    /// each `LMOVE` is atomic, so racing reapers cannot lose or double a job.
-    /// Safe to retry: the goal is an empty list, and an `LMOVE` whose reply
-    /// was lost only makes the returned count one short.
-    async fn requeue(&self, instance: &str) -> Result<usize, QueueError> {
-        let from = self.inner.keys.processing_of(instance);
-        let mut moved = 0;
-        loop {
-            let job = with_retry("requeue", Idempotency::Idempotent, |_| {
+    /// Moves the unclaimed jobs of `instance`'s processing list back to
+    /// the head of the job list; returns how many moved and the jobs
+    /// `instance` holds a claim for, which stay (see [`REQUEUE_SCRIPT`]).
+    async fn requeue(&self, instance: &str) -> Result<(usize, Vec<TakenJob>), QueueError> {
+        let keys = &self.inner.keys;
+        let cmd = eval(
+            REQUEUE_SCRIPT,
+            &[&keys.processing_of(instance), &keys.jobs],
+            &[&keys.claim_prefix(), instance],
+        );
+        // Idempotent: a second run finds the moved jobs gone.
+        let (moved, kept): (usize, Vec<Vec<u8>>) =
+            with_retry("requeue", Idempotency::Idempotent, |_| {
                 let mut conn = self.inner.conn.clone();
-                let from = &from;
-                async move {
-                    redis::cmd("LMOVE")
-                        .arg(from)
-                        .arg(&self.inner.keys.jobs)
-                        .arg("RIGHT")
-                        .arg("LEFT")
-                        .query_async::<Option<Vec<u8>>>(&mut conn)
-                        .await
-                }
+                let cmd = &cmd;
+                async move { cmd.query_async(&mut conn).await }
             })
             .await?;
-            match job {
-                Some(_) => {
-                    moved += 1;
-                    self.inner.config.stats.jobs_requeued.inc();
-                }
-                None => return Ok(moved),
-            }
-        }
+        self.inner
+            .config
+            .stats
+            .jobs_requeued
+            .inc_by(u64::try_from(moved).unwrap_or(u64::MAX));
+        Ok((moved, kept.into_iter().map(TakenJob::from_raw).collect()))
     }
 
     /// One reaper pass: requeues the jobs of every other instance whose
-    /// liveness key expired, and forgets those instances. Returns how many
-    /// jobs went back. Idempotent; its reads are not retried (the next pass,
-    /// a few seconds later, is their retry, and the heartbeat must not wait
-    /// behind them), its moves are.
+    /// liveness key expired and forgets those instances. Returns how many
+    /// jobs went back. Claimed jobs are left for [`reap_dead`](Self::reap_dead)'s
+    /// caller to close out.
     pub async fn reap(&self) -> Result<usize, QueueError> {
+        Ok(self.reap_dead().await?.requeued)
+    }
+
+    /// One reaper pass: requeues every dead instance's unclaimed jobs and
+    /// returns its claimed ones (to be closed out, never redone). An
+    /// instance is forgotten once its processing list is empty.
+    pub async fn reap_dead(&self) -> Result<Reaped, QueueError> {
         let keys = &self.inner.keys;
         let mut conn = self.inner.conn.clone();
         let instances: Vec<String> = conn.smembers(&keys.instances).await?;
-        let mut total = 0;
+        let mut reaped = Reaped::default();
         for instance in instances {
             if instance == self.inner.config.instance {
                 continue;
@@ -660,23 +739,35 @@ impl JobQueue {
             if alive {
                 continue;
             }
-            let moved = self.requeue(&instance).await?;
-            // If the instance was only late it re-registers on its next beat.
-            conn.srem::<_, _, ()>(&keys.instances, &instance).await?;
+            let (moved, claimed) = self.requeue(&instance).await?;
+            if claimed.is_empty() {
+                // If the instance was only late it re-registers on its next beat.
+                conn.srem::<_, _, ()>(&keys.instances, &instance).await?;
+            }
             if moved > 0 {
                 tracing::warn!(%instance, jobs = moved, "requeued the jobs of a dead instance");
             }
-            total += moved;
+            reaped.requeued += moved;
+            reaped
+                .claimed
+                .extend(claimed.into_iter().map(|job| (instance.clone(), job)));
         }
-        Ok(total)
+        Ok(reaped)
     }
 
-    /// Graceful exit: gives this instance's undecided jobs back to the head
-    /// of the job list and withdraws its liveness. Call after in-flight jobs
-    /// were acknowledged. Returns how many jobs went back. Idempotent.
+    /// Graceful exit: gives this instance's unclaimed jobs back to the head
+    /// of the job list and withdraws its liveness. Call after the calls
+    /// ended. A job still claimed stays (it was dialled: another
+    /// instance's reaper closes it out). Returns how many jobs went back.
     pub async fn release(&self) -> Result<usize, QueueError> {
         let keys = &self.inner.keys;
-        let moved = self.requeue(&self.inner.config.instance).await?;
+        let (moved, claimed) = self.requeue(&self.inner.config.instance).await?;
+        if !claimed.is_empty() {
+            tracing::warn!(
+                jobs = claimed.len(),
+                "claimed jobs left for another instance to close out"
+            );
+        }
         with_retry("release", Idempotency::Idempotent, |_| {
             let mut conn = self.inner.conn.clone();
             async move {
@@ -714,8 +805,27 @@ impl JobQueue {
 
     /// Runs the heartbeat and the reaper until `cancel` fires. Errors are
     /// logged and retried on the next tick: a Redis outage must not end the
-    /// agent.
+    /// agent. Claimed jobs of dead instances are left where they are.
     pub fn spawn_maintenance(&self, cancel: CancellationToken) -> JoinHandle<()> {
+        self.spawn_maintenance_with(cancel, |_| async {})
+    }
+
+    /// As [`spawn_maintenance`](Self::spawn_maintenance), handing each
+    /// pass's claimed jobs of dead instances to `close_out`.
+    ///
+    /// The reaper waits for a liveness TTL of uninterrupted heartbeats
+    /// after a Redis outage (or after finding its own key expired) before
+    /// it declares anyone dead: every live instance's key may have expired
+    /// during the outage, and each needs a beat to renew it.
+    pub fn spawn_maintenance_with<F, Fut>(
+        &self,
+        cancel: CancellationToken,
+        close_out: F,
+    ) -> JoinHandle<()>
+    where
+        F: Fn(Vec<(String, TakenJob)>) -> Fut + Send + 'static,
+        Fut: std::future::Future<Output = ()> + Send,
+    {
         let queue = self.clone();
         tokio::spawn(async move {
             let config = &queue.inner.config;
@@ -724,20 +834,39 @@ impl JobQueue {
             let mut reap = tokio::time::interval(config.reap_every.max(Duration::from_millis(10)));
             beat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             reap.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            // A fresh start trusts the keys it finds: live instances beat
+            // all along (only an outage makes everyone's key suspect).
+            let now = tokio::time::Instant::now();
+            let mut healthy_since = Some(now.checked_sub(config.liveness_ttl).unwrap_or(now));
             loop {
                 tokio::select! {
                     () = cancel.cancelled() => return,
                     _ = beat.tick() => match queue.heartbeat().await {
-                        Ok(true) => {}
-                        Ok(false) => tracing::warn!(
-                            instance = %config.instance,
-                            "liveness key had expired; other instances may have requeued our jobs"
-                        ),
-                        Err(e) => tracing::warn!(error = %e, "heartbeat failed"),
+                        Ok(true) => {
+                            healthy_since.get_or_insert_with(tokio::time::Instant::now);
+                        }
+                        Ok(false) => {
+                            tracing::warn!(
+                                instance = %config.instance,
+                                "liveness key had expired; other instances may have taken over our jobs"
+                            );
+                            healthy_since = Some(tokio::time::Instant::now());
+                        }
+                        Err(e) => {
+                            tracing::warn!(error = %e, "heartbeat failed");
+                            healthy_since = None;
+                        }
                     },
-                    _ = reap.tick() => if let Err(e) = queue.reap().await {
-                        tracing::warn!(error = %e, "reaper pass failed");
-                    },
+                    _ = reap.tick() => {
+                        if healthy_since.is_none_or(|t| t.elapsed() < config.liveness_ttl) {
+                            continue;
+                        }
+                        match queue.reap_dead().await {
+                            Ok(reaped) if !reaped.claimed.is_empty() => close_out(reaped.claimed).await,
+                            Ok(_) => {}
+                            Err(e) => tracing::warn!(error = %e, "reaper pass failed"),
+                        }
+                    }
                 }
             }
         })

@@ -67,7 +67,10 @@ pub async fn assert_no_channels(esl: SocketAddr) {
         }
         if tokio::time::Instant::now() >= deadline {
             let channels = esl_api(esl, "show channels").await;
-            panic!("the switch still holds channels: {}\n{channels}", count.trim());
+            panic!(
+                "the switch still holds channels: {}\n{channels}",
+                count.trim()
+            );
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }

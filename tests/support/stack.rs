@@ -49,6 +49,7 @@ pub fn agent_config(
         },
         max_calls: 2000,
         instance: format!("test-{}", &uuid::Uuid::new_v4().simple().to_string()[..8]),
+        drain_timeout: Duration::from_secs(3),
     }
 }
 

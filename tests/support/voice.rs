@@ -130,10 +130,14 @@ pub fn wav_length(path: &std::path::Path) -> Option<Duration> {
 /// Waits for a recording to be complete and returns its length.
 pub async fn recorded_length(path: &std::path::Path) -> Duration {
     let mut len = None;
-    crate::eventually(&format!("a complete WAV at {path:?}"), Duration::from_secs(10), || {
-        len = wav_length(path);
-        std::future::ready(len.is_some())
-    })
+    crate::eventually(
+        &format!("a complete WAV at {path:?}"),
+        Duration::from_secs(10),
+        || {
+            len = wav_length(path);
+            std::future::ready(len.is_some())
+        },
+    )
     .await;
     len.unwrap_or_else(|| panic!("no complete WAV at {path:?}"))
 }
