@@ -673,6 +673,7 @@ impl AspCall {
                     // before any channel existed: dial it again later.
                     let wait = THROTTLE_BACKOFF[p.dial.refusals];
                     tracing::info!(dial_id = %self.job.dial_id, %side, ?wait, "originate throttled by FreeSWITCH; retrying");
+                    self.meter.originate_throttled();
                     let dial = Dial {
                         req: p.dial.req.clone(),
                         refusals: p.dial.refusals + 1,

@@ -141,6 +141,12 @@ impl CallMeter {
         }
     }
 
+    /// FreeSWITCH's sessions-per-second limit refused one of the call's
+    /// originates, which is dialled again later.
+    pub fn originate_throttled(&self) {
+        self.stats.originates_throttled.inc();
+    }
+
     /// A control message taken from the mailbox at `received` was answered.
     pub fn control_answered(&self, received: Instant) {
         self.stats
