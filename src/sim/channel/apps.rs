@@ -56,7 +56,7 @@ impl Actor {
     /// Starts whatever can start: waiting executes, then dialplan steps.
     pub(super) fn pump(&mut self) {
         loop {
-            if self.hung_up() || self.done {
+            if self.hung_up() || self.life.is_destroyed() {
                 return;
             }
             let top_open = self.top_open().unwrap_or(true);
@@ -450,7 +450,7 @@ impl Actor {
                 // Killed from outside (`uuid_kill`), the playback's read
                 // fails and it reports an error; a hangup on its own thread
                 // (a sendmsg, nested) lets it finish cleanly (traces 11, 12).
-                let response = if self.killed {
+                let response = if self.life.killed() {
                     "PLAYBACK ERROR"
                 } else {
                     "FILE PLAYED"

@@ -21,7 +21,7 @@ impl Actor {
                 }
                 Role::Remote(_) | Role::LoopbackWithoutB => false,
             };
-            if twin && !self.done && self.hangup_reporting.is_none() {
+            if twin && !self.life.hangup_finished() {
                 let cause = self
                     .st
                     .hangup_cause
@@ -82,11 +82,9 @@ impl Actor {
     /// A hangup on the channel's own thread (an application, a sendmsg,
     /// the far end): every event at once.
     pub(super) fn hangup(&mut self, cause: &str, private: Option<PrivateMsg>) {
-        if self.hung_up() {
-            return;
+        if self.hangup_begin(cause, private, false) {
+            self.hangup_finish(cause);
         }
-        self.hangup_begin(cause, private);
-        self.hangup_finish(cause);
     }
 
     /// A hangup from outside (`uuid_kill`): FreeSWITCH fires CHANNEL_HANGUP
@@ -94,18 +92,25 @@ impl Actor {
     /// reporting states when its media loop next wakes, a frame later, so
     /// the `api` reply precedes HANGUP_COMPLETE by ~20 ms (traces 01, 08).
     pub(super) fn hangup_from_outside(&mut self, cause: &str) {
-        if self.hung_up() {
-            return;
+        if self.hangup_begin(cause, None, true) {
+            self.schedule(
+                self.core.cfg.park_delay,
+                Timer::HangupFinish(cause.to_owned()),
+            );
         }
-        self.killed = true;
-        self.hangup_begin(cause, None);
-        self.schedule(
-            self.core.cfg.park_delay,
-            Timer::HangupFinish(cause.to_owned()),
-        );
     }
 
-    pub(super) fn hangup_begin(&mut self, cause: &str, private: Option<PrivateMsg>) {
+    /// CHANNEL_HANGUP and what goes with it; false (and nothing fired) if
+    /// the channel already hangs up.
+    pub(super) fn hangup_begin(
+        &mut self,
+        cause: &str,
+        private: Option<PrivateMsg>,
+        from_outside: bool,
+    ) -> bool {
+        if !self.life.begin_hangup(from_outside) {
+            return false;
+        }
         self.st.hangup_cause = Some(cause.to_owned());
         self.st.answer_state = "hangup";
         self.fire("CHANNEL_HANGUP", at::HANGUP, &[], &[]);
@@ -118,10 +123,11 @@ impl Actor {
         if let Some(pm) = &private {
             self.fire_private(pm);
         }
+        true
     }
 
     pub(super) fn hangup_finish(&mut self, cause: &str) {
-        if self.done || self.hangup_reporting.is_some() {
+        if self.life.hangup_finished() {
             return;
         }
         // Tell the others (the loopback twin further down).
@@ -171,7 +177,7 @@ impl Actor {
         );
         // mod_loopback's on_hangup hangs the twin up from this thread: its
         // CHANNEL_HANGUP comes before our REPORTING (trace 14).
-        self.hangup_reporting = Some(cause.to_owned());
+        self.life.finish_hangup(cause);
         if let Some(p) = self.loopback_partner() {
             let (tx, rx) = oneshot::channel();
             if p.try_send(ChanMsg::PartnerHangup(cause.to_owned(), tx)) {
@@ -192,7 +198,7 @@ impl Actor {
     /// The reporting and destroy states that end a hangup.
     pub(super) fn hangup_report(&mut self) {
         self.hangup_ack = None;
-        let Some(cause) = self.hangup_reporting.clone() else {
+        let Some(cause) = self.life.reporting_cause().map(str::to_owned) else {
             return;
         };
         let cause = cause.as_str();
@@ -229,7 +235,7 @@ impl Actor {
         self.st.state = crate::sim::snapshot::CState::Destroy;
         self.fire("CHANNEL_STATE", at::STATE, &[], &[]);
         self.fire("CHANNEL_DESTROY", at::DESTROY, &[], &[]);
-        self.done = true;
+        self.life.destroy();
         self.publish();
     }
 }

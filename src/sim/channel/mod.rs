@@ -9,7 +9,8 @@
 //! timers; the rest is split by concern: `answer` (ringing, answer, the
 //! originate's result), `apps` (the applications and their nesting),
 //! `media` (breaks, DTMF, the recording bug, conferences), `bridge`
-//! (bridge and eavesdrop) and `hangup` (the hangup sequence).
+//! (bridge and eavesdrop) and `hangup` (the hangup sequence); `state` is the
+//! channel's life (up, hanging up, reporting, destroyed) as one pure type.
 
 use crate::esl::Event;
 use crate::sim::Core;
@@ -19,6 +20,7 @@ use crate::sim::mailbox::{ChanMsg, ChannelHandle, ExecReq, OriginateResult, Priv
 use crate::sim::numberplan::{Extension, Outcome};
 use crate::sim::queue::{Queued, SendmsgQueue};
 use crate::sim::snapshot::{ChanState, SnapExtra, at, normalize_cause};
+use state::Lifecycle;
 use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::Duration;
@@ -30,6 +32,7 @@ mod apps;
 mod bridge;
 mod hangup;
 mod media;
+mod state;
 
 pub(crate) use apps::extension_steps;
 
@@ -102,12 +105,10 @@ pub(crate) fn spawn(core: Arc<Core>, handle: ChannelHandle, rx: mpsc::Receiver<C
         eavesdroppers: Vec::new(),
         record: None,
         last_app: None,
-        done: false,
         hangup_after_idle: false,
-        killed: false,
         answer_ack: None,
         hangup_ack: None,
-        hangup_reporting: None,
+        life: Lifecycle::default(),
         parked: false,
         pending_private: VecDeque::new(),
         socket_closed: None,
@@ -211,15 +212,13 @@ struct Actor {
     eavesdroppers: Vec<String>,
     record: Option<MediaBug>,
     last_app: Option<(String, String)>,
-    done: bool,
     hangup_after_idle: bool,
-    /// Hung up from outside the channel's thread (`uuid_kill`).
-    killed: bool,
     answer_ack: Option<oneshot::Receiver<()>>,
     /// Waiting for the loopback twin to fire its CHANNEL_HANGUP before we
-    /// report (the cause to report with).
+    /// report.
     hangup_ack: Option<oneshot::Receiver<()>>,
-    hangup_reporting: Option<String>,
+    /// Up, hanging up, reporting or destroyed.
+    life: Lifecycle,
     /// An async socket parks the channel shortly after `connect`; messages
     /// sent before that wait, as in FreeSWITCH, where they are parsed from
     /// the park loop (CHANNEL_PARK precedes the first CHANNEL_EXECUTE).
@@ -288,7 +287,7 @@ impl Actor {
 
     async fn run(&mut self) {
         let shutdown = self.core.shutdown.clone();
-        while !self.done {
+        while !self.life.is_destroyed() {
             let deadline = self.next_deadline();
             tokio::select! {
                 biased;
@@ -311,7 +310,7 @@ impl Actor {
     /// way ends now without waiting for its frame or its twin.
     fn shut_down(&mut self) {
         self.hangup("SYSTEM_SHUTDOWN", None);
-        if !self.done {
+        if !self.life.is_destroyed() {
             let cause = self
                 .st
                 .hangup_cause
@@ -350,7 +349,7 @@ impl Actor {
     }
 
     fn hung_up(&self) -> bool {
-        self.st.hangup_cause.is_some()
+        !self.life.is_up()
     }
 
     fn on_time(&mut self) {
@@ -544,8 +543,7 @@ impl Actor {
             }
             ChanMsg::PartnerGone(uuid, cause) => self.partner_gone(&uuid, &cause),
             ChanMsg::PartnerHangup(cause, ack) => {
-                if !self.hung_up() {
-                    self.hangup_begin(&cause, None);
+                if self.hangup_begin(&cause, None, false) {
                     // Should the twin never report its end, finish anyway.
                     self.schedule(TWIN_GRACE, Timer::HangupFinish(cause));
                 }
