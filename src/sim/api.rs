@@ -1,12 +1,12 @@
 //! The `api` / `bgapi` commands the simulator implements (mod_commands'
 //! reply texts), `originate` among them.
 
-use crate::sim::actor::{self, Role, Spawn};
-use crate::sim::channel::{CState, ChanState, Profile, SnapExtra, Vars};
+use crate::sim::channel::{self, Role, Spawn};
 use crate::sim::dialstring::{Endpoint, OriginateApp, parse_originate};
 use crate::sim::event::{format_local, now_micros, origin};
 use crate::sim::listener::LogLine;
 use crate::sim::mailbox::{ChanMsg, ChannelHandle, ExecReq};
+use crate::sim::snapshot::{CState, ChanState, Profile, SnapExtra, Vars};
 use crate::sim::{Core, lock};
 use crate::sim::{fslog, numberplan};
 use std::sync::Arc;
@@ -50,7 +50,7 @@ pub(crate) async fn execute(core: &Arc<Core>, line: &str) -> String {
         "uuid_kill" => match args.first().and_then(|u| core.channel(u)) {
             Some(ch) => {
                 let cause = args.get(1).map_or("NORMAL_CLEARING".to_owned(), |c| {
-                    crate::sim::channel::normalize_cause(c)
+                    crate::sim::snapshot::normalize_cause(c)
                 });
                 ch.send(ChanMsg::Hangup(cause)).await;
                 "+OK\n".into()
@@ -208,7 +208,7 @@ async fn fsctl(core: &Arc<Core>, args: &[&str]) -> String {
 async fn hupall(core: &Core, args: &[&str]) -> String {
     let cause = match args.first() {
         Some(c) if c.eq_ignore_ascii_case("NORMAL_CLEARING") => "NORMAL_CLEARING".to_owned(),
-        Some(c) => match crate::sim::channel::normalize_cause(c) {
+        Some(c) => match crate::sim::snapshot::normalize_cause(c) {
             // normalize_cause maps unknown names to NORMAL_CLEARING;
             // hupall's own default is MANAGER_REQUEST.
             n if n == "NORMAL_CLEARING" => "MANAGER_REQUEST".to_owned(),
@@ -531,7 +531,7 @@ async fn originate_inner(core: &Arc<Core>, arg: &str, no_app: bool) -> String {
     let var = |n: &str| o.dial.var(leg, n).map(str::to_owned);
     match &leg.endpoint {
         Endpoint::Error { cause } => {
-            return format!("-ERR {}\n", crate::sim::channel::normalize_cause(cause));
+            return format!("-ERR {}\n", crate::sim::snapshot::normalize_cause(cause));
         }
         Endpoint::Unsupported(_) => return "-ERR CHAN_NOT_IMPLEMENTED\n".into(),
         Endpoint::Gateway { gateway, .. } => {
@@ -703,7 +703,7 @@ async fn originate_inner(core: &Arc<Core>, arg: &str, no_app: bool) -> String {
         fslog::emit(core, refusal.into_iter().collect());
         return throttled(core, &leg.endpoint);
     }
-    let Some((a_handle, a_rx)) = actor::handle_for(core, &a_state, &a_extra) else {
+    let Some((a_handle, a_rx)) = channel::handle_for(core, &a_state, &a_extra) else {
         return "-ERR DESTINATION_OUT_OF_ORDER\n".into();
     };
     if !loopback {
@@ -726,7 +726,8 @@ async fn originate_inner(core: &Arc<Core>, arg: &str, no_app: bool) -> String {
     // the lines are written once the outcome is known.
     let loopback_log = match &leg.endpoint {
         Endpoint::Loopback { number, context } => {
-            let steps = actor::extension_steps(&numberplan::extension(number, context), &core.cfg);
+            let steps =
+                channel::extension_steps(&numberplan::extension(number, context), &core.cfg);
             let target = leg.target.strip_prefix("loopback/").unwrap_or(&leg.target);
             let o = fslog::LoopbackOriginate {
                 target,
@@ -770,7 +771,7 @@ async fn originate_inner(core: &Arc<Core>, arg: &str, no_app: bool) -> String {
             core,
             created.into_iter().chain(refusal).chain(after).collect(),
         );
-        actor::spawn(
+        channel::spawn(
             core.clone(),
             a_handle,
             a_rx,
@@ -835,12 +836,12 @@ async fn originate_inner(core: &Arc<Core>, arg: &str, no_app: bool) -> String {
             destination: number.clone(),
             ..SnapExtra::default()
         };
-        let Some((b_handle, b_rx)) = actor::handle_for(core, &b_state, &b_extra) else {
+        let Some((b_handle, b_rx)) = channel::handle_for(core, &b_state, &b_extra) else {
             core.remove_channel(&uuid);
             return "-ERR DESTINATION_OUT_OF_ORDER\n".into();
         };
         let a_for_b = a_handle.clone();
-        actor::spawn(
+        channel::spawn(
             core.clone(),
             a_handle,
             a_rx,
@@ -856,7 +857,7 @@ async fn originate_inner(core: &Arc<Core>, arg: &str, no_app: bool) -> String {
             },
         );
         let ext = numberplan::extension(number, context);
-        actor::spawn(
+        channel::spawn(
             core.clone(),
             b_handle,
             b_rx,
@@ -879,7 +880,7 @@ async fn originate_inner(core: &Arc<Core>, arg: &str, no_app: bool) -> String {
         } else {
             numberplan::outcome(&number)
         };
-        actor::spawn(
+        channel::spawn(
             core.clone(),
             a_handle,
             a_rx,
@@ -922,7 +923,7 @@ async fn originate_inner(core: &Arc<Core>, arg: &str, no_app: bool) -> String {
                 "",
                 format!(
                     "Originate Resulted in Error Cause: {} [{cause}]",
-                    crate::sim::channel::q850(&cause)
+                    crate::sim::snapshot::q850(&cause)
                 ),
             );
             format!("-ERR {cause}\n")
@@ -959,7 +960,7 @@ fn throttled(core: &Core, endpoint: &Endpoint) -> String {
                 "",
                 format!(
                     "Originate Resulted in Error Cause: {} [{cause}]",
-                    crate::sim::channel::q850(cause)
+                    crate::sim::snapshot::q850(cause)
                 ),
             ),
         ],

@@ -3,7 +3,7 @@
 //! Every FreeSWITCH event starts with the same thirteen core headers
 //! (`Event-Name` … `Event-Sequence`, see the traces). Channel events then add
 //! the channel's state block, its caller profile and (for most types) its
-//! variables; [`crate::sim::channel`] adds those. An event is built once and
+//! variables; [`crate::sim::snapshot`] adds those. An event is built once and
 //! shared by every subscribed connection as an `Arc<FiredEvent>`; its plain
 //! and JSON encodings are produced lazily, at most once each, whatever the
 //! number of subscribers.

@@ -1,13 +1,13 @@
 //! A channel's mailbox: the messages a channel task handles and the handle
 //! others hold to send them. This is the vocabulary shared by the channel
-//! tasks ([`crate::sim::actor`]), the commands that act on channels
+//! tasks ([`crate::sim::channel`]), the commands that act on channels
 //! ([`crate::sim::api`], [`crate::sim::session`]) and the socket
 //! application ([`crate::sim::outbound`]); it depends on none of them.
 
 use crate::esl::Event;
-use crate::sim::channel::Profile;
 use crate::sim::listener::ListenerEntry;
 use crate::sim::packet::Packet;
+use crate::sim::snapshot::Profile;
 use crate::sim::text::{atoi, is_true};
 use crate::sim::{ChannelSnapshot, lock};
 use std::sync::{Arc, Mutex};

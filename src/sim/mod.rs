@@ -3,14 +3,14 @@
 //!
 //! It serves the inbound event socket ([`server`] + [`session`]), places
 //! calls with `originate` ([`api`], [`dialstring`], [`numberplan`]), runs
-//! each channel as a task ([`actor`]) that fires events laid out as the
-//! recorded traces show ([`channel`], [`event`]), and for each leg whose
+//! each channel as a task ([`channel`]) that fires events laid out as the
+//! recorded traces show ([`snapshot`], [`event`]), and for each leg whose
 //! application is `socket(host:port …)` connects out and speaks the outbound
 //! protocol ([`outbound`], which reuses [`session`]).
 //!
 //! The modules depend downwards only: `mailbox` (channel messages and
 //! handles), `listener` (a connection as the event fan-out sees it) and
-//! `text` are leaves; `actor` uses them and reaches the socket application
+//! `text` are leaves; `channel` uses them and reaches the socket application
 //! and `originate` only through [`Core`]'s `connect_socket` / `dial_leg`;
 //! `api` starts channels; `session` runs commands; `outbound` runs a
 //! session.
@@ -91,7 +91,6 @@
 //!
 //! Use [`Simulator::start`] and the returned [`SimHandle`].
 
-pub mod actor;
 pub mod api;
 pub mod channel;
 pub mod dialstring;
@@ -106,6 +105,7 @@ pub(crate) mod queue;
 pub(crate) mod sched;
 pub mod server;
 pub mod session;
+pub mod snapshot;
 pub(crate) mod text;
 pub mod throttle;
 pub mod wav;

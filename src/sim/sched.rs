@@ -13,8 +13,8 @@
 //! the channel's task group when the session is destroyed).
 
 use crate::sim::Core;
-use crate::sim::channel::normalize_cause;
 use crate::sim::mailbox::{ChanMsg, ChannelHandle};
+use crate::sim::snapshot::normalize_cause;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 

@@ -3,7 +3,7 @@
 //! (`switch_channel_event_set_data`: basic data, caller profile, other leg,
 //! then variables for the event types that carry them).
 //!
-//! The state here is owned by the channel's task ([`crate::sim::actor`]);
+//! The state here is owned by the channel's task ([`crate::sim::channel`]);
 //! nothing in this module does I/O.
 
 use crate::esl::Event;
