@@ -13,9 +13,10 @@
 //! list (an answer or a hangup of any side) re-sets its expiry to 24 h, so
 //! the age is 24 h minus the key's remaining TTL. For a two-party call that
 //! is the time since the callee answered, i.e. how long the conversation
-//! has lasted; a barger joining or leaving restarts it. A list left behind
-//! by an instance that died keeps ageing until Redis expires it at 24 h,
-//! which is exactly what an operator looking for stale entries wants to see.
+//! has lasted; a barger joining or leaving restarts it. A dead instance's
+//! lists are removed when a live instance closes its calls out; one that
+//! nobody closed out keeps ageing until Redis expires it at 24 h, which is
+//! exactly what an operator looking for stale entries wants to see.
 //!
 //! **`--check-switch`** asks FreeSWITCH for its channels (`show channels as
 //! json`) and each channel's `dial_id` and `redswitch_side` variables

@@ -34,7 +34,10 @@
 //!
 //! The reaper that finds an instance dead (its liveness key expired) with
 //! claimed jobs closes each call out, unless another live reaper already
-//! does:
+//! does. Only a reaper that can act takes a call over: one on the same
+//! FreeSWITCH at once, any other only once the call is overdue (below), so
+//! a reaper on another switch never holds a call away from one that could
+//! end its legs.
 //!
 //! 1. When the call runs on the reaper's own FreeSWITCH (same `Core-UUID`),
 //!    it ends the recorded legs with `uuid_kill <uuid> MANAGER_REQUEST`,
@@ -471,16 +474,6 @@ impl Claims {
         let keys = &self.inner.keys;
         let key = keys.claim(job.dial_id.as_str());
         let mut conn = self.inner.conn.clone();
-        let ours: i64 = eval(
-            TAKE_OVER_SCRIPT,
-            &[&key],
-            &[&self.inner.instance, &keys.alive_of("")],
-        )
-        .query_async(&mut conn)
-        .await?;
-        if ours != 1 {
-            return Ok(());
-        }
         let claim: HashMap<String, String> = conn.hgetall(&key).await?;
         let (Some(token), Some(at)) = (claim.get("token"), claim.get("at")) else {
             return Ok(());
@@ -490,6 +483,18 @@ impl Claims {
         let overdue = unix_ms().saturating_sub(at) > millis(self.inner.config.overdue());
         if !shares && !overdue {
             tracing::debug!(%instance, dial_id = %job.dial_id, "dead instance's call is on another FreeSWITCH; left to its maximum duration");
+            return Ok(());
+        }
+        // Only a reaper that can act takes the call over: one on another
+        // FreeSWITCH must not hold it away from one on the same switch.
+        let ours: i64 = eval(
+            TAKE_OVER_SCRIPT,
+            &[&key],
+            &[&self.inner.instance, &keys.alive_of("")],
+        )
+        .query_async(&mut conn)
+        .await?;
+        if ours != 1 {
             return Ok(());
         }
         let legs: Vec<Option<&String>> = (0..3).map(|n| claim.get(&format!("leg{n}"))).collect();

@@ -592,8 +592,8 @@ impl CallEvents {
         }
     }
 
-    /// The call ended: its state hash is kept only a short while for late
-    /// answers; removed with the claim by [`super::claims`].
+    /// The call ended: its state hash is kept only a short while (its
+    /// expiry shortened to ten minutes) for late answers.
     pub(crate) fn ended(&self) {
         self.set_state_ttl(std::time::Duration::from_secs(ENDED_STATE_TTL_SECS as u64));
     }

@@ -21,7 +21,8 @@
 //! | key | type | holds | expiry |
 //! |---|---|---|---|
 //! | `J` | list | jobs waiting, oldest at the head | none (producers own it) |
-//! | `T.processing.<instance>` | list | jobs taken by `<instance>` and not yet decided | none: emptied by `ack` or by a reaper; Redis deletes it when empty |
+//! | `T.processing.<instance>` | list | jobs taken by `<instance>` whose call has not ended | none: emptied by `ack` or by a reaper; Redis deletes it when empty |
+//! | `T.claim.<dial_id>` | hash | the live call of that `dial_id`: owner, switch, legs (see [`super::claims`]) | the maximum call duration plus 15 min; deleted when the call ends |
 //! | `T.alive.<instance>` | string | `<instance>` is alive (value: last beat, unix ms) | liveness TTL (default 15 s), re-set by each heartbeat (every TTL/3) |
 //! | `T.instances` | set | instances that may own a processing list | none: an instance is removed once reaped, re-added by each heartbeat |
 //! | `J.dead` | list | dead letters `{"reason":…,"job":"<raw job>","at":<unix ms>}`, newest last | none; capped to the newest 10,000 entries |
