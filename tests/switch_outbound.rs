@@ -236,10 +236,13 @@ async fn a_broken_leg_closes_alone() {
     let (uuid, r) = recv(&mut rx).await;
     assert_eq!(uuid, "leg-good");
     assert_eq!(r.unwrap(), "answer");
-    // Its app returned with the channel up: the leg is hung up for it.
-    let f = good.next_frame().await;
-    assert_eq!(f.header("call-command"), Some("hangup"));
-    assert_eq!(f.header("hangup-cause"), Some("NORMAL_CLEARING"));
+    // Its app returned with the channel up: the leg is ended for it, with
+    // `uuid_kill` (a queued `sendmsg` hangup could wait behind a running
+    // app for good).
+    assert_eq!(
+        good.next_command().await,
+        "api uuid_kill leg-good NORMAL_CLEARING"
+    );
 }
 
 #[tokio::test]
@@ -333,8 +336,8 @@ async fn static_socket_is_served_with_a_warning() {
         (Some(SocketMode::Static), Some(Control::SingleChannel))
     );
     assert_eq!(
-        leg.next_frame().await.header("call-command"),
-        Some("hangup")
+        leg.next_command().await,
+        "api uuid_kill leg-static NORMAL_CLEARING"
     );
 }
 
@@ -348,11 +351,15 @@ async fn a_panicking_app_hangs_its_leg_up_and_the_listener_goes_on() {
     };
     let (addr, _stop) = listen(OutboundConfig::default(), handler).await;
     let mut leg = FakeLeg::connect(addr, "leg-panic").await;
-    let f = leg.next_frame().await;
-    assert_eq!(f.header("hangup-cause"), Some("NORMAL_TEMPORARY_FAILURE"));
+    assert_eq!(
+        leg.next_command().await,
+        "api uuid_kill leg-panic NORMAL_TEMPORARY_FAILURE"
+    );
     let mut next = FakeLeg::connect(addr, "leg-after").await;
-    let f = next.next_frame().await;
-    assert_eq!(f.header("hangup-cause"), Some("NORMAL_CLEARING"));
+    assert_eq!(
+        next.next_command().await,
+        "api uuid_kill leg-after NORMAL_CLEARING"
+    );
 }
 
 #[tokio::test]
