@@ -11,7 +11,7 @@
 //! The modules depend downwards only: `mailbox` (channel messages and
 //! handles), `listener` (a connection as the event fan-out sees it) and
 //! `text` are leaves; `channel` uses them and reaches the socket application
-//! and `originate` only through [`Core`]'s `connect_socket` / `dial_leg`;
+//! and `originate` only through `Core`'s `connect_socket` / `dial_leg`;
 //! `api` starts channels; `session` runs commands; `outbound` runs a
 //! session.
 //!
