@@ -6,161 +6,12 @@
 //! alive; a hangup while bridged; and the bad inputs around them
 //! (`uuid_kill` of a leg already gone, two hangups at once).
 
-use redswitch::sim::{SimConfig, SimHandle, Simulator};
+use redswitch::sim::SimHandle;
+use redswitch_test_support as support;
 use std::time::Duration;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
+use support::sim_client::{Client, WAIT, sim, socket_leg};
+use tokio::net::TcpListener;
 use tokio::time::{Instant, timeout};
-
-const WAIT: Duration = Duration::from_secs(10);
-
-async fn sim() -> SimHandle {
-    Simulator::start(SimConfig {
-        esl_listen: "127.0.0.1:0".parse().expect("addr"),
-        ..SimConfig::default()
-    })
-    .await
-    .expect("simulator starts")
-}
-
-#[derive(Debug)]
-struct Msg {
-    headers: Vec<(String, String)>,
-    body: String,
-}
-
-impl Msg {
-    fn get(&self, name: &str) -> Option<&str> {
-        self.headers
-            .iter()
-            .find(|(n, _)| n.eq_ignore_ascii_case(name))
-            .map(|(_, v)| v.as_str())
-    }
-
-    /// A header of a plain event (percent-decoded).
-    fn ev(&self, name: &str) -> Option<String> {
-        self.body
-            .lines()
-            .find_map(|l| l.strip_prefix(&format!("{name}: ")))
-            .map(|v| {
-                percent_encoding::percent_decode_str(v)
-                    .decode_utf8_lossy()
-                    .into_owned()
-            })
-    }
-}
-
-struct Client {
-    s: TcpStream,
-    buf: Vec<u8>,
-}
-
-impl Client {
-    fn new(s: TcpStream) -> Self {
-        Self { s, buf: Vec::new() }
-    }
-
-    async fn login(sim: &SimHandle) -> Self {
-        let mut c = Self::new(TcpStream::connect(sim.esl_addr()).await.expect("connect"));
-        c.msg().await;
-        assert_eq!(
-            c.cmd("auth ClueCon").await.get("Reply-Text"),
-            Some("+OK accepted")
-        );
-        c
-    }
-
-    async fn msg(&mut self) -> Msg {
-        loop {
-            if let Some(end) = self.buf.windows(2).position(|w| w == b"\n\n") {
-                let head = String::from_utf8_lossy(&self.buf[..end]).into_owned();
-                let headers: Vec<(String, String)> = head
-                    .lines()
-                    .filter_map(|l| l.split_once(": "))
-                    .map(|(n, v)| (n.to_owned(), v.to_owned()))
-                    .collect();
-                let len = headers
-                    .iter()
-                    .find(|(n, _)| n == "Content-Length")
-                    .map_or(0, |(_, v)| v.parse::<usize>().expect("length"));
-                if self.buf.len() >= end + 2 + len {
-                    let body =
-                        String::from_utf8_lossy(&self.buf[end + 2..end + 2 + len]).into_owned();
-                    self.buf.drain(..end + 2 + len);
-                    return Msg { headers, body };
-                }
-            }
-            self.buf.reserve(65536);
-            let n = timeout(WAIT, self.s.read_buf(&mut self.buf))
-                .await
-                .expect("the simulator answers in time")
-                .expect("read");
-            assert!(n > 0, "connection closed");
-        }
-    }
-
-    async fn cmd(&mut self, cmd: &str) -> Msg {
-        self.s
-            .write_all(format!("{cmd}\n\n").as_bytes())
-            .await
-            .expect("write");
-        loop {
-            let m = self.msg().await;
-            if m.get("Content-Type") != Some("text/event-plain") {
-                return m;
-            }
-        }
-    }
-
-    /// The next event with this name (others are skipped), or a panic at
-    /// the deadline.
-    async fn event(&mut self, name: &str, deadline: Instant) -> Msg {
-        loop {
-            let m = timeout(
-                deadline.saturating_duration_since(Instant::now()),
-                self.msg(),
-            )
-            .await
-            .unwrap_or_else(|_| panic!("no {name} in time"));
-            if m.ev("Event-Name").as_deref() == Some(name) {
-                return m;
-            }
-        }
-    }
-}
-
-/// Accepts the outbound socket of a leg and subscribes to its events.
-async fn socket_leg(listener: &TcpListener) -> (Client, String) {
-    let (s, _) = timeout(WAIT, listener.accept())
-        .await
-        .expect("the leg connects")
-        .expect("accept");
-    let mut c = Client::new(s);
-    let connect = c.cmd("connect").await;
-    let uuid = connect.get("Unique-ID").expect("Unique-ID").to_owned();
-    assert_eq!(
-        c.cmd("myevents").await.get("Reply-Text"),
-        Some("+OK Events Enabled")
-    );
-    (c, uuid)
-}
-
-impl Client {
-    /// The next event, whatever it is.
-    async fn event_any(&mut self, deadline: Instant) -> Msg {
-        loop {
-            let m = timeout(
-                deadline.saturating_duration_since(Instant::now()),
-                self.msg(),
-            )
-            .await
-            .expect("an event in time");
-            if m.get("Content-Type") == Some("text/event-plain") {
-                return m;
-            }
-        }
-    }
-}
 
 const RINGBACK: &str = "tone_stream://%(2000,4000,440,480);loops=-1";
 
@@ -360,15 +211,11 @@ async fn two_hangups_at_once_end_the_channel_once() {
     inbound.cmd("event plain CHANNEL_HANGUP_COMPLETE").await;
     let (mut leg, uuid) = socket_call(&sim, &listener, &mut inbound).await;
     // A sendmsg hangup and a uuid_kill sent back to back, without waiting.
-    leg.s
-        .write_all(b"sendmsg\ncall-command: hangup\nhangup-cause: USER_BUSY\n\n")
-        .await
-        .expect("write");
+    leg.send(b"sendmsg\ncall-command: hangup\nhangup-cause: USER_BUSY\n\n")
+        .await;
     inbound
-        .s
-        .write_all(format!("api uuid_kill {uuid} CALL_REJECTED\n\n").as_bytes())
-        .await
-        .expect("write");
+        .send(format!("api uuid_kill {uuid} CALL_REJECTED\n\n").as_bytes())
+        .await;
     let deadline = Instant::now() + WAIT;
     let hc = leg.event("CHANNEL_HANGUP_COMPLETE", deadline).await;
     let cause = hc.ev("Hangup-Cause").expect("cause");

@@ -7,12 +7,15 @@
 //! - [`fake_switch`]: a small fake event socket and a replayer of the
 //!   recorded traces, for the `switch` tests;
 //! - [`voice`]: a simulator behind a dialer and a voice-app router;
+//! - [`sim_client`]: a bare-bytes event-socket client for the simulator
+//!   tests;
 //! - [`eventually`], the one polling helper, and [`assert_no_channels`],
 //!   the last step of every test that runs the simulator: when a test is
 //!   over, FreeSWITCH holds no channel.
 
 pub mod fake_switch;
 pub mod redis_server;
+pub mod sim_client;
 pub mod stack;
 pub mod voice;
 
