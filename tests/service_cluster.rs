@@ -103,19 +103,12 @@ async fn queue_events_and_control_work_on_a_cluster() {
 /// Runs the real binary with `args` (no configuration from the
 /// environment).
 async fn redswitch(args: Vec<String>) -> std::process::Output {
-    let run = tokio::task::spawn_blocking(move || {
-        std::process::Command::new(env!("CARGO_BIN_EXE_redswitch"))
-            .args(&args)
-            .env_remove("PUBSUB_REDIS_URL")
-            .env("RUST_LOG", "warn")
-            .stdin(std::process::Stdio::null())
-            .output()
-            .expect("run redswitch")
-    });
-    tokio::time::timeout(Duration::from_secs(30), run)
-        .await
-        .expect("redswitch finished in time")
-        .unwrap()
+    support::bin::run(
+        env!("CARGO_BIN_EXE_redswitch"),
+        args,
+        Duration::from_secs(30),
+    )
+    .await
 }
 
 /// The node (of `cluster`) that owns `key`'s slot: the others answer MOVED.

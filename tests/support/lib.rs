@@ -1,6 +1,8 @@
 //! What the integration tests share, as a library of their own (so each
 //! test crate uses the part it needs without dead code):
 //!
+//! - [`bin`]: the real `redswitch` binary, run without inherited
+//!   configuration;
 //! - [`redis_server`]: throw-away `redis-server` processes and clusters;
 //! - [`stack`]: the whole system (redis-server, the FreeSWITCH simulator,
 //!   agents) and a follower reading a call's channel;
@@ -13,6 +15,7 @@
 //!   the last step of every test that runs the simulator: when a test is
 //!   over, FreeSWITCH holds no channel.
 
+pub mod bin;
 pub mod fake_switch;
 pub mod redis_server;
 pub mod sim_client;
