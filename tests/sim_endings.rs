@@ -44,6 +44,29 @@ async fn socket_call(
     (leg, uuid)
 }
 
+/// A socket call whose leg plays `tone` (under the event lock if
+/// `locked`), its PLAYBACK_START seen.
+async fn playing_call(
+    sim: &SimHandle,
+    listener: &TcpListener,
+    inbound: &mut Client,
+    tone: &str,
+    locked: bool,
+) -> (Client, String) {
+    let (mut leg, uuid) = socket_call(sim, listener, inbound).await;
+    execute(&mut leg, "playback", tone, locked).await;
+    leg.event("PLAYBACK_START", Instant::now() + WAIT).await;
+    (leg, uuid)
+}
+
+/// `uuid_kill` of a live channel, which FreeSWITCH accepts.
+async fn uuid_kill(inbound: &mut Client, uuid: &str) {
+    assert_eq!(
+        inbound.cmd(&format!("api uuid_kill {uuid}")).await.body,
+        "+OK\n"
+    );
+}
+
 async fn execute(leg: &mut Client, app: &str, arg: &str, locked: bool) {
     let lock = if locked { "\nevent-lock: true" } else { "" };
     let r = leg
@@ -87,9 +110,7 @@ async fn setup() -> (SimHandle, TcpListener, Client) {
 #[tokio::test]
 async fn queued_hangup_waits_behind_an_event_locked_app_and_break_all_drops_it() {
     let (sim, listener, mut inbound) = setup().await;
-    let (mut leg, uuid) = socket_call(&sim, &listener, &mut inbound).await;
-    execute(&mut leg, "playback", RINGBACK, true).await;
-    leg.event("PLAYBACK_START", Instant::now() + WAIT).await;
+    let (mut leg, uuid) = playing_call(&sim, &listener, &mut inbound, RINGBACK, true).await;
     sendmsg_hangup(&mut leg).await;
     // FreeSWITCH does not parse private events while CF_EVENT_LOCK is set.
     tokio::time::sleep(Duration::from_millis(800)).await;
@@ -107,10 +128,7 @@ async fn queued_hangup_waits_behind_an_event_locked_app_and_break_all_drops_it()
     let snap = sim.channel(&uuid).expect("the queued hangup never ran");
     assert_eq!(snap.hangup_cause, None);
     // Only uuid_kill ends it.
-    assert_eq!(
-        inbound.cmd(&format!("api uuid_kill {uuid}")).await.body,
-        "+OK\n"
-    );
+    uuid_kill(&mut inbound, &uuid).await;
     assert!(gone(&sim, &uuid).await);
     sim.shutdown().await;
 }
@@ -118,9 +136,7 @@ async fn queued_hangup_waits_behind_an_event_locked_app_and_break_all_drops_it()
 #[tokio::test]
 async fn a_plain_uuid_break_lets_the_queued_hangup_run() {
     let (sim, listener, mut inbound) = setup().await;
-    let (mut leg, uuid) = socket_call(&sim, &listener, &mut inbound).await;
-    execute(&mut leg, "playback", RINGBACK, true).await;
-    leg.event("PLAYBACK_START", Instant::now() + WAIT).await;
+    let (mut leg, uuid) = playing_call(&sim, &listener, &mut inbound, RINGBACK, true).await;
     sendmsg_hangup(&mut leg).await;
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert!(sim.channel(&uuid).is_some_and(|s| s.hangup_cause.is_none()));
@@ -139,9 +155,7 @@ async fn a_plain_uuid_break_lets_the_queued_hangup_run() {
 #[tokio::test]
 async fn without_event_lock_the_hangup_runs_at_once_inside_the_playback() {
     let (sim, listener, mut inbound) = setup().await;
-    let (mut leg, uuid) = socket_call(&sim, &listener, &mut inbound).await;
-    execute(&mut leg, "playback", RINGBACK, false).await;
-    leg.event("PLAYBACK_START", Instant::now() + WAIT).await;
+    let (mut leg, uuid) = playing_call(&sim, &listener, &mut inbound, RINGBACK, false).await;
     sendmsg_hangup(&mut leg).await;
     let deadline = Instant::now() + WAIT;
     let h = leg.event("CHANNEL_HANGUP", deadline).await;
@@ -161,9 +175,7 @@ async fn without_event_lock_the_hangup_runs_at_once_inside_the_playback() {
 #[tokio::test]
 async fn uuid_kill_ends_a_channel_busy_in_an_event_locked_app() {
     let (sim, listener, mut inbound) = setup().await;
-    let (mut leg, uuid) = socket_call(&sim, &listener, &mut inbound).await;
-    execute(&mut leg, "playback", RINGBACK, true).await;
-    leg.event("PLAYBACK_START", Instant::now() + WAIT).await;
+    let (mut leg, uuid) = playing_call(&sim, &listener, &mut inbound, RINGBACK, true).await;
     sendmsg_hangup(&mut leg).await;
     assert_eq!(
         inbound
@@ -305,9 +317,7 @@ async fn cancelling_a_ringing_originate_ends_both_halves() {
 #[tokio::test]
 async fn a_socket_closed_during_an_event_locked_app_leaves_the_channel_alive() {
     let (sim, listener, mut inbound) = setup().await;
-    let (mut leg, uuid) = socket_call(&sim, &listener, &mut inbound).await;
-    execute(&mut leg, "playback", RINGBACK, true).await;
-    leg.event("PLAYBACK_START", Instant::now() + WAIT).await;
+    let (leg, uuid) = playing_call(&sim, &listener, &mut inbound, RINGBACK, true).await;
     drop(leg);
     tokio::time::sleep(Duration::from_millis(1500)).await;
     assert_eq!(
@@ -315,10 +325,7 @@ async fn a_socket_closed_during_an_event_locked_app_leaves_the_channel_alive() {
         "true"
     );
     assert!(sim.channel(&uuid).is_some_and(|s| s.hangup_cause.is_none()));
-    assert_eq!(
-        inbound.cmd(&format!("api uuid_kill {uuid}")).await.body,
-        "+OK\n"
-    );
+    uuid_kill(&mut inbound, &uuid).await;
     assert!(gone(&sim, &uuid).await);
     sim.shutdown().await;
 }
@@ -326,9 +333,8 @@ async fn a_socket_closed_during_an_event_locked_app_leaves_the_channel_alive() {
 #[tokio::test]
 async fn a_socket_closed_during_a_finite_app_ends_the_channel_after_it() {
     let (sim, listener, mut inbound) = setup().await;
-    let (mut leg, uuid) = socket_call(&sim, &listener, &mut inbound).await;
-    execute(&mut leg, "playback", "tone_stream://%(1200,0,440)", false).await;
-    leg.event("PLAYBACK_START", Instant::now() + WAIT).await;
+    let tone = "tone_stream://%(1200,0,440)";
+    let (leg, uuid) = playing_call(&sim, &listener, &mut inbound, tone, false).await;
     drop(leg);
     // The playback keeps the channel thread: nothing notices the closed
     // socket until it ends, then the socket's park loop does.
