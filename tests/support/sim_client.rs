@@ -29,6 +29,16 @@ pub async fn sim() -> SimHandle {
     sim_with(SimConfig::default()).await
 }
 
+/// A simulator whose calls ring for 50 ms before they answer, as the
+/// agent tests want: ringing is seen, and calls still answer at once.
+pub async fn quick_sim() -> SimHandle {
+    sim_with(SimConfig {
+        ring_time: Duration::from_millis(50),
+        ..SimConfig::default()
+    })
+    .await
+}
+
 /// One frame the simulator sent.
 #[derive(Debug)]
 pub struct Msg {
@@ -211,24 +221,25 @@ impl Client {
         }
     }
 
+    /// The next event `name` whose header `key` is `value` (pending ones
+    /// first).
+    pub async fn next_event(&mut self, name: &str, key: &str, value: &str) -> Msg {
+        self.next_where(name, |m| {
+            m.ev("Event-Name").as_deref() == Some(name) && m.ev(key).as_deref() == Some(value)
+        })
+        .await
+    }
+
     /// The BACKGROUND_JOB of this job: its body.
     pub async fn job(&mut self, job: &str) -> String {
-        let m = self
-            .next_where("BACKGROUND_JOB", |m| {
-                m.ev("Event-Name").as_deref() == Some("BACKGROUND_JOB")
-                    && m.ev("Job-UUID").as_deref() == Some(job)
-            })
-            .await;
+        let m = self.next_event("BACKGROUND_JOB", "Job-UUID", job).await;
         m.event_body().to_owned()
     }
 
     /// The CHANNEL_HANGUP_COMPLETE of this channel: its Hangup-Cause.
     pub async fn hangup_cause(&mut self, uuid: &str) -> String {
         let m = self
-            .next_where("CHANNEL_HANGUP_COMPLETE", |m| {
-                m.ev("Event-Name").as_deref() == Some("CHANNEL_HANGUP_COMPLETE")
-                    && m.ev("Unique-ID").as_deref() == Some(uuid)
-            })
+            .next_event("CHANNEL_HANGUP_COMPLETE", "Unique-ID", uuid)
             .await;
         m.ev("Hangup-Cause").expect("Hangup-Cause")
     }
