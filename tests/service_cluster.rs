@@ -123,19 +123,11 @@ fn owner(cluster: &RedisCluster, key: &str) -> usize {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn push_control_and_calls_work_on_a_cluster_from_one_node_or_a_list() {
     use redswitch::service::agent::Agent;
-    use redswitch::sim::{SimConfig, Simulator};
-    use std::net::SocketAddr;
 
     let cluster = RedisCluster::start();
     let recordings = tempfile::tempdir().unwrap();
     let media = tempfile::tempdir().unwrap();
-    let sim = Simulator::start(SimConfig {
-        esl_listen: SocketAddr::from(([127, 0, 0, 1], 0)),
-        ring_time: Duration::from_millis(50),
-        ..SimConfig::default()
-    })
-    .await
-    .unwrap();
+    let sim = support::sim_client::quick_sim().await;
     let cancel = CancellationToken::new();
     let config =
         support::stack::agent_config(&cluster.urls(), &sim, recordings.path(), media.path());
