@@ -5,7 +5,7 @@
 //! application), `hupall` (all, and by variable), and the variables of an
 //! originate's `{…}` block seen through `uuid_getvar` and in events.
 
-use redswitch::sim::SimConfig;
+use redswitch::sim::{SimConfig, SimHandle};
 use redswitch_test_support as support;
 use std::time::Duration;
 use support::sim_client::{Client, WAIT, sim, sim_with};
@@ -29,6 +29,17 @@ fn status_line<'a>(status: &'a str, contains: &str) -> &'a str {
 
 async fn channel_count(c: &mut Client) -> String {
     c.api("show channels count").await.trim().to_owned()
+}
+
+/// Waits until the simulator holds no channel, and checks `show channels
+/// count` agrees.
+async fn all_gone(sim: &SimHandle, c: &mut Client) {
+    support::eventually("every channel gone", WAIT, || {
+        let sim = sim.clone();
+        async move { sim.channels().is_empty() }
+    })
+    .await;
+    assert_eq!(channel_count(c).await, "0 total.");
 }
 
 #[tokio::test]
@@ -185,12 +196,7 @@ async fn trace_13_burst() -> Option<()> {
         "+OK hangup all channels with cause NORMAL_CLEARING\n"
     );
     assert_eq!(c.job(&waiting[0]).await, "-ERR NORMAL_CLEARING\n");
-    support::eventually("every channel gone", WAIT, || {
-        let sim = sim.clone();
-        async move { sim.channels().is_empty() }
-    })
-    .await;
-    assert_eq!(channel_count(&mut c).await, "0 total.");
+    all_gone(&sim, &mut c).await;
     sim.shutdown().await;
     Some(())
 }
@@ -438,12 +444,7 @@ async fn originate_variables_find_and_end_the_legs_of_one_instance() {
         "+OK hangup all channels matching [dial_id]=[d-2] with cause: MANAGER_REQUEST\n"
     );
     assert_eq!(c.hangup_cause(&other).await, "MANAGER_REQUEST");
-    support::eventually("every channel gone", WAIT, || {
-        let sim = sim.clone();
-        async move { sim.channels().is_empty() }
-    })
-    .await;
-    assert_eq!(channel_count(&mut c).await, "0 total.");
+    all_gone(&sim, &mut c).await;
     sim.shutdown().await;
 }
 
