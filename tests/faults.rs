@@ -394,22 +394,19 @@ impl Fault {
             "sessions: two legs per job, each dialled once"
         );
         let mut conn = self.redis().await;
-        eventually("no active key left", Duration::from_secs(30), || {
-            let mut conn = conn.clone();
-            async move {
-                let keys: Vec<String> = conn.keys("redswitch.*").await.unwrap();
-                keys.is_empty()
-            }
-        })
-        .await;
-        eventually("no claim left", Duration::from_secs(30), || {
-            let mut conn = conn.clone();
-            async move {
-                let keys: Vec<String> = conn.keys("{talkiq-asp.calls}.claim.*").await.unwrap();
-                keys.is_empty()
-            }
-        })
-        .await;
+        for (what, pattern) in [
+            ("no active key left", "redswitch.*"),
+            ("no claim left", "{talkiq-asp.calls}.claim.*"),
+        ] {
+            eventually(what, Duration::from_secs(30), || {
+                let mut conn = conn.clone();
+                async move {
+                    let keys: Vec<String> = conn.keys(pattern).await.unwrap();
+                    keys.is_empty()
+                }
+            })
+            .await;
+        }
         let processing: Vec<String> = conn.keys("{talkiq-asp.calls}.processing.*").await.unwrap();
         for key in processing {
             let n: usize = conn.llen(&key).await.unwrap();
