@@ -291,19 +291,26 @@ async fn max_call_duration_is_enforced_by_the_switch() {
     stack.stop().await;
 }
 
-/// `uuid_kill` of a leg that is already gone is not an error.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn killing_a_gone_leg_is_not_an_error() {
-    let stack = Stack::start(0).await;
+/// A dialer of the test's own on the stack's switch, owning its calls as
+/// `owner`; its socket address is never dialled (the tests only kill and
+/// bridge).
+async fn dialer(stack: &Stack, owner: &str) -> (Dialer, tokio::task::JoinHandle<()>) {
     let (inbound, events) = InboundClient::connect(InboundConfig::new(
         stack.sim.esl_addr().to_string(),
         "ClueCon",
     ))
     .await
     .unwrap();
-    let (dialer, _task) = Dialer::start(inbound, events, "127.0.0.1:1", "gone-test")
+    Dialer::start(inbound, events, "127.0.0.1:1", owner)
         .await
-        .unwrap();
+        .unwrap()
+}
+
+/// `uuid_kill` of a leg that is already gone is not an error.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killing_a_gone_leg_is_not_an_error() {
+    let stack = Stack::start(0).await;
+    let (dialer, _task) = dialer(&stack, "gone-test").await;
     let gone = uuid::Uuid::new_v4().to_string();
     dialer.kill(&gone, "NORMAL_CLEARING").await.unwrap();
     stack.stop().await;
@@ -314,15 +321,7 @@ async fn killing_a_gone_leg_is_not_an_error() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_refused_bridge_is_retried_once_then_reported() {
     let stack = Stack::start(0).await;
-    let (inbound, events) = InboundClient::connect(InboundConfig::new(
-        stack.sim.esl_addr().to_string(),
-        "ClueCon",
-    ))
-    .await
-    .unwrap();
-    let (dialer, _task) = Dialer::start(inbound, events, "127.0.0.1:1", "bridge-test")
-        .await
-        .unwrap();
+    let (dialer, _task) = dialer(&stack, "bridge-test").await;
     let gone = uuid::Uuid::new_v4().to_string();
     let started = std::time::Instant::now();
     let ringing = dialer

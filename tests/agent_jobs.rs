@@ -257,12 +257,7 @@ async fn callee_dtmf_is_published_one_event_per_digit() {
     f.drain(Duration::from_millis(300)).await;
     assert_eq!(f.count("dtmf-event"), 5, "{:#?}", f.seen);
     // The history keeps them in order too.
-    let history: Vec<Value> = stack
-        .lrange("redswitch_history.org1.user1")
-        .await
-        .iter()
-        .map(|s| serde_json::from_str(s).unwrap())
-        .collect();
+    let history: Vec<Value> = stack.lrange_json("redswitch_history.org1.user1").await;
     let in_history: String = history
         .iter()
         .filter(|v| v["type"] == "dtmf-event")

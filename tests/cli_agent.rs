@@ -5,7 +5,7 @@
 use redswitch_test_support as support;
 
 use serde_json::Value;
-use std::process::{Command, Output, Stdio};
+use std::process::Output;
 use std::time::Duration;
 use support::redis_server::free_port;
 use support::stack::Stack;
@@ -13,22 +13,7 @@ use support::stack::Stack;
 /// Runs the binary with `args` (no inherited configuration from the
 /// environment) and returns its output; fails the test after `limit`.
 async fn redswitch(args: Vec<String>, limit: Duration) -> Output {
-    let run = tokio::task::spawn_blocking(move || {
-        Command::new(env!("CARGO_BIN_EXE_redswitch"))
-            .args(&args)
-            .env_remove("PUBSUB_REDIS_URL")
-            .env_remove("ESL_URL")
-            .env_remove("ESL_PORT")
-            .env("RUST_LOG", "warn")
-            .env("RUST_BACKTRACE", "1")
-            .stdin(Stdio::null())
-            .output()
-            .expect("run redswitch")
-    });
-    tokio::time::timeout(limit, run)
-        .await
-        .expect("redswitch finished in time")
-        .unwrap()
+    support::bin::run(env!("CARGO_BIN_EXE_redswitch"), args, limit).await
 }
 
 fn args(list: &[&str]) -> Vec<String> {

@@ -9,27 +9,18 @@ use redswitch_test_support as support;
 use redis::AsyncCommands;
 use redswitch::switch::{InboundClient, InboundConfig};
 use serde_json::{Value, json};
-use std::process::{Command, Output, Stdio};
+use std::process::Output;
 use std::time::Duration;
 use support::stack::Stack;
 
 /// Runs the binary with `args` (no configuration from the environment).
 async fn redswitch(args: Vec<String>) -> Output {
-    let run = tokio::task::spawn_blocking(move || {
-        Command::new(env!("CARGO_BIN_EXE_redswitch"))
-            .args(&args)
-            .env_remove("PUBSUB_REDIS_URL")
-            .env_remove("ESL_URL")
-            .env_remove("ESL_PORT")
-            .env("RUST_LOG", "warn")
-            .stdin(Stdio::null())
-            .output()
-            .expect("run redswitch")
-    });
-    tokio::time::timeout(Duration::from_secs(30), run)
-        .await
-        .expect("redswitch finished in time")
-        .unwrap()
+    support::bin::run(
+        env!("CARGO_BIN_EXE_redswitch"),
+        args,
+        Duration::from_secs(30),
+    )
+    .await
 }
 
 fn text(bytes: &[u8]) -> String {

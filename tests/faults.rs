@@ -13,7 +13,7 @@
 use redswitch_test_support as support;
 
 use redis::AsyncCommands;
-use redswitch::sim::{SimConfig, SimHandle, Simulator};
+use redswitch::sim::SimHandle;
 use redswitch::switch::{InboundClient, InboundConfig};
 use serde_json::{Value, json};
 use std::collections::{BTreeMap, BTreeSet};
@@ -48,13 +48,7 @@ struct Switch {
 
 impl Switch {
     async fn start(watch_every: Duration) -> Self {
-        let sim = Simulator::start(SimConfig {
-            esl_listen: SocketAddr::from(([127, 0, 0, 1], 0)),
-            ring_time: Duration::from_millis(50),
-            ..SimConfig::default()
-        })
-        .await
-        .unwrap();
+        let sim = support::sim_client::quick_sim().await;
         let sim = Arc::new(Mutex::new(sim));
         let legs = Arc::new(Mutex::new(BTreeMap::new()));
         let watcher = {
@@ -311,21 +305,37 @@ impl Fault {
             .collect()
     }
 
-    /// Waits until `dial_id`'s history holds `event`.
-    async fn wait_event(&self, dial_id: &str, what: &str, check: impl Fn(&Value) -> bool) {
-        let deadline = Instant::now() + Duration::from_secs(60);
+    /// Polls `dial_id`'s history until `done` holds; after `within`, fails
+    /// with `what` went wrong, the history and the agents' logs.
+    async fn wait_history(
+        &self,
+        dial_id: &str,
+        within: Duration,
+        what: &str,
+        done: impl Fn(&[Value]) -> bool,
+    ) {
+        let deadline = Instant::now() + within;
         loop {
             let history = self.history(dial_id).await;
-            if history.iter().any(&check) {
+            if done(&history) {
                 return;
             }
             assert!(
                 Instant::now() < deadline,
-                "{dial_id}: no {what} in the history: {history:#?}\n{}",
+                "{dial_id}: {what}: {history:#?}\n{}",
                 self.logs()
             );
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
+    }
+
+    /// Waits until `dial_id`'s history holds `event`.
+    async fn wait_event(&self, dial_id: &str, what: &str, check: impl Fn(&Value) -> bool) {
+        let what = format!("no {what} in the history");
+        self.wait_history(dial_id, Duration::from_secs(60), &what, |h| {
+            h.iter().any(&check)
+        })
+        .await;
     }
 
     async fn wait_answered(&self, dial_id: &str) {
@@ -338,19 +348,10 @@ impl Fault {
 
     /// Waits until the call has ended in the history (both hangup-events).
     async fn wait_ended(&self, dial_id: &str, within: Duration) {
-        let deadline = Instant::now() + within;
-        loop {
-            let history = self.history(dial_id).await;
-            if check_history(dial_id, &history).is_ok() {
-                return;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "{dial_id} did not end: {history:#?}\n{}",
-                self.logs()
-            );
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
+        self.wait_history(dial_id, within, "did not end", |h| {
+            check_history(dial_id, h).is_ok()
+        })
+        .await;
     }
 
     async fn publish(&self, dial_id: &str, msg: &str) {
@@ -393,22 +394,19 @@ impl Fault {
             "sessions: two legs per job, each dialled once"
         );
         let mut conn = self.redis().await;
-        eventually("no active key left", Duration::from_secs(30), || {
-            let mut conn = conn.clone();
-            async move {
-                let keys: Vec<String> = conn.keys("redswitch.*").await.unwrap();
-                keys.is_empty()
-            }
-        })
-        .await;
-        eventually("no claim left", Duration::from_secs(30), || {
-            let mut conn = conn.clone();
-            async move {
-                let keys: Vec<String> = conn.keys("{talkiq-asp.calls}.claim.*").await.unwrap();
-                keys.is_empty()
-            }
-        })
-        .await;
+        for (what, pattern) in [
+            ("no active key left", "redswitch.*"),
+            ("no claim left", "{talkiq-asp.calls}.claim.*"),
+        ] {
+            eventually(what, Duration::from_secs(30), || {
+                let mut conn = conn.clone();
+                async move {
+                    let keys: Vec<String> = conn.keys(pattern).await.unwrap();
+                    keys.is_empty()
+                }
+            })
+            .await;
+        }
         let processing: Vec<String> = conn.keys("{talkiq-asp.calls}.processing.*").await.unwrap();
         for key in processing {
             let n: usize = conn.llen(&key).await.unwrap();

@@ -172,12 +172,7 @@ async fn garbage_flood_then_hangup_goes_through_and_every_message_is_accounted_f
         assert_eq!(control_lines, flood_lines.len(), "{:#?}", logs.lines());
         // The history is the durable record: the call's events complete and
         // in order, each answer once, and no active key left.
-        let history: Vec<Value> = stack
-            .lrange("redswitch_history.org1.user1")
-            .await
-            .iter()
-            .map(|s| serde_json::from_str(s).unwrap())
-            .collect();
+        let history: Vec<Value> = stack.lrange_json("redswitch_history.org1.user1").await;
         let kinds: Vec<&str> = history
             .iter()
             .map(|v| v["type"].as_str().unwrap())

@@ -4,9 +4,7 @@
 
 use redswitch_test_support as support;
 
-use redswitch::sim::{SimConfig, Simulator};
 use std::io::{BufRead, BufReader};
-use std::net::SocketAddr;
 use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::time::Duration;
@@ -75,13 +73,7 @@ fn logs_to_a_pipe_have_no_colour() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn calls_log_their_dial_id_and_bad_jobs_are_logged_once() {
     let redis = RedisServer::start();
-    let sim = Simulator::start(SimConfig {
-        esl_listen: SocketAddr::from(([127, 0, 0, 1], 0)),
-        ring_time: Duration::from_millis(50),
-        ..SimConfig::default()
-    })
-    .await
-    .unwrap();
+    let sim = support::sim_client::quick_sim().await;
     let mut child = Command::new(env!("CARGO_BIN_EXE_redswitch"))
         .arg("serve")
         .env("RUST_LOG", "redswitch=debug")

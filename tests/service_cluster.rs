@@ -103,19 +103,12 @@ async fn queue_events_and_control_work_on_a_cluster() {
 /// Runs the real binary with `args` (no configuration from the
 /// environment).
 async fn redswitch(args: Vec<String>) -> std::process::Output {
-    let run = tokio::task::spawn_blocking(move || {
-        std::process::Command::new(env!("CARGO_BIN_EXE_redswitch"))
-            .args(&args)
-            .env_remove("PUBSUB_REDIS_URL")
-            .env("RUST_LOG", "warn")
-            .stdin(std::process::Stdio::null())
-            .output()
-            .expect("run redswitch")
-    });
-    tokio::time::timeout(Duration::from_secs(30), run)
-        .await
-        .expect("redswitch finished in time")
-        .unwrap()
+    support::bin::run(
+        env!("CARGO_BIN_EXE_redswitch"),
+        args,
+        Duration::from_secs(30),
+    )
+    .await
 }
 
 /// The node (of `cluster`) that owns `key`'s slot: the others answer MOVED.
@@ -130,19 +123,11 @@ fn owner(cluster: &RedisCluster, key: &str) -> usize {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn push_control_and_calls_work_on_a_cluster_from_one_node_or_a_list() {
     use redswitch::service::agent::Agent;
-    use redswitch::sim::{SimConfig, Simulator};
-    use std::net::SocketAddr;
 
     let cluster = RedisCluster::start();
     let recordings = tempfile::tempdir().unwrap();
     let media = tempfile::tempdir().unwrap();
-    let sim = Simulator::start(SimConfig {
-        esl_listen: SocketAddr::from(([127, 0, 0, 1], 0)),
-        ring_time: Duration::from_millis(50),
-        ..SimConfig::default()
-    })
-    .await
-    .unwrap();
+    let sim = support::sim_client::quick_sim().await;
     let cancel = CancellationToken::new();
     let config =
         support::stack::agent_config(&cluster.urls(), &sim, recordings.path(), media.path());

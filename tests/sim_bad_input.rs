@@ -18,23 +18,14 @@
 //!   without a notice) after `max_missed` lost events;
 //! - commands in flight at shutdown → the shutdown notice, then close.
 
-use redswitch::sim::{SimConfig, SimHandle, Simulator};
+use redswitch::sim::{SimConfig, SimHandle};
+use redswitch_test_support as support;
 use std::net::SocketAddr;
 use std::time::Duration;
+use support::sim_client::{WAIT, sim, sim_with};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::time::timeout;
-
-const WAIT: Duration = Duration::from_secs(10);
-
-async fn sim(cfg: SimConfig) -> SimHandle {
-    Simulator::start(SimConfig {
-        esl_listen: "127.0.0.1:0".parse().expect("addr"),
-        ..cfg
-    })
-    .await
-    .expect("simulator starts")
-}
 
 /// One frame the simulator sent.
 #[derive(Debug)]
@@ -178,7 +169,7 @@ fn goodbye(m: &Msg) {
 
 #[tokio::test]
 async fn wrong_password_gets_trace_01s_bytes_then_close() {
-    let sim = sim(SimConfig::default()).await;
+    let sim = sim().await;
     let mut witness = Client::login(sim.esl_addr()).await;
     let mut c = Client::connect(sim.esl_addr()).await;
     let mut raw = Vec::new();
@@ -203,7 +194,7 @@ async fn wrong_password_gets_trace_01s_bytes_then_close() {
 
 #[tokio::test]
 async fn garbage_gets_command_not_found_and_the_connection_lives() {
-    let sim = sim(SimConfig::default()).await;
+    let sim = sim().await;
     let mut witness = Client::login(sim.esl_addr()).await;
 
     // Not yet authenticated: parse_command answers anything but auth so.
@@ -239,7 +230,7 @@ async fn garbage_gets_command_not_found_and_the_connection_lives() {
 
 #[tokio::test]
 async fn header_line_without_colon_is_ignored_and_the_command_runs() {
-    let sim = sim(SimConfig::default()).await;
+    let sim = sim().await;
     let mut witness = Client::login(sim.esl_addr()).await;
     let mut listener = Client::login(sim.esl_addr()).await;
     assert_eq!(
@@ -270,7 +261,7 @@ async fn header_line_without_colon_is_ignored_and_the_command_runs() {
 
 #[tokio::test]
 async fn too_long_header_block_is_cut_at_the_limit_and_parsed() {
-    let sim = sim(SimConfig {
+    let sim = sim_with(SimConfig {
         max_packet_head: 4096,
         ..SimConfig::default()
     })
@@ -296,7 +287,7 @@ async fn too_long_header_block_is_cut_at_the_limit_and_parsed() {
 
 #[tokio::test]
 async fn negative_or_non_numeric_content_length_means_no_body() {
-    let sim = sim(SimConfig::default()).await;
+    let sim = sim().await;
     let mut witness = Client::login(sim.esl_addr()).await;
     let mut listener = Client::login(sim.esl_addr()).await;
     assert_eq!(
@@ -341,7 +332,7 @@ async fn negative_or_non_numeric_content_length_means_no_body() {
 
 #[tokio::test]
 async fn huge_content_length_closes_that_connection_only() {
-    let sim = sim(SimConfig::default()).await;
+    let sim = sim().await;
     let mut witness = Client::login(sim.esl_addr()).await;
     for clen in ["2147483647", "99999999999"] {
         let mut c = Client::login(sim.esl_addr()).await;
@@ -357,7 +348,7 @@ async fn huge_content_length_closes_that_connection_only() {
 
 #[tokio::test]
 async fn packet_cut_mid_body_then_eof_is_dropped() {
-    let sim = sim(SimConfig::default()).await;
+    let sim = sim().await;
     let mut witness = Client::login(sim.esl_addr()).await;
     let mut listener = Client::login(sim.esl_addr()).await;
     assert_eq!(
@@ -390,7 +381,7 @@ async fn packet_cut_mid_body_then_eof_is_dropped() {
 #[tokio::test]
 async fn slow_consumer_is_killed_and_nobody_else_notices() {
     const EVENTS: usize = 2_000;
-    let sim = sim(SimConfig {
+    let sim = sim_with(SimConfig {
         event_queue_len: 64,
         max_missed: 50,
         ..SimConfig::default()
@@ -466,7 +457,7 @@ async fn slow_consumer_is_killed_and_nobody_else_notices() {
 
 #[tokio::test]
 async fn commands_in_flight_at_shutdown_end_with_the_shutdown_notice() {
-    let sim = sim(SimConfig::default()).await;
+    let sim = sim().await;
     let addr = sim.esl_addr();
     // A blocking originate to a number that rings for 30 s.
     let mut blocked = Client::login(addr).await;

@@ -6,161 +6,12 @@
 //! alive; a hangup while bridged; and the bad inputs around them
 //! (`uuid_kill` of a leg already gone, two hangups at once).
 
-use redswitch::sim::{SimConfig, SimHandle, Simulator};
+use redswitch::sim::SimHandle;
+use redswitch_test_support as support;
 use std::time::Duration;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
+use support::sim_client::{Client, WAIT, sim, socket_leg};
+use tokio::net::TcpListener;
 use tokio::time::{Instant, timeout};
-
-const WAIT: Duration = Duration::from_secs(10);
-
-async fn sim() -> SimHandle {
-    Simulator::start(SimConfig {
-        esl_listen: "127.0.0.1:0".parse().expect("addr"),
-        ..SimConfig::default()
-    })
-    .await
-    .expect("simulator starts")
-}
-
-#[derive(Debug)]
-struct Msg {
-    headers: Vec<(String, String)>,
-    body: String,
-}
-
-impl Msg {
-    fn get(&self, name: &str) -> Option<&str> {
-        self.headers
-            .iter()
-            .find(|(n, _)| n.eq_ignore_ascii_case(name))
-            .map(|(_, v)| v.as_str())
-    }
-
-    /// A header of a plain event (percent-decoded).
-    fn ev(&self, name: &str) -> Option<String> {
-        self.body
-            .lines()
-            .find_map(|l| l.strip_prefix(&format!("{name}: ")))
-            .map(|v| {
-                percent_encoding::percent_decode_str(v)
-                    .decode_utf8_lossy()
-                    .into_owned()
-            })
-    }
-}
-
-struct Client {
-    s: TcpStream,
-    buf: Vec<u8>,
-}
-
-impl Client {
-    fn new(s: TcpStream) -> Self {
-        Self { s, buf: Vec::new() }
-    }
-
-    async fn login(sim: &SimHandle) -> Self {
-        let mut c = Self::new(TcpStream::connect(sim.esl_addr()).await.expect("connect"));
-        c.msg().await;
-        assert_eq!(
-            c.cmd("auth ClueCon").await.get("Reply-Text"),
-            Some("+OK accepted")
-        );
-        c
-    }
-
-    async fn msg(&mut self) -> Msg {
-        loop {
-            if let Some(end) = self.buf.windows(2).position(|w| w == b"\n\n") {
-                let head = String::from_utf8_lossy(&self.buf[..end]).into_owned();
-                let headers: Vec<(String, String)> = head
-                    .lines()
-                    .filter_map(|l| l.split_once(": "))
-                    .map(|(n, v)| (n.to_owned(), v.to_owned()))
-                    .collect();
-                let len = headers
-                    .iter()
-                    .find(|(n, _)| n == "Content-Length")
-                    .map_or(0, |(_, v)| v.parse::<usize>().expect("length"));
-                if self.buf.len() >= end + 2 + len {
-                    let body =
-                        String::from_utf8_lossy(&self.buf[end + 2..end + 2 + len]).into_owned();
-                    self.buf.drain(..end + 2 + len);
-                    return Msg { headers, body };
-                }
-            }
-            self.buf.reserve(65536);
-            let n = timeout(WAIT, self.s.read_buf(&mut self.buf))
-                .await
-                .expect("the simulator answers in time")
-                .expect("read");
-            assert!(n > 0, "connection closed");
-        }
-    }
-
-    async fn cmd(&mut self, cmd: &str) -> Msg {
-        self.s
-            .write_all(format!("{cmd}\n\n").as_bytes())
-            .await
-            .expect("write");
-        loop {
-            let m = self.msg().await;
-            if m.get("Content-Type") != Some("text/event-plain") {
-                return m;
-            }
-        }
-    }
-
-    /// The next event with this name (others are skipped), or a panic at
-    /// the deadline.
-    async fn event(&mut self, name: &str, deadline: Instant) -> Msg {
-        loop {
-            let m = timeout(
-                deadline.saturating_duration_since(Instant::now()),
-                self.msg(),
-            )
-            .await
-            .unwrap_or_else(|_| panic!("no {name} in time"));
-            if m.ev("Event-Name").as_deref() == Some(name) {
-                return m;
-            }
-        }
-    }
-}
-
-/// Accepts the outbound socket of a leg and subscribes to its events.
-async fn socket_leg(listener: &TcpListener) -> (Client, String) {
-    let (s, _) = timeout(WAIT, listener.accept())
-        .await
-        .expect("the leg connects")
-        .expect("accept");
-    let mut c = Client::new(s);
-    let connect = c.cmd("connect").await;
-    let uuid = connect.get("Unique-ID").expect("Unique-ID").to_owned();
-    assert_eq!(
-        c.cmd("myevents").await.get("Reply-Text"),
-        Some("+OK Events Enabled")
-    );
-    (c, uuid)
-}
-
-impl Client {
-    /// The next event, whatever it is.
-    async fn event_any(&mut self, deadline: Instant) -> Msg {
-        loop {
-            let m = timeout(
-                deadline.saturating_duration_since(Instant::now()),
-                self.msg(),
-            )
-            .await
-            .expect("an event in time");
-            if m.get("Content-Type") == Some("text/event-plain") {
-                return m;
-            }
-        }
-    }
-}
 
 const RINGBACK: &str = "tone_stream://%(2000,4000,440,480);loops=-1";
 
@@ -191,6 +42,29 @@ async fn socket_call(
     );
     assert!(sim.channel(&uuid).is_some());
     (leg, uuid)
+}
+
+/// A socket call whose leg plays `tone` (under the event lock if
+/// `locked`), its PLAYBACK_START seen.
+async fn playing_call(
+    sim: &SimHandle,
+    listener: &TcpListener,
+    inbound: &mut Client,
+    tone: &str,
+    locked: bool,
+) -> (Client, String) {
+    let (mut leg, uuid) = socket_call(sim, listener, inbound).await;
+    execute(&mut leg, "playback", tone, locked).await;
+    leg.event("PLAYBACK_START", Instant::now() + WAIT).await;
+    (leg, uuid)
+}
+
+/// `uuid_kill` of a live channel, which FreeSWITCH accepts.
+async fn uuid_kill(inbound: &mut Client, uuid: &str) {
+    assert_eq!(
+        inbound.cmd(&format!("api uuid_kill {uuid}")).await.body,
+        "+OK\n"
+    );
 }
 
 async fn execute(leg: &mut Client, app: &str, arg: &str, locked: bool) {
@@ -236,9 +110,7 @@ async fn setup() -> (SimHandle, TcpListener, Client) {
 #[tokio::test]
 async fn queued_hangup_waits_behind_an_event_locked_app_and_break_all_drops_it() {
     let (sim, listener, mut inbound) = setup().await;
-    let (mut leg, uuid) = socket_call(&sim, &listener, &mut inbound).await;
-    execute(&mut leg, "playback", RINGBACK, true).await;
-    leg.event("PLAYBACK_START", Instant::now() + WAIT).await;
+    let (mut leg, uuid) = playing_call(&sim, &listener, &mut inbound, RINGBACK, true).await;
     sendmsg_hangup(&mut leg).await;
     // FreeSWITCH does not parse private events while CF_EVENT_LOCK is set.
     tokio::time::sleep(Duration::from_millis(800)).await;
@@ -256,10 +128,7 @@ async fn queued_hangup_waits_behind_an_event_locked_app_and_break_all_drops_it()
     let snap = sim.channel(&uuid).expect("the queued hangup never ran");
     assert_eq!(snap.hangup_cause, None);
     // Only uuid_kill ends it.
-    assert_eq!(
-        inbound.cmd(&format!("api uuid_kill {uuid}")).await.body,
-        "+OK\n"
-    );
+    uuid_kill(&mut inbound, &uuid).await;
     assert!(gone(&sim, &uuid).await);
     sim.shutdown().await;
 }
@@ -267,9 +136,7 @@ async fn queued_hangup_waits_behind_an_event_locked_app_and_break_all_drops_it()
 #[tokio::test]
 async fn a_plain_uuid_break_lets_the_queued_hangup_run() {
     let (sim, listener, mut inbound) = setup().await;
-    let (mut leg, uuid) = socket_call(&sim, &listener, &mut inbound).await;
-    execute(&mut leg, "playback", RINGBACK, true).await;
-    leg.event("PLAYBACK_START", Instant::now() + WAIT).await;
+    let (mut leg, uuid) = playing_call(&sim, &listener, &mut inbound, RINGBACK, true).await;
     sendmsg_hangup(&mut leg).await;
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert!(sim.channel(&uuid).is_some_and(|s| s.hangup_cause.is_none()));
@@ -288,9 +155,7 @@ async fn a_plain_uuid_break_lets_the_queued_hangup_run() {
 #[tokio::test]
 async fn without_event_lock_the_hangup_runs_at_once_inside_the_playback() {
     let (sim, listener, mut inbound) = setup().await;
-    let (mut leg, uuid) = socket_call(&sim, &listener, &mut inbound).await;
-    execute(&mut leg, "playback", RINGBACK, false).await;
-    leg.event("PLAYBACK_START", Instant::now() + WAIT).await;
+    let (mut leg, uuid) = playing_call(&sim, &listener, &mut inbound, RINGBACK, false).await;
     sendmsg_hangup(&mut leg).await;
     let deadline = Instant::now() + WAIT;
     let h = leg.event("CHANNEL_HANGUP", deadline).await;
@@ -310,9 +175,7 @@ async fn without_event_lock_the_hangup_runs_at_once_inside_the_playback() {
 #[tokio::test]
 async fn uuid_kill_ends_a_channel_busy_in_an_event_locked_app() {
     let (sim, listener, mut inbound) = setup().await;
-    let (mut leg, uuid) = socket_call(&sim, &listener, &mut inbound).await;
-    execute(&mut leg, "playback", RINGBACK, true).await;
-    leg.event("PLAYBACK_START", Instant::now() + WAIT).await;
+    let (mut leg, uuid) = playing_call(&sim, &listener, &mut inbound, RINGBACK, true).await;
     sendmsg_hangup(&mut leg).await;
     assert_eq!(
         inbound
@@ -360,15 +223,11 @@ async fn two_hangups_at_once_end_the_channel_once() {
     inbound.cmd("event plain CHANNEL_HANGUP_COMPLETE").await;
     let (mut leg, uuid) = socket_call(&sim, &listener, &mut inbound).await;
     // A sendmsg hangup and a uuid_kill sent back to back, without waiting.
-    leg.s
-        .write_all(b"sendmsg\ncall-command: hangup\nhangup-cause: USER_BUSY\n\n")
-        .await
-        .expect("write");
+    leg.send(b"sendmsg\ncall-command: hangup\nhangup-cause: USER_BUSY\n\n")
+        .await;
     inbound
-        .s
-        .write_all(format!("api uuid_kill {uuid} CALL_REJECTED\n\n").as_bytes())
-        .await
-        .expect("write");
+        .send(format!("api uuid_kill {uuid} CALL_REJECTED\n\n").as_bytes())
+        .await;
     let deadline = Instant::now() + WAIT;
     let hc = leg.event("CHANNEL_HANGUP_COMPLETE", deadline).await;
     let cause = hc.ev("Hangup-Cause").expect("cause");
@@ -458,9 +317,7 @@ async fn cancelling_a_ringing_originate_ends_both_halves() {
 #[tokio::test]
 async fn a_socket_closed_during_an_event_locked_app_leaves_the_channel_alive() {
     let (sim, listener, mut inbound) = setup().await;
-    let (mut leg, uuid) = socket_call(&sim, &listener, &mut inbound).await;
-    execute(&mut leg, "playback", RINGBACK, true).await;
-    leg.event("PLAYBACK_START", Instant::now() + WAIT).await;
+    let (leg, uuid) = playing_call(&sim, &listener, &mut inbound, RINGBACK, true).await;
     drop(leg);
     tokio::time::sleep(Duration::from_millis(1500)).await;
     assert_eq!(
@@ -468,10 +325,7 @@ async fn a_socket_closed_during_an_event_locked_app_leaves_the_channel_alive() {
         "true"
     );
     assert!(sim.channel(&uuid).is_some_and(|s| s.hangup_cause.is_none()));
-    assert_eq!(
-        inbound.cmd(&format!("api uuid_kill {uuid}")).await.body,
-        "+OK\n"
-    );
+    uuid_kill(&mut inbound, &uuid).await;
     assert!(gone(&sim, &uuid).await);
     sim.shutdown().await;
 }
@@ -479,9 +333,8 @@ async fn a_socket_closed_during_an_event_locked_app_leaves_the_channel_alive() {
 #[tokio::test]
 async fn a_socket_closed_during_a_finite_app_ends_the_channel_after_it() {
     let (sim, listener, mut inbound) = setup().await;
-    let (mut leg, uuid) = socket_call(&sim, &listener, &mut inbound).await;
-    execute(&mut leg, "playback", "tone_stream://%(1200,0,440)", false).await;
-    leg.event("PLAYBACK_START", Instant::now() + WAIT).await;
+    let tone = "tone_stream://%(1200,0,440)";
+    let (leg, uuid) = playing_call(&sim, &listener, &mut inbound, tone, false).await;
     drop(leg);
     // The playback keeps the channel thread: nothing notices the closed
     // socket until it ends, then the socket's park loop does.

@@ -5,193 +5,12 @@
 //! application), `hupall` (all, and by variable), and the variables of an
 //! originate's `{…}` block seen through `uuid_getvar` and in events.
 
-use redswitch::sim::{SimConfig, SimHandle, Simulator};
+use redswitch::sim::{SimConfig, SimHandle};
+use redswitch_test_support as support;
 use std::time::Duration;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use support::sim_client::{Client, WAIT, sim, sim_with};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::time::{Instant, timeout};
-
-const WAIT: Duration = Duration::from_secs(10);
-
-async fn sim_with(cfg: SimConfig) -> SimHandle {
-    Simulator::start(SimConfig {
-        esl_listen: "127.0.0.1:0".parse().expect("addr"),
-        ..cfg
-    })
-    .await
-    .expect("simulator starts")
-}
-
-async fn sim() -> SimHandle {
-    sim_with(SimConfig::default()).await
-}
-
-#[derive(Debug)]
-struct Msg {
-    headers: Vec<(String, String)>,
-    body: String,
-}
-
-impl Msg {
-    fn get(&self, name: &str) -> Option<&str> {
-        self.headers
-            .iter()
-            .find(|(n, _)| n.eq_ignore_ascii_case(name))
-            .map(|(_, v)| v.as_str())
-    }
-
-    /// A header of a plain event (percent-decoded).
-    fn ev(&self, name: &str) -> Option<String> {
-        self.body
-            .lines()
-            .find_map(|l| l.strip_prefix(&format!("{name}: ")))
-            .map(|v| {
-                percent_encoding::percent_decode_str(v)
-                    .decode_utf8_lossy()
-                    .into_owned()
-            })
-    }
-
-    /// The body of a plain event (after its headers).
-    fn event_body(&self) -> &str {
-        self.body.split_once("\n\n").map_or("", |(_, b)| b)
-    }
-}
-
-struct Client {
-    s: TcpStream,
-    buf: Vec<u8>,
-    /// Events and log lines read while waiting for a reply.
-    pending: Vec<Msg>,
-}
-
-impl Client {
-    async fn connect(addr: std::net::SocketAddr) -> Self {
-        let mut c = Self {
-            s: TcpStream::connect(addr).await.expect("connect"),
-            buf: Vec::new(),
-            pending: Vec::new(),
-        };
-        c.read().await;
-        assert_eq!(
-            c.cmd("auth ClueCon").await.get("Reply-Text"),
-            Some("+OK accepted")
-        );
-        c
-    }
-
-    async fn login(sim: &SimHandle) -> Self {
-        Self::connect(sim.esl_addr()).await
-    }
-
-    async fn read(&mut self) -> Msg {
-        loop {
-            if let Some(end) = self.buf.windows(2).position(|w| w == b"\n\n") {
-                let head = String::from_utf8_lossy(&self.buf[..end]).into_owned();
-                let headers: Vec<(String, String)> = head
-                    .lines()
-                    .filter_map(|l| l.split_once(": "))
-                    .map(|(n, v)| (n.to_owned(), v.to_owned()))
-                    .collect();
-                let len = headers
-                    .iter()
-                    .find(|(n, _)| n == "Content-Length")
-                    .map_or(0, |(_, v)| v.parse::<usize>().expect("length"));
-                if self.buf.len() >= end + 2 + len {
-                    let body =
-                        String::from_utf8_lossy(&self.buf[end + 2..end + 2 + len]).into_owned();
-                    self.buf.drain(..end + 2 + len);
-                    return Msg { headers, body };
-                }
-            }
-            self.buf.reserve(65536);
-            let n = timeout(WAIT, self.s.read_buf(&mut self.buf))
-                .await
-                .expect("the simulator answers in time")
-                .expect("read");
-            assert!(n > 0, "connection closed");
-        }
-    }
-
-    /// Sends a command and returns its reply; events and log lines that
-    /// come first are kept in `pending`.
-    async fn cmd(&mut self, cmd: &str) -> Msg {
-        self.s
-            .write_all(format!("{cmd}\n\n").as_bytes())
-            .await
-            .expect("write");
-        loop {
-            let m = self.read().await;
-            match m.get("Content-Type") {
-                Some("text/event-plain" | "log/data") => self.pending.push(m),
-                _ => return m,
-            }
-        }
-    }
-
-    async fn api(&mut self, cmd: &str) -> String {
-        let r = self.cmd(&format!("api {cmd}")).await;
-        assert_eq!(r.get("Content-Type"), Some("api/response"), "{r:?}");
-        r.body
-    }
-
-    /// The next message that satisfies `want` (pending ones first).
-    async fn next_where(&mut self, what: &str, want: impl Fn(&Msg) -> bool) -> Msg {
-        if let Some(i) = self.pending.iter().position(&want) {
-            return self.pending.remove(i);
-        }
-        let deadline = Instant::now() + WAIT;
-        loop {
-            let m = timeout(
-                deadline.saturating_duration_since(Instant::now()),
-                self.read(),
-            )
-            .await
-            .unwrap_or_else(|_| panic!("no {what} in time"));
-            if want(&m) {
-                return m;
-            }
-            self.pending.push(m);
-        }
-    }
-
-    /// The BACKGROUND_JOB of this job.
-    async fn job(&mut self, job: &str) -> String {
-        let m = self
-            .next_where("BACKGROUND_JOB", |m| {
-                m.ev("Event-Name").as_deref() == Some("BACKGROUND_JOB")
-                    && m.ev("Job-UUID").as_deref() == Some(job)
-            })
-            .await;
-        m.event_body().to_owned()
-    }
-
-    /// `bgapi`: the Job-UUID.
-    async fn bgapi(&mut self, cmd: &str) -> String {
-        let r = self.cmd(&format!("bgapi {cmd}")).await;
-        r.get("Job-UUID").expect("Job-UUID").to_owned()
-    }
-
-    /// The CHANNEL_HANGUP_COMPLETE of this channel: its Hangup-Cause.
-    async fn hangup_cause(&mut self, uuid: &str) -> String {
-        let m = self
-            .next_where("CHANNEL_HANGUP_COMPLETE", |m| {
-                m.ev("Event-Name").as_deref() == Some("CHANNEL_HANGUP_COMPLETE")
-                    && m.ev("Unique-ID").as_deref() == Some(uuid)
-            })
-            .await;
-        m.ev("Hangup-Cause").expect("Hangup-Cause")
-    }
-
-    /// Log lines received so far whose text contains `text`.
-    fn logged(&self, text: &str) -> Vec<&str> {
-        self.pending
-            .iter()
-            .filter(|m| m.get("Content-Type") == Some("log/data") && m.body.contains(text))
-            .map(|m| m.body.as_str())
-            .collect()
-    }
-}
 
 fn originate_ok(body: &str) -> String {
     body.strip_prefix("+OK ")
@@ -210,6 +29,17 @@ fn status_line<'a>(status: &'a str, contains: &str) -> &'a str {
 
 async fn channel_count(c: &mut Client) -> String {
     c.api("show channels count").await.trim().to_owned()
+}
+
+/// Waits until the simulator holds no channel, and checks `show channels
+/// count` agrees.
+async fn all_gone(sim: &SimHandle, c: &mut Client) {
+    support::eventually("every channel gone", WAIT, || {
+        let sim = sim.clone();
+        async move { sim.channels().is_empty() }
+    })
+    .await;
+    assert_eq!(channel_count(c).await, "0 total.");
 }
 
 #[tokio::test]
@@ -366,17 +196,10 @@ async fn trace_13_burst() -> Option<()> {
         "+OK hangup all channels with cause NORMAL_CLEARING\n"
     );
     assert_eq!(c.job(&waiting[0]).await, "-ERR NORMAL_CLEARING\n");
-    support::eventually("every channel gone", WAIT, || {
-        let sim = sim.clone();
-        async move { sim.channels().is_empty() }
-    })
-    .await;
-    assert_eq!(channel_count(&mut c).await, "0 total.");
+    all_gone(&sim, &mut c).await;
     sim.shutdown().await;
     Some(())
 }
-
-use redswitch_test_support as support;
 
 #[tokio::test]
 async fn a_burst_over_the_limit_is_refused_as_in_trace_13() {
@@ -552,11 +375,7 @@ async fn sched_hangup_application_ends_the_channel_later() {
         .await
         .expect("the leg connects")
         .expect("accept");
-    let mut leg = Client {
-        s,
-        buf: Vec::new(),
-        pending: Vec::new(),
-    };
+    let mut leg = Client::new(s);
     let connect = leg.cmd("connect").await;
     let uuid = connect.get("Unique-ID").expect("Unique-ID").to_owned();
     leg.cmd("myevents").await;
@@ -625,12 +444,7 @@ async fn originate_variables_find_and_end_the_legs_of_one_instance() {
         "+OK hangup all channels matching [dial_id]=[d-2] with cause: MANAGER_REQUEST\n"
     );
     assert_eq!(c.hangup_cause(&other).await, "MANAGER_REQUEST");
-    support::eventually("every channel gone", WAIT, || {
-        let sim = sim.clone();
-        async move { sim.channels().is_empty() }
-    })
-    .await;
-    assert_eq!(channel_count(&mut c).await, "0 total.");
+    all_gone(&sim, &mut c).await;
     sim.shutdown().await;
 }
 

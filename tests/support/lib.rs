@@ -1,18 +1,24 @@
 //! What the integration tests share, as a library of their own (so each
 //! test crate uses the part it needs without dead code):
 //!
+//! - [`bin`]: the real `redswitch` binary, run without inherited
+//!   configuration;
 //! - [`redis_server`]: throw-away `redis-server` processes and clusters;
 //! - [`stack`]: the whole system (redis-server, the FreeSWITCH simulator,
 //!   agents) and a follower reading a call's channel;
 //! - [`fake_switch`]: a small fake event socket and a replayer of the
 //!   recorded traces, for the `switch` tests;
 //! - [`voice`]: a simulator behind a dialer and a voice-app router;
+//! - [`sim_client`]: a bare-bytes event-socket client for the simulator
+//!   tests;
 //! - [`eventually`], the one polling helper, and [`assert_no_channels`],
 //!   the last step of every test that runs the simulator: when a test is
 //!   over, FreeSWITCH holds no channel.
 
+pub mod bin;
 pub mod fake_switch;
 pub mod redis_server;
+pub mod sim_client;
 pub mod stack;
 pub mod voice;
 

@@ -203,6 +203,16 @@ impl Stack {
             .unwrap()
     }
 
+    /// The list at `key`, each entry parsed as JSON (a history or a
+    /// dead-letter list).
+    pub async fn lrange_json(&self, key: &str) -> Vec<Value> {
+        self.lrange(key)
+            .await
+            .iter()
+            .map(|s| serde_json::from_str(s).unwrap())
+            .collect()
+    }
+
     /// The live simulator channel whose variable `redswitch_side` is `side`
     /// for `dial_id`.
     pub fn leg(&self, dial_id: &str, side: u8) -> Option<ChannelSnapshot> {
