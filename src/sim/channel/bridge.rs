@@ -60,18 +60,18 @@ impl Actor {
         if self.hung_up() {
             return;
         }
+        self.st.other = other_profile.map(|b| *b).map(|(profile, uuid)| OtherLeg {
+            kind: if originator {
+                "originatee"
+            } else {
+                "originator"
+            },
+            uuid,
+            profile,
+        });
         if !transfer {
             // The `bridge` application: no transfer, no state dance; the
             // called leg leaves its originate wait and exchanges media.
-            self.st.other = other_profile.map(|b| *b).map(|(profile, uuid)| OtherLeg {
-                kind: if originator {
-                    "originatee"
-                } else {
-                    "originator"
-                },
-                uuid,
-                profile,
-            });
             self.st.vars.set("bridge_channel", &other.name());
             self.st.vars.set("bridge_uuid", &other.uuid);
             self.st.vars.set("signal_bond", &other.uuid);
@@ -92,15 +92,6 @@ impl Actor {
         self.st.vars.set("transfer_source", &source);
         self.st.profile.transfer_source = Some(source);
         self.st.profile.profile_index += 1;
-        self.st.other = other_profile.map(|b| *b).map(|(profile, uuid)| OtherLeg {
-            kind: if originator {
-                "originatee"
-            } else {
-                "originator"
-            },
-            uuid,
-            profile,
-        });
         self.st.requested_state = Some(crate::sim::snapshot::CState::Hibernate);
         while let Some(f) = self.stack.last() {
             if matches!(f.kind, Kind::Bridged) {
