@@ -272,8 +272,10 @@ impl Agent {
         let jobs_task = tasks.spawn(async move {
             worker.take_jobs(&stop).await;
             worker.drain(drain_timeout, &hangup_all).await;
-            worker.release().await;
+            // The calls' last writes (their jobs' fates among them) go
+            // first, so `release` sees which jobs are really still claimed.
             let left = worker.outbox.flush(FINAL_FLUSH).await;
+            worker.release().await;
             if left > 0 {
                 tracing::error!(
                     entries = left,

@@ -458,7 +458,15 @@ impl AspCall {
                 }));
                 Ok(call)
             }
-            Err(DialError::Switch(e)) if e.is_connection_dropped() => {
+            // Given back only when the originate was certainly not sent: one
+            // cut off in flight may still ring the caller, so giving the
+            // job back could dial it twice.
+            Err(DialError::Switch(e))
+                if matches!(
+                    e,
+                    crate::switch::Error::NotConnected | crate::switch::Error::Closed
+                ) =>
+            {
                 Err(StartError::SwitchAway(e.into()))
             }
             Err(error) => {

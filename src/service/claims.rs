@@ -61,7 +61,7 @@
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use redis::AsyncCommands;
 
@@ -69,7 +69,7 @@ use super::asp_call::DIAL_ID_VARIABLE;
 use super::events::{CallEvents, ENDED_STATE_TTL_SECS, Event, Side, call_state_key, eval};
 use super::job::{self, AspCallJob};
 use super::outbox::{Outbox, OutboxError, Receipt};
-use super::queue::{QueueKeys, TakenJob};
+use super::queue::{QueueKeys, TakenJob, unix_ms};
 use super::store::RedisConn;
 use crate::switch::InboundClient;
 
@@ -261,12 +261,6 @@ impl std::fmt::Debug for Claims {
             .field("live", &self.live_calls())
             .finish()
     }
-}
-
-fn unix_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }
 
 fn millis(d: Duration) -> u64 {

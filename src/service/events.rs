@@ -24,7 +24,6 @@
 
 use std::sync::Arc;
 
-use redis::aio::ConnectionLike;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use super::job::AspCallJob;
@@ -611,19 +610,6 @@ pub fn publish_only_cmd(dial_id: &Id, event: &Event) -> redis::Cmd {
     let mut cmd = redis::cmd("PUBLISH");
     cmd.arg(dial_id.as_str()).arg(event.to_json());
     cmd
-}
-
-/// Publishes `event` on `dial_id` only, without history (see
-/// [`publish_only_cmd`]).
-pub async fn publish_only<C: ConnectionLike + Send>(
-    conn: &mut C,
-    dial_id: &Id,
-    event: &Event,
-) -> Result<(), EventsError> {
-    publish_only_cmd(dial_id, event)
-        .query_async::<()>(conn)
-        .await?;
-    Ok(())
 }
 
 #[cfg(test)]

@@ -13,7 +13,8 @@
 //! - FreeSWITCH connected, and heard from within [`SWITCH_SILENCE`]: the
 //!   agent's inbound connection only receives its own legs' events
 //!   (filtered), so no HEARTBEAT arrives there; instead a probe asks
-//!   `api version` every [`PROBE_EVERY`] and any reply counts;
+//!   `api version` every [`PROBE_EVERY`], and any frame the connection
+//!   reads counts ([`crate::switch::LinkStats::since_last_frame`]);
 //! - Redis answering a `PING` within [`REDIS_PING_TIMEOUT`], asked when
 //!   readiness is asked.
 
@@ -23,7 +24,7 @@ use crate::service::store::RedisConn;
 use crate::switch::InboundClient;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 use tokio::task::{AbortHandle, JoinHandle};
 use tokio_util::sync::CancellationToken;
 
@@ -47,8 +48,6 @@ struct Inner {
     /// The agent's long-running tasks, by name; one that ended while the
     /// agent runs means the agent no longer works.
     loops: Mutex<Vec<(&'static str, AbortHandle)>>,
-    /// When FreeSWITCH last replied.
-    switch_heard: Mutex<Instant>,
 }
 
 /// A running agent's health and readings. Cheap to clone.
@@ -66,8 +65,7 @@ impl std::fmt::Debug for Monitor {
 }
 
 impl Monitor {
-    /// A monitor over the agent's parts; FreeSWITCH counts as heard now
-    /// (it has just authenticated us).
+    /// A monitor over the agent's parts.
     pub(crate) fn new(
         stats: Stats,
         inbound: InboundClient,
@@ -84,7 +82,6 @@ impl Monitor {
                 draining: AtomicBool::new(false),
                 stop,
                 loops: Mutex::new(Vec::new()),
-                switch_heard: Mutex::new(Instant::now()),
             }),
         }
     }
@@ -137,7 +134,14 @@ impl Monitor {
         if !self.inner.inbound.is_connected() {
             return Err("FreeSWITCH: not connected".into());
         }
-        let silent = self.switch_heard().elapsed();
+        // Connected means authenticated, which is a reply: no frame counted
+        // yet is not silence.
+        let silent = self
+            .inner
+            .inbound
+            .stats()
+            .since_last_frame()
+            .unwrap_or_default();
         if silent > SWITCH_SILENCE {
             return Err(format!("FreeSWITCH: no reply for {} s", silent.as_secs()));
         }
@@ -152,14 +156,6 @@ impl Monitor {
                 REDIS_PING_TIMEOUT.as_secs()
             )),
         }
-    }
-
-    fn switch_heard(&self) -> Instant {
-        *self
-            .inner
-            .switch_heard
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
     }
 
     /// Times the inbound connection to FreeSWITCH was re-established.
@@ -198,15 +194,11 @@ impl Monitor {
                 if !monitor.inner.inbound.is_connected() {
                     continue;
                 }
+                // The reply itself is the reading (the connection counts
+                // every frame it reads); only failures are worth a line.
                 let asked = monitor.inner.inbound.api("version");
                 match tokio::time::timeout(PROBE_TIMEOUT, asked).await {
-                    Ok(Ok(_)) => {
-                        *monitor
-                            .inner
-                            .switch_heard
-                            .lock()
-                            .unwrap_or_else(|p| p.into_inner()) = Instant::now();
-                    }
+                    Ok(Ok(_)) => {}
                     Ok(Err(error)) => tracing::debug!(%error, "FreeSWITCH probe failed"),
                     Err(_) => tracing::debug!("FreeSWITCH probe got no reply in time"),
                 }

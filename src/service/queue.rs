@@ -313,7 +313,8 @@ impl TakenJob {
 }
 
 /// Now, in unix milliseconds.
-fn unix_ms() -> u64 {
+/// Now, in unix milliseconds (the timestamps kept in Redis).
+pub(crate) fn unix_ms() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
@@ -769,17 +770,19 @@ impl JobQueue {
                 "claimed jobs left for another instance to close out"
             );
         }
+        // With claimed jobs left, the instance stays listed so that a
+        // reaper finds it dead and closes those calls out.
+        let forget = claimed.is_empty();
         with_retry("release", Idempotency::Idempotent, |_| {
             let mut conn = self.inner.conn.clone();
             async move {
-                redis::pipe()
-                    .atomic()
-                    .del(&keys.alive)
-                    .ignore()
-                    .srem(&keys.instances, &self.inner.config.instance)
-                    .ignore()
-                    .query_async::<()>(&mut conn)
-                    .await
+                let mut pipe = redis::pipe();
+                pipe.atomic().del(&keys.alive).ignore();
+                if forget {
+                    pipe.srem(&keys.instances, &self.inner.config.instance)
+                        .ignore();
+                }
+                pipe.query_async::<()>(&mut conn).await
             }
         })
         .await?;

@@ -241,16 +241,22 @@ impl<T> BacklogTx<T> {
     /// Queues an item of `size` bytes. Never refuses for lack of room: the
     /// caller asks [`Self::readable`] before reading the next one.
     pub(crate) fn push(&mut self, item: T, size: usize) -> Pushed {
-        self.gate.used.fetch_add(size, Ordering::AcqRel);
-        if self.tx.send((item, size)).is_err() {
-            self.gate.used.fetch_sub(size, Ordering::AcqRel);
-            return Pushed::NoConsumer;
-        }
+        // Counted before the send: the consumer may take the item and
+        // subtract at once, which must never wrap the gauges below zero.
         let stats = &self.gate.stats;
+        self.gate.used.fetch_add(size, Ordering::AcqRel);
         stats
             .buffered_bytes
             .fetch_add(size as u64, Ordering::Relaxed);
         stats.buffered_events.fetch_add(1, Ordering::Relaxed);
+        if self.tx.send((item, size)).is_err() {
+            self.gate.used.fetch_sub(size, Ordering::AcqRel);
+            stats
+                .buffered_bytes
+                .fetch_sub(size as u64, Ordering::Relaxed);
+            stats.buffered_events.fetch_sub(1, Ordering::Relaxed);
+            return Pushed::NoConsumer;
+        }
         stats.events.fetch_add(1, Ordering::Relaxed);
         Pushed::Queued
     }

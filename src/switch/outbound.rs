@@ -365,6 +365,9 @@ async fn run_app<H: CallHandler>(call: Call, handler: &H) {
             "NORMAL_TEMPORARY_FAILURE"
         }
     };
+    // An event stream the app never took would fill and stall the leg's
+    // reads, and with them the reply to the kill below: let it go.
+    drop(call.events());
     // `uuid_kill`: a `sendmsg` hangup would wait behind an event-locked app.
     if let Err(error) = crate::switch::app::kill_leg(&call, cause).await {
         tracing::debug!(uuid = call.uuid(), %error, "hangup after the app ended failed");
